@@ -1,0 +1,368 @@
+//! NATS JetStream adapter: one stream, one subject per partition, KV-held salts.
+
+use std::time::Duration;
+
+use async_nats::{
+    connection::State,
+    jetstream::{
+        self,
+        context::PublishErrorKind,
+        kv,
+        message::PublishMessage,
+        stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    },
+    ConnectOptions,
+};
+use futures::future::{BoxFuture, FutureExt};
+use gallop_config::{NatsConfig, StorageKind};
+use time::Date;
+use tracing::{info, warn};
+
+use crate::{
+    publisher::{OutboundMessage, Position, PublishError, Publisher},
+    salt::{day_key, Salt, SaltError, SaltStore},
+};
+
+/// Failure to set up the NATS side at start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// No connection to the server.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// Server URL from `nats.url`.
+        url: String,
+        /// Client error text.
+        reason: String,
+    },
+    /// The stream could not be created or brought up to date.
+    #[error("cannot create or update JetStream stream {stream}: {reason}")]
+    Stream {
+        /// Stream name from `nats.stream`.
+        stream: String,
+        /// Server error text.
+        reason: String,
+    },
+    /// The salt key-value bucket could not be created or opened.
+    #[error("cannot open key-value bucket {bucket}: {reason}")]
+    Bucket {
+        /// Bucket name from `nats.salt_bucket`.
+        bucket: String,
+        /// Server error text.
+        reason: String,
+    },
+}
+
+/// A JetStream-backed [`Publisher`]. Partition `p` is subject `<prefix>.events.<p>`.
+#[derive(Clone, Debug)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    subjects: Vec<String>,
+    stream: String,
+    max_payload: usize,
+}
+
+impl NatsBroker {
+    /// Connects, then creates the stream or updates it to match `config`.
+    ///
+    /// After start the client reconnects by itself whenever the server goes away.
+    pub async fn connect(
+        config: &NatsConfig,
+        partitions: u32,
+        ack_timeout: Duration,
+    ) -> Result<Self, NatsError> {
+        let client = connect_client(config).await?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(ack_timeout)
+            .build(client.clone());
+        let subjects = subjects(&config.subject_prefix, partitions);
+        let stream_config = stream::Config {
+            name: config.stream.clone(),
+            subjects: subjects.clone(),
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            storage: match config.storage {
+                StorageKind::File => StorageType::File,
+                StorageKind::Memory => StorageType::Memory,
+            },
+            max_age: config.max_age,
+            max_bytes: if config.max_bytes == 0 {
+                -1
+            } else {
+                i64::try_from(config.max_bytes).unwrap_or(i64::MAX)
+            },
+            duplicate_window: config.duplicate_window,
+            num_replicas: config.replicas as usize,
+            description: Some(format!("Gallop events, {partitions} partitions")),
+            ..Default::default()
+        };
+        let info = jetstream
+            .create_or_update_stream(stream_config)
+            .await
+            .map_err(|e| NatsError::Stream {
+                stream: config.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        info!(stream = %config.stream, partitions, messages = info.state.messages, "JetStream stream ready");
+        let max_payload = client.server_info().max_payload;
+        Ok(Self {
+            client,
+            jetstream,
+            subjects,
+            stream: config.stream.clone(),
+            max_payload,
+        })
+    }
+
+    /// The client, for other adapters sharing the connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context, for other adapters sharing the connection.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The stream name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The subject of `partition`.
+    pub fn subject(&self, partition: u32) -> Option<&str> {
+        self.subjects.get(partition as usize).map(String::as_str)
+    }
+
+    /// Opens (creating if needed) the salt bucket named in `config` on this connection.
+    pub async fn salt_store(&self, config: &NatsConfig) -> Result<NatsSaltStore, NatsError> {
+        NatsSaltStore::open(&self.jetstream, &config.salt_bucket, config.storage).await
+    }
+}
+
+fn subjects(prefix: &str, partitions: u32) -> Vec<String> {
+    (0..partitions)
+        .map(|p| format!("{prefix}.events.{p}"))
+        .collect()
+}
+
+async fn connect_client(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    let mut options = ConnectOptions::new()
+        .name("gallop")
+        .connection_timeout(config.connect_timeout)
+        // Reconnect forever, quickly at first: a gateway outlives NATS restarts.
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(2_000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("connected to NATS"),
+                async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+                other => info!(event = %other, "NATS client event"),
+            }
+        });
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    let connect = options.connect(config.url.as_str());
+    match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(NatsError::Connect {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(NatsError::Connect {
+            url: config.url.clone(),
+            reason: format!("no connection within {:?}", config.connect_timeout),
+        }),
+    }
+}
+
+impl Publisher for NatsBroker {
+    fn partitions(&self) -> u32 {
+        // `subjects` has one entry per partition, built from a u32 count.
+        self.subjects.len() as u32
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn publish(
+        &self,
+        message: OutboundMessage,
+    ) -> BoxFuture<'static, Result<Position, PublishError>> {
+        let subject = self.subjects.get(message.partition as usize).cloned();
+        let partitions = self.partitions();
+        let connected = self.is_ready();
+        let max_payload = self.max_payload;
+        let jetstream = self.jetstream.clone();
+        async move {
+            let Some(subject) = subject else {
+                return Err(PublishError::NoSuchPartition {
+                    partition: message.partition,
+                    partitions,
+                });
+            };
+            // Never hand a message to a disconnected client: it would sit in the client's
+            // buffer and be sent after reconnecting, long after the caller gave up on it.
+            if !connected {
+                return Err(PublishError::NotConnected(
+                    "NATS connection is down".to_owned(),
+                ));
+            }
+            if message.payload.len() + 256 > max_payload {
+                return Err(PublishError::TooLarge {
+                    id: message.id,
+                    bytes: message.payload.len(),
+                });
+            }
+            let publish = PublishMessage::build()
+                .payload(message.payload)
+                .message_id(&message.id)
+                .header("Gallop-Events", message.events.to_string().as_str());
+            let ack = jetstream
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| publish_error(&message.id, e.kind(), e.to_string()))?
+                .await
+                .map_err(|e| publish_error(&message.id, e.kind(), e.to_string()))?;
+            Ok(Position {
+                partition: message.partition,
+                offset: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }
+        .boxed()
+    }
+}
+
+fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> PublishError {
+    match kind {
+        PublishErrorKind::TimedOut => PublishError::Timeout { id: id.to_owned() },
+        PublishErrorKind::BrokenPipe => PublishError::NotConnected(text),
+        PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge {
+            id: id.to_owned(),
+            bytes: 0,
+        },
+        _ => PublishError::Rejected {
+            id: id.to_owned(),
+            reason: text,
+        },
+    }
+}
+
+/// Daily salts in a JetStream key-value bucket shared by every gateway.
+///
+/// The first gateway to need a day's salt creates it with a create-if-absent write, so
+/// racing gateways agree. Entries expire after a day (`max_age`) and are purged
+/// explicitly by [`SaltStore::forget_before`] at rotation.
+#[derive(Clone)]
+pub struct NatsSaltStore {
+    store: kv::Store,
+    bucket: String,
+}
+
+impl std::fmt::Debug for NatsSaltStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSaltStore")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+impl NatsSaltStore {
+    /// Opens the bucket, creating it when missing.
+    pub async fn open(
+        jetstream: &jetstream::Context,
+        bucket: &str,
+        storage: StorageKind,
+    ) -> Result<Self, NatsError> {
+        let store = match jetstream.get_key_value(bucket).await {
+            Ok(store) => store,
+            Err(_) => jetstream
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    description: "Gallop daily visitor salts".to_owned(),
+                    history: 1,
+                    max_age: Duration::from_secs(24 * 3600),
+                    storage: match storage {
+                        StorageKind::File => StorageType::File,
+                        StorageKind::Memory => StorageType::Memory,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| NatsError::Bucket {
+                    bucket: bucket.to_owned(),
+                    reason: e.to_string(),
+                })?,
+        };
+        Ok(Self {
+            store,
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    fn error(&self, reason: impl ToString) -> SaltError {
+        SaltError::Store {
+            store: self.bucket.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn read(&self, day: Date, key: &str) -> Result<Option<Salt>, SaltError> {
+        let Some(value) = self.store.get(key).await.map_err(|e| self.error(e))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 16] = value.as_ref().try_into().map_err(|_| SaltError::Corrupt {
+            store: self.bucket.clone(),
+            day,
+            len: value.len(),
+        })?;
+        Ok(Some(Salt(bytes)))
+    }
+}
+
+impl SaltStore for NatsSaltStore {
+    fn salt_for(&self, day: Date) -> BoxFuture<'_, Result<Salt, SaltError>> {
+        async move {
+            let key = day_key(day);
+            if let Some(salt) = self.read(day, &key).await? {
+                return Ok(salt);
+            }
+            let fresh = Salt::random();
+            match self.store.create(&key, fresh.0.to_vec().into()).await {
+                Ok(_) => Ok(fresh),
+                // Another gateway won the race: use its salt.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
+                    .read(day, &key)
+                    .await?
+                    .ok_or_else(|| self.error(format!("{key} vanished after a create race"))),
+                Err(e) => Err(self.error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn forget_before(&self, day: Date) -> BoxFuture<'_, Result<(), SaltError>> {
+        async move {
+            // Salts older than a few days have expired by max_age already.
+            for back in 1..=3 {
+                let Some(old) = day.checked_sub(time::Duration::days(back)) else {
+                    break;
+                };
+                self.store
+                    .purge(day_key(old))
+                    .await
+                    .map_err(|e| self.error(e))?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,25 @@
+//! Gallop's typed configuration.
+//!
+//! Load order: built-in defaults < TOML file (`--config PATH` or `GALLOP_CONFIG`) <
+//! `GALLOP_*` environment variables with `__` between nested keys
+//! (`GALLOP_NATS__URL=nats://…` sets `nats.url`). Unknown keys and bad values fail at start
+//! with an error naming the key; rules between values are checked once by [`load`].
+#![warn(missing_docs)]
+
+mod error;
+mod load;
+mod model;
+mod validate;
+
+pub use error::{ConfigError, Problem};
+pub use load::{load, Sources, CONFIG_PATH_ENV};
+pub use model::{
+    BatchingConfig, BrokerConfig, BrokerKind, Config, IngestConfig, LimitsConfig, LogConfig,
+    LogFormat, NatsConfig, Secret, StorageKind, TimeConfig,
+};
+
+/// Renders a configuration as TOML with secrets redacted, for `gallop config`.
+pub fn to_toml(config: &Config) -> Result<String, ConfigError> {
+    toml::to_string_pretty(config)
+        .map_err(|e| ConfigError::Parse(format!("cannot render config as TOML: {e}")))
+}

@@ -1,0 +1,325 @@
+//! The configuration tree: every key Gallop reads, its default and its meaning.
+//!
+//! Each struct denies unknown fields so a typo fails at start instead of being ignored.
+//! `gallop.example.toml` at the repository root mirrors this file key for key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one Gallop process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Logging: format and filter.
+    pub log: LogConfig,
+    /// Event time rules shared by the gateway and the processor.
+    pub time: TimeConfig,
+    /// Which broker carries events, and how many partitions it has.
+    pub broker: BrokerConfig,
+    /// NATS JetStream connection, stream and key-value settings.
+    pub nats: NatsConfig,
+    /// The ingest gateway: HTTP listener, enrichment, privacy, limits, batching.
+    pub ingest: IngestConfig,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (coloured, one line per event) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `gallop_ingest=debug,info`.
+    /// `RUST_LOG`, when set, wins over this.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Event-time rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
+    /// How far behind the newest event time an event may be and still count in its own
+    /// bucket. The gateway rejects events older than `now - allowed_lateness`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// How far ahead of the gateway's clock an event timestamp may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: Duration::from_secs(3600),
+            max_future: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Which broker to use and its partitioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `nats` (JetStream). Kafka follows through the same traits.
+    pub kind: BrokerKind,
+    /// Number of partitions. A visitor's events always go to partition
+    /// `hash(site, visitor) % partitions`. Changing it re-routes visitors.
+    pub partitions: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Nats,
+            partitions: 8,
+        }
+    }
+}
+
+/// The broker implementations Gallop knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// NATS JetStream.
+    Nats,
+}
+
+/// NATS JetStream settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Optional token for token authentication.
+    pub token: Option<Secret>,
+    /// Optional user name for user/password authentication.
+    pub user: Option<String>,
+    /// Optional password for user/password authentication.
+    pub password: Option<Secret>,
+    /// How long the first connection attempt may take before start-up fails.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// JetStream stream that holds events. Created or updated on start.
+    pub stream: String,
+    /// Subject prefix: partition `p` is published on `<subject_prefix>.events.<p>`.
+    pub subject_prefix: String,
+    /// Stream storage: `file` (survives restarts) or `memory`.
+    pub storage: StorageKind,
+    /// Oldest message the stream keeps.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Largest size of the stream in bytes; 0 means unlimited.
+    pub max_bytes: u64,
+    /// Window in which a re-published message with the same `Nats-Msg-Id` is stored once.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Stream replicas (1 on a single server).
+    pub replicas: u32,
+    /// Key-value bucket that holds the daily visitor salt shared by every gateway.
+    pub salt_bucket: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            token: None,
+            user: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+            stream: "GALLOP_EVENTS".to_owned(),
+            subject_prefix: "gallop".to_owned(),
+            storage: StorageKind::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            salt_bucket: "gallop_salts".to_owned(),
+        }
+    }
+}
+
+/// Where a JetStream stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// On disk.
+    File,
+    /// In memory (lost when the server stops).
+    Memory,
+}
+
+/// A secret string: printed as `<redacted>`, never logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// The ingest gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Site allow-list. Empty accepts every site; otherwise other sites get a 400.
+    pub sites: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks). The client address is
+    /// the right-most address in the header that is not itself a trusted proxy.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Header holding an ISO 3166-1 alpha-2 country code set by a CDN, e.g. `CF-IPCountry`.
+    pub country_header: Option<String>,
+    /// Path of a MaxMind-format `.mmdb` country or city database.
+    pub geoip_database: Option<PathBuf>,
+    /// Origins allowed by CORS. `["*"]` allows any origin (trackers run on many sites).
+    pub cors_allowed_origins: Vec<String>,
+    /// Longest time a request waits for the broker to acknowledge its events before it
+    /// gets a 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Seconds put in `Retry-After` on a 503.
+    pub retry_after_seconds: u32,
+    /// Longest time shutdown waits for in-flight requests and publishes.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Number of distinct User-Agent strings whose parse result is cached.
+    pub user_agent_cache: usize,
+    /// Request and field limits.
+    pub limits: LimitsConfig,
+    /// Micro-batching of events into broker messages.
+    pub batching: BatchingConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            sites: Vec::new(),
+            trusted_proxies: Vec::new(),
+            country_header: None,
+            geoip_database: None,
+            cors_allowed_origins: vec!["*".to_owned()],
+            publish_timeout: Duration::from_secs(5),
+            retry_after_seconds: 5,
+            shutdown_timeout: Duration::from_secs(30),
+            user_agent_cache: 10_000,
+            limits: LimitsConfig::default(),
+            batching: BatchingConfig::default(),
+        }
+    }
+}
+
+/// Limits on what one request and one event may hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most events in one `/v1/events` request.
+    pub max_batch_events: usize,
+    /// Longest `site` / `domain`, in bytes.
+    pub max_site_bytes: usize,
+    /// Longest event `name`, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest `url`, in bytes.
+    pub max_url_bytes: usize,
+    /// Longest `referrer`, in bytes.
+    pub max_referrer_bytes: usize,
+    /// Longest client-supplied event `id`, in bytes.
+    pub max_id_bytes: usize,
+    /// Most custom properties on one event.
+    pub max_props: usize,
+    /// Longest property key, in bytes.
+    pub max_prop_key_bytes: usize,
+    /// Longest property value, in bytes.
+    pub max_prop_value_bytes: usize,
+    /// Most sites in one Plausible `domain` list.
+    pub max_domains: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_batch_events: 1000,
+            max_site_bytes: 253,
+            max_name_bytes: 120,
+            max_url_bytes: 2048,
+            max_referrer_bytes: 2048,
+            max_id_bytes: 128,
+            max_props: 30,
+            max_prop_key_bytes: 300,
+            max_prop_value_bytes: 2000,
+            max_domains: 10,
+        }
+    }
+}
+
+/// How the gateway groups events into broker messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Most events in one broker message.
+    pub max_events: usize,
+    /// Most bytes in one broker message (keep below the server's max payload, 1 MiB by
+    /// default on NATS).
+    pub max_bytes: usize,
+    /// Longest time the first event of a message waits for company.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Most broker messages awaiting acknowledgement at once, over all partitions.
+    pub max_in_flight: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 1000,
+            max_bytes: 512 * 1024,
+            linger: Duration::from_millis(2),
+            max_in_flight: 512,
+        }
+    }
+}

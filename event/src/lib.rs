@@ -1,0 +1,13 @@
+//! The event contract between Gallop's gateway and its processors.
+//!
+//! A broker message is UTF-8 NDJSON: one [`EventRecord`] per line, each carrying its format
+//! version (`"v":1`). Empty fields are left out of the JSON to keep messages small; a
+//! reader fills them back with their defaults. This crate has no I/O and no broker
+//! knowledge, so the processor core can depend on it and stay pure.
+#![warn(missing_docs)]
+
+mod message;
+mod record;
+
+pub use message::{decode_message, encode_into, DecodeError};
+pub use record::{EventRecord, Props, FORMAT_VERSION};

@@ -1,0 +1,122 @@
+//! Broker message encoding: NDJSON, one record per line.
+
+use crate::record::{EventRecord, FORMAT_VERSION};
+
+/// A record in a message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The line is not a JSON record of the expected shape.
+    #[error("record {index}: {source}")]
+    Json {
+        /// Zero-based line index in the message.
+        index: usize,
+        /// The parser's complaint.
+        source: serde_json::Error,
+    },
+    /// The record declares a format version this build does not read.
+    #[error(
+        "record {index}: unsupported format version {version} (this build reads {FORMAT_VERSION})"
+    )]
+    Version {
+        /// Zero-based line index in the message.
+        index: usize,
+        /// The version found.
+        version: u8,
+    },
+}
+
+/// Appends `record` to `out` as one NDJSON line.
+pub fn encode_into(record: &EventRecord, out: &mut Vec<u8>) {
+    // Serializing plain strings, numbers and a string map into a Vec cannot fail.
+    #[allow(clippy::expect_used)]
+    serde_json::to_writer(&mut *out, record).expect("EventRecord serializes infallibly");
+    out.push(b'\n');
+}
+
+/// Decodes every record of a message; a bad line yields an error and decoding goes on.
+pub fn decode_message(
+    payload: &[u8],
+) -> impl Iterator<Item = Result<EventRecord, DecodeError>> + '_ {
+    payload
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .enumerate()
+        .map(|(index, line)| {
+            let record: EventRecord = serde_json::from_slice(line)
+                .map_err(|source| DecodeError::Json { index, source })?;
+            if record.v != FORMAT_VERSION {
+                return Err(DecodeError::Version {
+                    index,
+                    version: record.v,
+                });
+            }
+            Ok(record)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(site: &str) -> EventRecord {
+        let mut r = EventRecord::new();
+        r.site = site.into();
+        r.id = "id-1".into();
+        r.ts = 1_795_000_000_000;
+        r.name = "pageview".into();
+        r.path = "/pricing".into();
+        r.visitor = u64::MAX;
+        r.props.insert("plan".into(), "pro".into());
+        r.value = Some(12.5);
+        r
+    }
+
+    #[test]
+    fn round_trips_several_records() {
+        let records = [sample("a.com"), sample("b.com")];
+        let mut buf = Vec::new();
+        for r in &records {
+            encode_into(r, &mut buf);
+        }
+        let decoded: Vec<_> = decode_message(&buf)
+            .collect::<Result<_, _>>()
+            .expect("decodes");
+        assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn empty_fields_are_left_out() {
+        let mut buf = Vec::new();
+        encode_into(&sample("a.com"), &mut buf);
+        let text = String::from_utf8(buf).expect("utf8");
+        assert!(!text.contains("utm_source"), "{text}");
+        assert!(!text.contains("interactive"), "{text}");
+        assert!(text.contains("\"v\":1"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_line_does_not_stop_the_rest() {
+        let mut buf = Vec::new();
+        encode_into(&sample("a.com"), &mut buf);
+        buf.extend_from_slice(b"{not json\n{\"v\":9,\"site\":\"x\"}\n");
+        encode_into(&sample("c.com"), &mut buf);
+        let results: Vec<_> = decode_message(&buf).collect();
+        assert_eq!(results.len(), 4);
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(DecodeError::Json { index: 1, .. })
+        ));
+        assert!(matches!(
+            results[2],
+            Err(DecodeError::Version {
+                index: 2,
+                version: 9
+            })
+        ));
+        assert_eq!(
+            results[3].as_ref().map(|r| r.site.as_str()).ok(),
+            Some("c.com")
+        );
+    }
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts the services Gallop's tests and quick start need:
+#   - NATS server with JetStream on 127.0.0.1:4222 (Debian `nats-server`)
+#   - ClickHouse server, HTTP on 127.0.0.1:8123 (Debian `clickhouse-server`)
+# Idempotent: a service that already answers is left alone. Fails loudly when one cannot start.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port name seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  log "FATAL: $2 did not open 127.0.0.1:$1 within $3 s"
+  return 1
+}
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+start_nats() {
+  if port_open 4222; then
+    log "NATS answers on 4222"
+    return 0
+  fi
+  command -v nats-server >/dev/null || apt_install nats-server
+  mkdir -p /var/lib/nats-server /var/log
+  log "starting nats-server with JetStream"
+  start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port 4222 "nats-server" 20
+}
+
+start_clickhouse() {
+  if port_open 8123; then
+    log "ClickHouse answers on 8123"
+    return 0
+  fi
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  log "starting clickhouse-server"
+  mkdir -p /var/log/clickhouse-server
+  # ClickHouse 18.16 from Debian runs as root here; --daemon detaches it.
+  clickhouse-server --config-file=/etc/clickhouse-server/config.xml --daemon \
+    --pid-file=/tmp/gallop-clickhouse.pid >/dev/null 2>&1 || true
+  wait_port 8123 "clickhouse-server" 60
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if [ "$(curl -fsS 'http://127.0.0.1:8123/?query=SELECT%201' 2>/dev/null)" = "1" ]; then
+      log "ClickHouse ready"
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "FATAL: ClickHouse opened 8123 but does not answer SELECT 1"
+  return 1
+}
+
+case "${1:-up}" in
+  up) start_nats; start_clickhouse ;;
+  nats) start_nats ;;
+  clickhouse) start_clickhouse ;;
+  *) echo "usage: $0 [up|nats|clickhouse]" >&2; exit 2 ;;
+esac
