@@ -1,1 +1,56 @@
-fn main() {}
+//! `gallop`: the one binary. Subcommands run the pieces of the pipeline; all of them read
+//! the same configuration (defaults < `gallop.toml` < `GALLOP_*` environment).
+
+mod commands;
+mod logging;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Privacy-first analytics pipeline: ingest, process, store.
+#[derive(Debug, Parser)]
+#[command(name = "gallop", version, about)]
+struct Cli {
+    /// TOML config file (else $GALLOP_CONFIG; else built-in defaults and GALLOP_* variables).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Write logs as JSON lines (overrides log.format).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the ingest gateway: HTTP in, NATS JetStream out.
+    Ingest,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match gallop_config::load(&gallop_config::Sources::standard(cli.config.clone())) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gallop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Config => commands::print_config(&config),
+        Command::Ingest => {
+            logging::init(&config.log, cli.log_json);
+            commands::ingest(config)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gallop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

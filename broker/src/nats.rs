@@ -277,31 +277,48 @@ impl std::fmt::Debug for NatsSaltStore {
 
 impl NatsSaltStore {
     /// Opens the bucket, creating it when missing.
+    ///
+    /// The bucket's backing stream is created directly with the key-value conventions
+    /// (ADR-8: stream `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key, rollups
+    /// allowed, deletes denied, direct get): `create_key_value` first asks for account
+    /// info, which async-nats cannot parse from NATS 2.9 servers (Debian's).
     pub async fn open(
         jetstream: &jetstream::Context,
         bucket: &str,
         storage: StorageKind,
     ) -> Result<Self, NatsError> {
-        let store = match jetstream.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_owned(),
-                    description: "Gallop daily visitor salts".to_owned(),
-                    history: 1,
-                    max_age: Duration::from_secs(24 * 3600),
-                    storage: match storage {
-                        StorageKind::File => StorageType::File,
-                        StorageKind::Memory => StorageType::Memory,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| NatsError::Bucket {
-                    bucket: bucket.to_owned(),
-                    reason: e.to_string(),
-                })?,
+        let fail = |e: &dyn std::fmt::Display| NatsError::Bucket {
+            bucket: bucket.to_owned(),
+            reason: e.to_string(),
         };
+        let max_age = Duration::from_secs(24 * 3600);
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some("Gallop daily visitor salts".to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                max_bytes: -1,
+                max_message_size: -1,
+                discard: DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                duplicate_window: Duration::from_secs(120),
+                num_replicas: 1,
+                storage: match storage {
+                    StorageKind::File => StorageType::File,
+                    StorageKind::Memory => StorageType::Memory,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(&e))?;
+        let store = jetstream
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| fail(&e))?;
         Ok(Self {
             store,
             bucket: bucket.to_owned(),

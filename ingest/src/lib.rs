@@ -1,1 +1,28 @@
-//! placeholder
+//! Gallop's ingest gateway.
+//!
+//! Requests come in over HTTP (`POST /api/event` in Plausible's format, `POST /v1/events`
+//! in Gallop's batch format), are validated against configured limits, enriched (URL,
+//! UTM, referrer source, browser/OS/device, country) and made anonymous (a daily-salted
+//! visitor hash replaces IP and User-Agent), then micro-batched into broker messages. A
+//! request is answered `202` only after the broker acknowledged all of its events.
+//!
+//! [`Gateway::new`] builds everything from config plus a [`gallop_broker::Publisher`] and a
+//! [`gallop_broker::SaltStore`]; [`run`] serves it on a listener until a shutdown future
+//! resolves, mini-redis style, so tests and binaries choose the I/O.
+#![warn(missing_docs)]
+
+mod batcher;
+mod client_ip;
+mod error;
+mod geo;
+mod input;
+mod metrics;
+mod normalize;
+mod privacy;
+mod referrer;
+mod server;
+mod useragent;
+
+pub use error::{ApiError, FieldError, IngestError};
+pub use metrics::Metrics;
+pub use server::{run, Gateway};

@@ -1,0 +1,422 @@
+//! Micro-batching: events bound for one partition, from one request or from concurrent
+//! requests, share one broker message.
+//!
+//! Each partition has a task that takes submissions from a channel, closes a message when
+//! it reaches `max_events` or `max_bytes` or when its first submission has waited
+//! `linger`, and publishes it without waiting for earlier messages' acknowledgements (up
+//! to `max_in_flight` messages over all partitions). Every submission in a message gets
+//! that message's outcome. A submission is never split across messages, so a request's
+//! events for one partition are stored together or not at all.
+//!
+//! A failed publish is retried with the same message id (the broker stores it once) until
+//! the earliest deadline of the submissions inside it; after that it is abandoned and never
+//! sent again, so a request answered 503 is not published later behind its back.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use gallop_broker::{OutboundMessage, PublishError, Publisher};
+use gallop_config::BatchingConfig;
+use tokio::{
+    sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore},
+    task::{JoinHandle, JoinSet},
+    time::{sleep, sleep_until, timeout_at, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Submissions a partition's channel holds before submitters wait.
+const CHANNEL_CAPACITY: usize = 4096;
+/// Extra time a submitter waits past its deadline for the publish task's verdict.
+const VERDICT_GRACE: Duration = Duration::from_millis(250);
+
+/// Encoded events of one request for one partition.
+struct Submission {
+    payload: Vec<u8>,
+    events: u32,
+    deadline: Instant,
+    done: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// The per-partition batching tasks.
+pub(crate) struct Batcher {
+    senders: Vec<mpsc::Sender<Submission>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    closing: CancellationToken,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("partitions", &self.senders.len())
+            .finish()
+    }
+}
+
+struct Shared {
+    publisher: Arc<dyn Publisher>,
+    config: BatchingConfig,
+    metrics: Metrics,
+    in_flight: Arc<Semaphore>,
+    run_id: String,
+}
+
+impl Batcher {
+    /// Starts one task per partition of `publisher`. `run_id` prefixes message ids and
+    /// must be unique per gateway process.
+    pub(crate) fn start(
+        publisher: Arc<dyn Publisher>,
+        config: BatchingConfig,
+        metrics: Metrics,
+        run_id: String,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            publisher: publisher.clone(),
+            config,
+            metrics,
+            run_id,
+        });
+        let closing = CancellationToken::new();
+        let (senders, tasks) = (0..publisher.partitions())
+            .map(|partition| {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                let task = tokio::spawn(run_partition(
+                    partition,
+                    rx,
+                    shared.clone(),
+                    closing.clone(),
+                ));
+                (tx, task)
+            })
+            .unzip();
+        Self {
+            senders,
+            tasks: std::sync::Mutex::new(tasks),
+            closing,
+        }
+    }
+
+    /// Hands `payload` (NDJSON holding `events` events) to `partition`'s next message and
+    /// waits for that message's acknowledgement, at most until `deadline`.
+    pub(crate) async fn submit(
+        &self,
+        partition: u32,
+        payload: Vec<u8>,
+        events: u32,
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
+        let sender = self
+            .senders
+            .get(partition as usize)
+            .ok_or(PublishError::NoSuchPartition {
+                partition,
+                partitions: self.senders.len() as u32,
+            })?;
+        let (done, verdict) = oneshot::channel();
+        let submission = Submission {
+            payload,
+            events,
+            deadline,
+            done,
+        };
+        match timeout_at(deadline, sender.send(submission)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(PublishError::NotConnected(
+                    "gateway is shutting down".to_owned(),
+                ))
+            }
+            Err(_) => {
+                return Err(PublishError::Timeout {
+                    id: format!("(queued for partition {partition})"),
+                })
+            }
+        }
+        match timeout_at(deadline + VERDICT_GRACE, verdict).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PublishError::NotConnected(
+                "gateway is shutting down".to_owned(),
+            )),
+            Err(_) => Err(PublishError::Timeout {
+                id: format!("(batch for partition {partition})"),
+            }),
+        }
+    }
+
+    /// Stops taking submissions once the queues are empty, and waits until every message
+    /// already formed has been acknowledged or abandoned.
+    pub(crate) async fn close(&self) {
+        self.closing.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A message being filled.
+struct Batch {
+    payload: Vec<u8>,
+    events: u32,
+    deadline: Instant,
+    waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
+}
+
+impl Batch {
+    fn new(first: Submission) -> Self {
+        let mut batch = Self {
+            payload: Vec::new(),
+            events: 0,
+            deadline: first.deadline,
+            waiters: Vec::new(),
+        };
+        batch.add(first);
+        batch
+    }
+
+    fn add(&mut self, s: Submission) {
+        if self.payload.is_empty() {
+            self.payload = s.payload;
+        } else {
+            self.payload.extend_from_slice(&s.payload);
+        }
+        self.events += s.events;
+        self.deadline = self.deadline.min(s.deadline);
+        self.waiters.push(s.done);
+    }
+
+    fn fits(&self, s: &Submission, config: &BatchingConfig) -> bool {
+        self.payload.len() + s.payload.len() <= config.max_bytes
+            && (self.events + s.events) as usize <= config.max_events
+    }
+
+    fn is_full(&self, config: &BatchingConfig) -> bool {
+        self.payload.len() >= config.max_bytes || self.events as usize >= config.max_events
+    }
+}
+
+async fn run_partition(
+    partition: u32,
+    mut rx: mpsc::Receiver<Submission>,
+    shared: Arc<Shared>,
+    closing: CancellationToken,
+) {
+    let mut publishes = JoinSet::new();
+    let mut carry: Option<Submission> = None;
+    let mut sequence: u64 = 0;
+    loop {
+        let first = match carry.take() {
+            Some(s) => s,
+            None => tokio::select! {
+                s = rx.recv() => match s { Some(s) => s, None => break },
+                // Closing: take what is queued, then stop.
+                () = closing.cancelled() => match rx.try_recv() { Ok(s) => s, Err(_) => break },
+                Some(_) = publishes.join_next(), if !publishes.is_empty() => continue,
+            },
+        };
+        let linger_end = Instant::now() + shared.config.linger;
+        let mut batch = Batch::new(first);
+        while !batch.is_full(&shared.config) {
+            let next = match rx.try_recv() {
+                Ok(s) => s,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if closing.is_cancelled() {
+                        break;
+                    }
+                    tokio::select! {
+                        s = rx.recv() => match s { Some(s) => s, None => break },
+                        () = sleep_until(linger_end) => break,
+                    }
+                }
+            };
+            if batch.fits(&next, &shared.config) {
+                batch.add(next);
+            } else {
+                carry = Some(next);
+                break;
+            }
+        }
+        // Bounds messages awaiting acknowledgement; waiting here backs up the channel and
+        // so the requests (which get a 503 at their deadline).
+        let Ok(permit) = shared.in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        sequence += 1;
+        let id = format!("{}-{partition}-{sequence}", shared.run_id);
+        publishes.spawn(publish(shared.clone(), partition, id, batch, permit));
+    }
+    while publishes.join_next().await.is_some() {}
+}
+
+async fn publish(
+    shared: Arc<Shared>,
+    partition: u32,
+    id: String,
+    batch: Batch,
+    _permit: OwnedSemaphorePermit,
+) {
+    let metrics = &shared.metrics;
+    let message = OutboundMessage {
+        partition,
+        id: id.clone(),
+        payload: Bytes::from(batch.payload),
+        events: batch.events,
+    };
+    metrics.publishes_in_flight.inc();
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    let result = loop {
+        match timeout_at(batch.deadline, shared.publisher.publish(message.clone())).await {
+            Ok(Ok(_position)) => break Ok(()),
+            Ok(Err(e)) if e.is_retryable() && Instant::now() + backoff < batch.deadline => {
+                metrics.publish_retries.inc();
+                tracing::debug!(message_id = %id, error = %e, "publish failed; retrying");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Ok(Err(e)) => break Err(e),
+            Err(_) => break Err(PublishError::Timeout { id: id.clone() }),
+        }
+    };
+    metrics.publishes_in_flight.dec();
+    match &result {
+        Ok(()) => {
+            metrics
+                .publish_duration
+                .observe(started.elapsed().as_secs_f64());
+            metrics.message_events.observe(f64::from(batch.events));
+        }
+        Err(e) => {
+            tracing::warn!(message_id = %id, events = batch.events, error = %e, "giving up on broker message");
+            metrics
+                .publish_failures
+                .with_label_values(&[failure_kind(e)])
+                .inc();
+        }
+    }
+    for waiter in batch.waiters {
+        let _ = waiter.send(result.clone());
+    }
+}
+
+fn failure_kind(e: &PublishError) -> &'static str {
+    match e {
+        PublishError::NotConnected(_) => "not_connected",
+        PublishError::Timeout { .. } => "timeout",
+        PublishError::NoSuchPartition { .. } => "no_such_partition",
+        PublishError::TooLarge { .. } => "too_large",
+        PublishError::Rejected { .. } => "rejected",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_broker::MemoryBroker;
+
+    use super::*;
+
+    fn config(max_events: usize, linger_ms: u64) -> BatchingConfig {
+        BatchingConfig {
+            max_events,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(linger_ms),
+            max_in_flight: 16,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_submissions_share_messages() {
+        let broker = Arc::new(MemoryBroker::new(2));
+        let batcher = Arc::new(Batcher::start(
+            broker.clone(),
+            config(100, 20),
+            Metrics::new(),
+            "t".into(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let submits = (0..10).map(|i| {
+            let batcher = batcher.clone();
+            async move {
+                batcher
+                    .submit(1, format!("{{\"e\":{i}}}\n").into_bytes(), 1, deadline)
+                    .await
+            }
+        });
+        for result in futures::future::join_all(submits).await {
+            result.expect("acknowledged");
+        }
+        let messages = broker.messages(1);
+        let total: usize = messages
+            .iter()
+            .map(|m| {
+                m.payload
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum();
+        assert_eq!(total, 10);
+        assert!(
+            messages.len() < 10,
+            "{} messages for 10 concurrent events",
+            messages.len()
+        );
+        batcher.close().await;
+    }
+
+    #[tokio::test]
+    async fn max_events_closes_a_message() {
+        let broker = Arc::new(MemoryBroker::new(1));
+        let batcher = Arc::new(Batcher::start(
+            broker.clone(),
+            config(3, 200),
+            Metrics::new(),
+            "t".into(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let submits = (0..7).map(|_| batcher.submit(0, b"{}\n".to_vec(), 1, deadline));
+        for result in futures::future::join_all(submits).await {
+            result.expect("acknowledged");
+        }
+        let sizes: Vec<usize> = broker
+            .messages(0)
+            .iter()
+            .map(|m| m.payload.len() / 3)
+            .collect();
+        assert!(sizes.iter().all(|s| *s <= 3), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 7);
+        batcher.close().await;
+    }
+
+    #[tokio::test]
+    async fn unavailable_broker_fails_at_the_deadline_and_nothing_is_stored_later() {
+        let broker = Arc::new(MemoryBroker::new(1));
+        broker.set_available(false);
+        let metrics = Metrics::new();
+        let batcher = Batcher::start(broker.clone(), config(10, 1), metrics.clone(), "t".into());
+        let started = Instant::now();
+        let result = batcher
+            .submit(
+                0,
+                b"{}\n".to_vec(),
+                1,
+                Instant::now() + Duration::from_millis(300),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(PublishError::NotConnected(_))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(metrics.publish_retries.get() > 0);
+        broker.set_available(true);
+        batcher.close().await;
+        assert!(
+            broker.messages(0).is_empty(),
+            "an abandoned message must not be published later"
+        );
+    }
+}

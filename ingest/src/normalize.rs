@@ -1,0 +1,421 @@
+//! Validation and enrichment: a [`RawEvent`] plus what the request tells about its sender
+//! becomes an [`EventRecord`], or a list of every problem with it.
+
+use gallop_config::{LimitsConfig, TimeConfig};
+use gallop_event::EventRecord;
+use url::Url;
+
+use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo};
+
+/// The parts of a request every event of it shares.
+pub(crate) struct Sender<'a> {
+    /// Parsed User-Agent.
+    pub(crate) ua: &'a UaInfo,
+    /// Country code or empty.
+    pub(crate) country: &'a str,
+    /// Gateway clock, epoch milliseconds.
+    pub(crate) now_ms: i64,
+}
+
+/// The rules events are checked against.
+pub(crate) struct Rules<'a> {
+    pub(crate) limits: &'a LimitsConfig,
+    pub(crate) time: &'a TimeConfig,
+    /// Allowed sites; empty allows all.
+    pub(crate) sites: &'a [String],
+}
+
+/// Checks `raw` and builds its record, without `id` and `visitor` (the caller sets those).
+/// `index` is the event's position in the request, for error reports.
+pub(crate) fn normalize(
+    raw: RawEvent,
+    index: usize,
+    sender: &Sender<'_>,
+    rules: &Rules<'_>,
+) -> Result<EventRecord, Vec<FieldError>> {
+    let limits = rules.limits;
+    let mut errors = Vec::new();
+    let mut error =
+        |field: &str, reason: String| errors.push(FieldError::event(index, field, reason));
+
+    let site = required(
+        raw.site,
+        "site",
+        limits.max_site_bytes,
+        "max_site_bytes",
+        &mut error,
+    );
+    if let Some(site) = &site {
+        if !rules.sites.is_empty() && !rules.sites.iter().any(|s| s == site) {
+            error(
+                "site",
+                format!("{site:?} is not an allowed site (ingest.sites)"),
+            );
+        }
+    }
+    let name = required(
+        raw.name,
+        "name",
+        limits.max_name_bytes,
+        "max_name_bytes",
+        &mut error,
+    );
+    let url = required(
+        raw.url,
+        "url",
+        limits.max_url_bytes,
+        "max_url_bytes",
+        &mut error,
+    )
+    .and_then(|text| match Url::parse(&text) {
+        Ok(url) if url.host_str().is_some() => Some(url),
+        Ok(_) => {
+            error(
+                "url",
+                "must be an absolute URL with a host, such as https://example.com/page".into(),
+            );
+            None
+        }
+        Err(e) => {
+            error("url", format!("not a valid absolute URL: {e}"));
+            None
+        }
+    });
+    let referrer = raw.referrer.and_then(|text| {
+        if text.len() > limits.max_referrer_bytes {
+            error(
+                "referrer",
+                too_long(limits.max_referrer_bytes, "max_referrer_bytes"),
+            );
+            return None;
+        }
+        match Url::parse(&text) {
+            Ok(url) if url.host_str().is_some() => Some(url),
+            _ => {
+                error("referrer", "not an absolute URL with a host".into());
+                None
+            }
+        }
+    });
+    if let Some(id) = &raw.id {
+        if id.is_empty() {
+            error("id", "must not be empty when given".into());
+        } else if id.len() > limits.max_id_bytes {
+            error("id", too_long(limits.max_id_bytes, "max_id_bytes"));
+        }
+    }
+    if let Some(visitor) = &raw.visitor {
+        if visitor.is_empty() {
+            error("visitor", "must not be empty when given".into());
+        } else if visitor.len() > limits.max_id_bytes {
+            error("visitor", too_long(limits.max_id_bytes, "max_id_bytes"));
+        }
+    }
+    if raw.props.len() > limits.max_props {
+        error(
+            "props",
+            format!(
+                "has {} properties, more than {} (limit: ingest.limits.max_props)",
+                raw.props.len(),
+                limits.max_props
+            ),
+        );
+    }
+    for (key, value) in &raw.props {
+        if key.is_empty() {
+            error("props", "property keys must not be empty".into());
+        } else if key.len() > limits.max_prop_key_bytes {
+            error(
+                &format!("props.{}", truncate(key, 40)),
+                format!(
+                    "key {}",
+                    too_long(limits.max_prop_key_bytes, "max_prop_key_bytes")
+                ),
+            );
+        } else if value.len() > limits.max_prop_value_bytes {
+            error(
+                &format!("props.{key}"),
+                format!(
+                    "value {}",
+                    too_long(limits.max_prop_value_bytes, "max_prop_value_bytes")
+                ),
+            );
+        }
+    }
+    if let Some(value) = raw.value {
+        if !value.is_finite() {
+            error("value", "must be a finite number".into());
+        }
+    }
+    if let Some(currency) = &raw.currency {
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+            error(
+                "currency",
+                "must be a 3-letter ISO 4217 code such as EUR".into(),
+            );
+        }
+    }
+    let ts = raw.timestamp_ms.unwrap_or(sender.now_ms);
+    let lateness_ms = millis(rules.time.allowed_lateness);
+    let future_ms = millis(rules.time.max_future);
+    if ts < sender.now_ms.saturating_sub(lateness_ms) {
+        error(
+            "timestamp",
+            format!(
+                "older than the allowed lateness of {} (time.allowed_lateness)",
+                humantime::format_duration(rules.time.allowed_lateness)
+            ),
+        );
+    } else if ts > sender.now_ms.saturating_add(future_ms) {
+        error(
+            "timestamp",
+            format!(
+                "more than {} in the future (time.max_future)",
+                humantime::format_duration(rules.time.max_future)
+            ),
+        );
+    }
+
+    let (Some(site), Some(name), Some(url), true) = (site, name, url, errors.is_empty()) else {
+        return Err(errors);
+    };
+
+    let mut record = EventRecord::new();
+    record.host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    record.path = if url.path().is_empty() {
+        "/".to_owned()
+    } else {
+        url.path().to_owned()
+    };
+    let mut ref_param = None;
+    for (key, value) in url.query_pairs() {
+        let slot = match key.as_ref() {
+            "utm_source" => &mut record.utm_source,
+            "utm_medium" => &mut record.utm_medium,
+            "utm_campaign" => &mut record.utm_campaign,
+            "utm_content" => &mut record.utm_content,
+            "utm_term" => &mut record.utm_term,
+            "ref" | "source" => {
+                if ref_param.is_none() && !value.is_empty() {
+                    ref_param = Some(value.into_owned());
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if slot.is_empty() {
+            *slot = truncate(&value, limits.max_prop_value_bytes).to_owned();
+        }
+    }
+    if let Some(referrer) = referrer {
+        let ref_host =
+            strip_www(&referrer.host_str().unwrap_or_default().to_ascii_lowercase()).to_owned();
+        if ref_host != strip_www(&record.host) {
+            record.referrer = referrer.to_string();
+            record.ref_host = ref_host;
+        }
+    }
+    record.source = if !record.utm_source.is_empty() {
+        record.utm_source.clone()
+    } else if let Some(param) = ref_param {
+        truncate(&param, limits.max_prop_value_bytes).to_owned()
+    } else if let Some(known) = known_source(&record.ref_host) {
+        known.to_owned()
+    } else {
+        record.ref_host.clone()
+    };
+    record.site = site;
+    record.name = name;
+    record.ts = ts;
+    record.country = sender.country.to_owned();
+    record.browser = sender.ua.browser.clone();
+    record.browser_version = sender.ua.browser_version.clone();
+    record.os = sender.ua.os.clone();
+    record.device = sender.ua.device.to_owned();
+    record.props = raw.props.into_iter().collect();
+    record.value = raw.value;
+    record.currency = raw
+        .currency
+        .map(|c| c.to_ascii_uppercase())
+        .unwrap_or_default();
+    record.interactive = raw.interactive;
+    Ok(record)
+}
+
+fn required(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+    key: &str,
+    error: &mut impl FnMut(&str, String),
+) -> Option<String> {
+    match value {
+        None => {
+            error(field, "missing; this field is required".into());
+            None
+        }
+        Some(v) if v.trim().is_empty() => {
+            error(field, "must not be empty".into());
+            None
+        }
+        Some(v) if v.len() > max => {
+            error(field, too_long(max, key));
+            None
+        }
+        Some(v) => Some(v.trim().to_owned()),
+    }
+}
+
+fn too_long(max: usize, key: &str) -> String {
+    format!("longer than {max} bytes (limit: ingest.limits.{key})")
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn strip_www(host: &str) -> &str {
+    host.strip_prefix("www.").unwrap_or(host)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(url: &str, referrer: Option<&str>) -> RawEvent {
+        RawEvent {
+            site: Some("example.com".into()),
+            name: Some("pageview".into()),
+            url: Some(url.into()),
+            referrer: referrer.map(Into::into),
+            interactive: true,
+            ..RawEvent::default()
+        }
+    }
+
+    #[track_caller]
+    fn check(event: RawEvent, expect: &str) {
+        let ua = UaInfo {
+            browser: "Firefox".into(),
+            browser_version: "121".into(),
+            os: "Linux".into(),
+            device: "desktop",
+            bot: false,
+        };
+        let sender = Sender {
+            ua: &ua,
+            country: "DE",
+            now_ms: 1_795_428_000_000,
+        };
+        let limits = LimitsConfig::default();
+        let time = TimeConfig::default();
+        let rules = Rules {
+            limits: &limits,
+            time: &time,
+            sites: &[],
+        };
+        let got = match normalize(event, 0, &sender, &rules) {
+            Ok(r) => format!(
+                "host={} path={} ref={} ref_host={} source={} utm={}/{}/{}/{}/{}",
+                r.host,
+                r.path,
+                r.referrer,
+                r.ref_host,
+                r.source,
+                r.utm_source,
+                r.utm_medium,
+                r.utm_campaign,
+                r.utm_content,
+                r.utm_term
+            ),
+            Err(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn url_and_referrer_enrichment() {
+        check(
+            raw("https://Example.com/pricing?utm_source=news&utm_medium=email&utm_campaign=nov#top", Some("https://www.google.com/")),
+            "host=example.com path=/pricing ref=https://www.google.com/ ref_host=google.com source=news utm=news/email/nov//",
+        );
+        check(
+            raw("https://example.com/", Some("https://news.ycombinator.com/item?id=1")),
+            "host=example.com path=/ ref=https://news.ycombinator.com/item?id=1 ref_host=news.ycombinator.com source=Hacker News utm=////",
+        );
+        check(
+            raw("https://example.com/a?ref=producthunt", None),
+            "host=example.com path=/a ref= ref_host= source=producthunt utm=////",
+        );
+        check(
+            raw("https://example.com/b", Some("https://blog.example.org/post")),
+            "host=example.com path=/b ref=https://blog.example.org/post ref_host=blog.example.org source=blog.example.org utm=////",
+        );
+        // A self-referral is no source.
+        check(
+            raw("https://www.example.com/b", Some("https://example.com/a")),
+            "host=www.example.com path=/b ref= ref_host= source= utm=////",
+        );
+        check(
+            raw("https://example.com/", Some("https://t.co/xyz")),
+            "host=example.com path=/ ref=https://t.co/xyz ref_host=t.co source=Twitter utm=////",
+        );
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let mut event = raw("not a url", Some("also not"));
+        event.name = None;
+        event.props = vec![("".into(), "x".into()), ("k".into(), "v".repeat(3000))];
+        event.timestamp_ms = Some(0);
+        event.value = Some(f64::NAN);
+        check(
+            event,
+            "name: missing; this field is required; url: not a valid absolute URL: relative URL without a base; \
+             referrer: not an absolute URL with a host; props: property keys must not be empty; \
+             props.k: value longer than 2000 bytes (limit: ingest.limits.max_prop_value_bytes); value: must be a finite number; \
+             timestamp: older than the allowed lateness of 1h (time.allowed_lateness)",
+        );
+    }
+
+    #[test]
+    fn site_allow_list() {
+        let ua = UaInfo::default();
+        let sender = Sender {
+            ua: &ua,
+            country: "",
+            now_ms: 1_795_428_000_000,
+        };
+        let limits = LimitsConfig::default();
+        let time = TimeConfig::default();
+        let sites = vec!["other.com".to_owned()];
+        let rules = Rules {
+            limits: &limits,
+            time: &time,
+            sites: &sites,
+        };
+        let errors = normalize(raw("https://example.com/", None), 3, &sender, &rules)
+            .expect_err("not allowed");
+        assert_eq!(errors[0].index, Some(3));
+        assert!(
+            errors[0].reason.contains("not an allowed site"),
+            "{errors:?}"
+        );
+    }
+}

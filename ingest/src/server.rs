@@ -1,0 +1,557 @@
+//! The HTTP front door: routes, request handling and the serve loop.
+
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{rejection::BytesRejection, ConnectInfo, DefaultBodyLimit, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use bytes::Bytes;
+use gallop_broker::{partition_for, PublishError, Publisher, SaltStore};
+use gallop_config::Config;
+use gallop_event::encode_into;
+use time::OffsetDateTime;
+use tokio::{net::TcpListener, time::Instant};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::{info, warn};
+
+use crate::{
+    batcher::Batcher,
+    client_ip::client_ip,
+    error::{ApiError, FieldError, IngestError},
+    geo::Geo,
+    input::{parse_batch, parse_plausible, Framing, RawEvent},
+    metrics::Metrics,
+    normalize::{normalize, Rules, Sender},
+    privacy::{visitor_from_key, visitor_from_request, Visitors},
+    useragent::UserAgents,
+};
+
+/// A ready-to-serve gateway: configuration checked, parsers built, salt fetched,
+/// batching tasks running.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+struct AppState {
+    config: Config,
+    publisher: Arc<dyn Publisher>,
+    batcher: Batcher,
+    user_agents: UserAgents,
+    geo: Geo,
+    visitors: Visitors,
+    metrics: Metrics,
+    run_id: String,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("partitions", &self.publisher.partitions())
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which front door a request came through; they differ in framing and bot rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Plausible,
+    Batch,
+}
+
+impl Route {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Plausible => "/api/event",
+            Self::Batch => "/v1/events",
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds a gateway publishing through `publisher`, hashing visitors with salts from
+    /// `salts`. Must be called inside a Tokio runtime (it starts the batching tasks).
+    pub async fn new(
+        config: Config,
+        publisher: Arc<dyn Publisher>,
+        salts: Arc<dyn SaltStore>,
+    ) -> Result<Self, IngestError> {
+        let metrics = Metrics::new();
+        let user_agents = UserAgents::new(config.ingest.user_agent_cache)?;
+        let geo = Geo::new(&config.ingest)?;
+        let visitors = Visitors::new(salts).await?;
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let batcher = Batcher::start(
+            publisher.clone(),
+            config.ingest.batching.clone(),
+            metrics.clone(),
+            run_id.clone(),
+        );
+        Ok(Self {
+            state: Arc::new(AppState {
+                config,
+                publisher,
+                batcher,
+                user_agents,
+                geo,
+                visitors,
+                metrics,
+                run_id,
+                next_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The gateway's metrics (to register more collectors on the same `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The HTTP routes, with CORS and body limits applied.
+    pub fn router(&self) -> Router {
+        let ingest = &self.state.config.ingest;
+        let origins = if ingest.cors_allowed_origins.iter().any(|o| o == "*") {
+            AllowOrigin::from(Any)
+        } else {
+            AllowOrigin::list(
+                ingest
+                    .cors_allowed_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            )
+        };
+        let cors = CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(86_400));
+        Router::new()
+            .route("/api/event", post(plausible_event))
+            .route("/v1/events", post(batch_events))
+            .layer(DefaultBodyLimit::max(ingest.limits.max_body_bytes))
+            .layer(cors)
+            .route("/health", get(|| async { "ok" }))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(self.state.clone())
+    }
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves; then stops accepting,
+/// finishes in-flight requests and publishes (bounded by `ingest.shutdown_timeout`) and
+/// returns.
+pub async fn run(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), IngestError> {
+    let state = gateway.state.clone();
+    let grace = state.config.ingest.shutdown_timeout;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        info!("shutting down: no new connections; finishing in-flight requests");
+        let _ = stopping_tx.send(());
+    };
+    let app = gateway
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = serve => result?,
+        () = deadline => warn!(?grace, "shutdown timeout reached with requests still in flight"),
+    }
+    state.batcher.close().await;
+    info!("gateway stopped");
+    Ok(())
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.publisher.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: broker not connected",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn plausible_event(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let result = async {
+        let body = read_body(&state, &headers, body, Route::Plausible)?;
+        let events = parse_plausible(utf8(&body)?, state.config.ingest.limits.max_domains)
+            .map_err(ApiError::Invalid)?;
+        accept(&state, events, &headers, peer.ip(), Route::Plausible).await
+    }
+    .await;
+    let response = match result {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "ok",
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    record(&state, Route::Plausible, &response, started);
+    response
+}
+
+async fn batch_events(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let result = async {
+        let body = read_body(&state, &headers, body, Route::Batch)?;
+        let text = utf8(&body)?;
+        let framing = match content_type(&headers).as_str() {
+            "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+                Framing::NdJson
+            }
+            _ => Framing::Json,
+        };
+        let events = parse_batch(text, framing, state.config.ingest.limits.max_batch_events)
+            .map_err(ApiError::Invalid)?;
+        accept(&state, events, &headers, peer.ip(), Route::Batch).await
+    }
+    .await;
+    let response = match result {
+        Ok(outcome) => (
+            StatusCode::ACCEPTED,
+            Json(
+                serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped}),
+            ),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    record(&state, Route::Batch, &response, started);
+    response
+}
+
+fn record(state: &AppState, route: Route, response: &Response, started: std::time::Instant) {
+    let status = response.status();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.path(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[route.path()])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Checks Content-Type and size; returns the body.
+fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    route: Route,
+) -> Result<Bytes, ApiError> {
+    let got = content_type(headers);
+    let supported = match route {
+        // Plausible's tracker sends text/plain (to skip CORS preflight) or JSON; curl
+        // users often send none.
+        Route::Plausible => matches!(got.as_str(), "" | "text/plain" | "application/json"),
+        Route::Batch => matches!(
+            got.as_str(),
+            "application/json"
+                | "application/x-ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines"
+        ),
+    };
+    if !supported {
+        return Err(ApiError::UnsupportedMediaType {
+            got,
+            expected: match route {
+                Route::Plausible => "text/plain or application/json",
+                Route::Batch => "application/json or application/x-ndjson",
+            },
+        });
+    }
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: state.config.ingest.limits.max_body_bytes,
+            }
+        } else {
+            ApiError::Invalid(vec![FieldError::request(
+                "body",
+                format!("could not be read: {rejection}"),
+            )])
+        }
+    })
+}
+
+/// The body as UTF-8 text, or an error pointing at the first bad byte.
+fn utf8(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|e| {
+        ApiError::Invalid(vec![FieldError::request(
+            "body",
+            format!(
+                "not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )])
+    })
+}
+
+struct Outcome {
+    accepted: usize,
+    dropped: usize,
+}
+
+/// Validates, enriches and publishes `events`; all or nothing.
+async fn accept(
+    state: &AppState,
+    events: Vec<RawEvent>,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    route: Route,
+) -> Result<Outcome, ApiError> {
+    let config = &state.config;
+    let unavailable = |reason: String| ApiError::Unavailable {
+        reason,
+        retry_after: config.ingest.retry_after_seconds,
+    };
+    if !state.publisher.is_ready() {
+        return Err(unavailable("not connected to the broker".to_owned()));
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_prefetch(headers) {
+        state.metrics.events_prefetch.inc_by(events.len() as u64);
+        return Ok(Outcome {
+            accepted: 0,
+            dropped: events.len(),
+        });
+    }
+    let ua = state.user_agents.parse(user_agent);
+    // Browsers always send a User-Agent; servers posting batches may not.
+    let bot = ua.bot && (route == Route::Plausible || !user_agent.trim().is_empty());
+    if bot {
+        state.metrics.events_bots.inc_by(events.len() as u64);
+        return Ok(Outcome {
+            accepted: 0,
+            dropped: events.len(),
+        });
+    }
+    let ip = client_ip(
+        peer,
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        &config.ingest.trusted_proxies,
+    );
+    let country = state.geo.country(headers, ip);
+    let salt = state.visitors.salt().await.map_err(|e| {
+        warn!(error = %e, "visitor salt unavailable");
+        unavailable("visitor salt store unavailable".to_owned())
+    })?;
+    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX);
+    let sender = Sender {
+        ua: &ua,
+        country: &country,
+        now_ms,
+    };
+    let rules = Rules {
+        limits: &config.ingest.limits,
+        time: &config.time,
+        sites: &config.ingest.sites,
+    };
+
+    let partitions = state.publisher.partitions();
+    let mut parts: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); partitions as usize];
+    let mut errors: Vec<FieldError> = Vec::new();
+    let total = events.len();
+    for (index, raw) in events.into_iter().enumerate() {
+        let client_id = raw.id.clone();
+        let visitor_key = raw.visitor.clone();
+        match normalize(raw, index, &sender, &rules) {
+            Ok(mut record) if errors.is_empty() => {
+                record.visitor = match &visitor_key {
+                    Some(key) => visitor_from_key(&salt, &record.site, key),
+                    None => visitor_from_request(&salt, &record.site, ip, user_agent),
+                };
+                record.id = client_id.unwrap_or_else(|| {
+                    format!(
+                        "{}{:010x}",
+                        state.run_id,
+                        state.next_id.fetch_add(1, Ordering::Relaxed)
+                    )
+                });
+                let partition = partition_for(&record.site, record.visitor, partitions);
+                let part = &mut parts[partition as usize];
+                encode_into(&record, &mut part.0);
+                part.1 += 1;
+            }
+            Ok(_) => {}
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        if route == Route::Plausible {
+            // Plausible requests carry one event per site: report without an index.
+            errors.iter_mut().for_each(|e| e.index = None);
+        }
+        state
+            .metrics
+            .events_rejected
+            .with_label_values(&["invalid"])
+            .inc_by(total as u64);
+        return Err(ApiError::Invalid(errors));
+    }
+
+    let deadline = Instant::now() + config.ingest.publish_timeout;
+    let submissions = parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, count))| *count > 0)
+        .flat_map(|(partition, (payload, count))| {
+            split_lines(payload, count, config.ingest.batching.max_bytes)
+                .into_iter()
+                .map(move |(chunk, n)| (partition as u32, chunk, n))
+        })
+        .map(|(partition, chunk, n)| state.batcher.submit(partition, chunk, n, deadline));
+    let results = futures::future::join_all(submissions).await;
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        state
+            .metrics
+            .events_rejected
+            .with_label_values(&["broker_unavailable"])
+            .inc_by(total as u64);
+        return Err(match error {
+            PublishError::TooLarge { .. } => ApiError::BodyTooLarge {
+                limit: config.ingest.batching.max_bytes,
+            },
+            other => unavailable(other.to_string()),
+        });
+    }
+    state.metrics.events_accepted.inc_by(total as u64);
+    Ok(Outcome {
+        accepted: total,
+        dropped: 0,
+    })
+}
+
+/// Cuts an NDJSON payload of `count` lines into chunks of at most `max_bytes` (a single
+/// longer line stays whole).
+fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
+    if payload.len() <= max_bytes {
+        return vec![(payload, count)];
+    }
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut lines = 0;
+    for line in payload.split_inclusive(|b| *b == b'\n') {
+        if !current.is_empty() && current.len() + line.len() > max_bytes {
+            chunks.push((std::mem::take(&mut current), lines));
+            lines = 0;
+        }
+        current.extend_from_slice(line);
+        lines += 1;
+    }
+    if !current.is_empty() {
+        chunks.push((current, lines));
+    }
+    chunks
+}
+
+/// Browser prefetch and prerender requests are not visits.
+fn is_prefetch(headers: &HeaderMap) -> bool {
+    ["purpose", "sec-purpose", "x-purpose", "x-moz"]
+        .iter()
+        .any(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    let v = v.to_ascii_lowercase();
+                    v.contains("prefetch") || v.contains("prerender") || v.contains("preview")
+                })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_lines_whole() {
+        let payload = b"aaaa\nbbbb\ncccc\n".to_vec();
+        let chunks = split_lines(payload.clone(), 3, 10);
+        assert_eq!(
+            chunks,
+            vec![(b"aaaa\nbbbb\n".to_vec(), 2), (b"cccc\n".to_vec(), 1)]
+        );
+        assert_eq!(split_lines(payload.clone(), 3, 100), vec![(payload, 3)]);
+        assert_eq!(
+            split_lines(b"aaaaaaaa\nb\n".to_vec(), 2, 4),
+            vec![(b"aaaaaaaa\n".to_vec(), 1), (b"b\n".to_vec(), 1)]
+        );
+    }
+
+    #[test]
+    fn prefetch_headers() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_prefetch(&headers));
+        headers.insert(
+            "sec-purpose",
+            HeaderValue::from_static("prefetch;prerender"),
+        );
+        assert!(is_prefetch(&headers));
+    }
+}
