@@ -16,20 +16,13 @@ pub(crate) fn print_config(config: &Config) -> anyhow::Result<()> {
 
 /// `gallop ingest`: the gateway until SIGTERM or Ctrl-C.
 pub(crate) fn ingest(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the Tokio runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the Tokio runtime")?;
     runtime.block_on(async move {
-        let (publisher, salts): (Arc<dyn Publisher>, Arc<dyn SaltStore>) = match config.broker.kind
-        {
+        let (publisher, salts): (Arc<dyn Publisher>, Arc<dyn SaltStore>) = match config.broker.kind {
             BrokerKind::Nats => {
-                let broker = NatsBroker::connect(
-                    &config.nats,
-                    config.broker.partitions,
-                    config.ingest.publish_timeout,
-                )
-                .await?;
+                let broker =
+                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
                 let salts = broker.salt_store(&config.nats).await?;
                 (Arc::new(broker), Arc::new(salts))
             }

@@ -66,15 +66,9 @@ impl NatsBroker {
     /// Connects, then creates the stream or updates it to match `config`.
     ///
     /// After start the client reconnects by itself whenever the server goes away.
-    pub async fn connect(
-        config: &NatsConfig,
-        partitions: u32,
-        ack_timeout: Duration,
-    ) -> Result<Self, NatsError> {
+    pub async fn connect(config: &NatsConfig, partitions: u32, ack_timeout: Duration) -> Result<Self, NatsError> {
         let client = connect_client(config).await?;
-        let jetstream = jetstream::ContextBuilder::new()
-            .timeout(ack_timeout)
-            .build(client.clone());
+        let jetstream = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client.clone());
         let subjects = subjects(&config.subject_prefix, partitions);
         let stream_config = stream::Config {
             name: config.stream.clone(),
@@ -86,11 +80,7 @@ impl NatsBroker {
                 StorageKind::Memory => StorageType::Memory,
             },
             max_age: config.max_age,
-            max_bytes: if config.max_bytes == 0 {
-                -1
-            } else {
-                i64::try_from(config.max_bytes).unwrap_or(i64::MAX)
-            },
+            max_bytes: if config.max_bytes == 0 { -1 } else { i64::try_from(config.max_bytes).unwrap_or(i64::MAX) },
             duplicate_window: config.duplicate_window,
             num_replicas: config.replicas as usize,
             description: Some(format!("Gallop events, {partitions} partitions")),
@@ -99,19 +89,10 @@ impl NatsBroker {
         let info = jetstream
             .create_or_update_stream(stream_config)
             .await
-            .map_err(|e| NatsError::Stream {
-                stream: config.stream.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| NatsError::Stream { stream: config.stream.clone(), reason: e.to_string() })?;
         info!(stream = %config.stream, partitions, messages = info.state.messages, "JetStream stream ready");
         let max_payload = client.server_info().max_payload;
-        Ok(Self {
-            client,
-            jetstream,
-            subjects,
-            stream: config.stream.clone(),
-            max_payload,
-        })
+        Ok(Self { client, jetstream, subjects, stream: config.stream.clone(), max_payload })
     }
 
     /// The client, for other adapters sharing the connection.
@@ -141,9 +122,7 @@ impl NatsBroker {
 }
 
 fn subjects(prefix: &str, partitions: u32) -> Vec<String> {
-    (0..partitions)
-        .map(|p| format!("{prefix}.events.{p}"))
-        .collect()
+    (0..partitions).map(|p| format!("{prefix}.events.{p}")).collect()
 }
 
 async fn connect_client(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
@@ -152,9 +131,7 @@ async fn connect_client(config: &NatsConfig) -> Result<async_nats::Client, NatsE
         .connection_timeout(config.connect_timeout)
         // Reconnect forever, quickly at first: a gateway outlives NATS restarts.
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64 * 100).min(2_000))
-        })
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(2_000)))
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => info!("connected to NATS"),
@@ -171,10 +148,7 @@ async fn connect_client(config: &NatsConfig) -> Result<async_nats::Client, NatsE
     let connect = options.connect(config.url.as_str());
     match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(NatsError::Connect {
-            url: config.url.clone(),
-            reason: e.to_string(),
-        }),
+        Ok(Err(e)) => Err(NatsError::Connect { url: config.url.clone(), reason: e.to_string() }),
         Err(_) => Err(NatsError::Connect {
             url: config.url.clone(),
             reason: format!("no connection within {:?}", config.connect_timeout),
@@ -192,10 +166,7 @@ impl Publisher for NatsBroker {
         self.client.connection_state() == State::Connected
     }
 
-    fn publish(
-        &self,
-        message: OutboundMessage,
-    ) -> BoxFuture<'static, Result<Position, PublishError>> {
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<Position, PublishError>> {
         let subject = self.subjects.get(message.partition as usize).cloned();
         let partitions = self.partitions();
         let connected = self.is_ready();
@@ -203,23 +174,15 @@ impl Publisher for NatsBroker {
         let jetstream = self.jetstream.clone();
         async move {
             let Some(subject) = subject else {
-                return Err(PublishError::NoSuchPartition {
-                    partition: message.partition,
-                    partitions,
-                });
+                return Err(PublishError::NoSuchPartition { partition: message.partition, partitions });
             };
             // Never hand a message to a disconnected client: it would sit in the client's
             // buffer and be sent after reconnecting, long after the caller gave up on it.
             if !connected {
-                return Err(PublishError::NotConnected(
-                    "NATS connection is down".to_owned(),
-                ));
+                return Err(PublishError::NotConnected("NATS connection is down".to_owned()));
             }
             if message.payload.len() + 256 > max_payload {
-                return Err(PublishError::TooLarge {
-                    id: message.id,
-                    bytes: message.payload.len(),
-                });
+                return Err(PublishError::TooLarge { id: message.id, bytes: message.payload.len() });
             }
             let publish = PublishMessage::build()
                 .payload(message.payload)
@@ -231,11 +194,7 @@ impl Publisher for NatsBroker {
                 .map_err(|e| publish_error(&message.id, e.kind(), e.to_string()))?
                 .await
                 .map_err(|e| publish_error(&message.id, e.kind(), e.to_string()))?;
-            Ok(Position {
-                partition: message.partition,
-                offset: ack.sequence,
-                duplicate: ack.duplicate,
-            })
+            Ok(Position { partition: message.partition, offset: ack.sequence, duplicate: ack.duplicate })
         }
         .boxed()
     }
@@ -245,14 +204,8 @@ fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> PublishError
     match kind {
         PublishErrorKind::TimedOut => PublishError::Timeout { id: id.to_owned() },
         PublishErrorKind::BrokenPipe => PublishError::NotConnected(text),
-        PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge {
-            id: id.to_owned(),
-            bytes: 0,
-        },
-        _ => PublishError::Rejected {
-            id: id.to_owned(),
-            reason: text,
-        },
+        PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge { id: id.to_owned(), bytes: 0 },
+        _ => PublishError::Rejected { id: id.to_owned(), reason: text },
     }
 }
 
@@ -269,9 +222,7 @@ pub struct NatsSaltStore {
 
 impl std::fmt::Debug for NatsSaltStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSaltStore")
-            .field("bucket", &self.bucket)
-            .finish()
+        f.debug_struct("NatsSaltStore").field("bucket", &self.bucket).finish()
     }
 }
 
@@ -282,15 +233,8 @@ impl NatsSaltStore {
     /// (ADR-8: stream `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key, rollups
     /// allowed, deletes denied, direct get): `create_key_value` first asks for account
     /// info, which async-nats cannot parse from NATS 2.9 servers (Debian's).
-    pub async fn open(
-        jetstream: &jetstream::Context,
-        bucket: &str,
-        storage: StorageKind,
-    ) -> Result<Self, NatsError> {
-        let fail = |e: &dyn std::fmt::Display| NatsError::Bucket {
-            bucket: bucket.to_owned(),
-            reason: e.to_string(),
-        };
+    pub async fn open(jetstream: &jetstream::Context, bucket: &str, storage: StorageKind) -> Result<Self, NatsError> {
+        let fail = |e: &dyn std::fmt::Display| NatsError::Bucket { bucket: bucket.to_owned(), reason: e.to_string() };
         let max_age = Duration::from_secs(24 * 3600);
         jetstream
             .get_or_create_stream(stream::Config {
@@ -315,21 +259,12 @@ impl NatsSaltStore {
             })
             .await
             .map_err(|e| fail(&e))?;
-        let store = jetstream
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| fail(&e))?;
-        Ok(Self {
-            store,
-            bucket: bucket.to_owned(),
-        })
+        let store = jetstream.get_key_value(bucket).await.map_err(|e| fail(&e))?;
+        Ok(Self { store, bucket: bucket.to_owned() })
     }
 
     fn error(&self, reason: impl ToString) -> SaltError {
-        SaltError::Store {
-            store: self.bucket.clone(),
-            reason: reason.to_string(),
-        }
+        SaltError::Store { store: self.bucket.clone(), reason: reason.to_string() }
     }
 
     async fn read(&self, day: Date, key: &str) -> Result<Option<Salt>, SaltError> {
@@ -356,10 +291,9 @@ impl SaltStore for NatsSaltStore {
             match self.store.create(&key, fresh.0.to_vec().into()).await {
                 Ok(_) => Ok(fresh),
                 // Another gateway won the race: use its salt.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
-                    .read(day, &key)
-                    .await?
-                    .ok_or_else(|| self.error(format!("{key} vanished after a create race"))),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    self.read(day, &key).await?.ok_or_else(|| self.error(format!("{key} vanished after a create race")))
+                }
                 Err(e) => Err(self.error(e)),
             }
         }
@@ -373,10 +307,7 @@ impl SaltStore for NatsSaltStore {
                 let Some(old) = day.checked_sub(time::Duration::days(back)) else {
                     break;
                 };
-                self.store
-                    .purge(day_key(old))
-                    .await
-                    .map_err(|e| self.error(e))?;
+                self.store.purge(day_key(old)).await.map_err(|e| self.error(e))?;
             }
             Ok(())
         }

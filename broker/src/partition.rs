@@ -25,8 +25,7 @@ fn jump_consistent_hash(mut key: u64, buckets: u32) -> u32 {
     while j < i64::from(buckets) {
         b = j;
         key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = ((b.wrapping_add(1) as f64) * ((1u64 << 31) as f64 / (((key >> 33) + 1) as f64)))
-            as i64;
+        j = ((b.wrapping_add(1) as f64) * ((1u64 << 31) as f64 / (((key >> 33) + 1) as f64))) as i64;
     }
     // b is in 0..buckets here, which fits u32.
     b as u32
@@ -51,11 +50,7 @@ mod tests {
     fn spreads_visitors_evenly() {
         let mut counts = [0u32; 8];
         for visitor in 0..80_000u64 {
-            counts[partition_for(
-                "example.com",
-                visitor.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                8,
-            ) as usize] += 1;
+            counts[partition_for("example.com", visitor.wrapping_mul(0x9E37_79B9_7F4A_7C15), 8) as usize] += 1;
         }
         for c in counts {
             assert!((9_000..11_000).contains(&c), "uneven spread {counts:?}");
@@ -64,18 +59,14 @@ mod tests {
 
     #[test]
     fn growing_partitions_moves_few_visitors() {
-        let moved = (0..10_000u64)
-            .filter(|v| partition_for("s", *v, 8) != partition_for("s", *v, 9))
-            .count();
+        let moved = (0..10_000u64).filter(|v| partition_for("s", *v, 8) != partition_for("s", *v, 9)).count();
         // Ideal is 1/9 of the visitors (~1111); a modulo hash would move ~8/9.
         assert!(moved < 1_400, "moved {moved}");
     }
 
     #[test]
     fn site_matters() {
-        let differ = (0..1000u64)
-            .filter(|v| partition_for("a.com", *v, 16) != partition_for("b.com", *v, 16))
-            .count();
+        let differ = (0..1000u64).filter(|v| partition_for("a.com", *v, 16) != partition_for("b.com", *v, 16)).count();
         assert!(differ > 800, "{differ}");
     }
 }

@@ -69,10 +69,7 @@ pub enum PublishError {
 impl PublishError {
     /// Whether publishing the same message again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::NotConnected(_) | Self::Timeout { .. } | Self::Rejected { .. }
-        )
+        matches!(self, Self::NotConnected(_) | Self::Timeout { .. } | Self::Rejected { .. })
     }
 }
 
@@ -88,8 +85,5 @@ pub trait Publisher: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 
     /// Publishes one message; resolves once the broker acknowledged it.
-    fn publish(
-        &self,
-        message: OutboundMessage,
-    ) -> BoxFuture<'static, Result<Position, PublishError>>;
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<Position, PublishError>>;
 }

@@ -81,22 +81,14 @@ impl SaltStore for LocalSaltStore {
     }
 
     fn forget_before(&self, day: Date) -> BoxFuture<'_, Result<(), SaltError>> {
-        self.salts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|d, _| *d >= day);
+        self.salts.lock().unwrap_or_else(|p| p.into_inner()).retain(|d, _| *d >= day);
         future::ready(Ok(())).boxed()
     }
 }
 
 /// The key-value key for `day`, e.g. `day-2026-11-23`.
 pub(crate) fn day_key(day: Date) -> String {
-    format!(
-        "day-{:04}-{:02}-{:02}",
-        day.year(),
-        u8::from(day.month()),
-        day.day()
-    )
+    format!("day-{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
 
 #[cfg(test)]
@@ -109,16 +101,10 @@ mod tests {
     async fn local_store_keeps_one_salt_per_day_and_forgets() {
         let store = LocalSaltStore::new();
         let a = store.salt_for(date!(2026 - 11 - 23)).await.expect("salt");
-        assert_eq!(
-            a,
-            store.salt_for(date!(2026 - 11 - 23)).await.expect("salt")
-        );
+        assert_eq!(a, store.salt_for(date!(2026 - 11 - 23)).await.expect("salt"));
         let b = store.salt_for(date!(2026 - 11 - 24)).await.expect("salt");
         assert_ne!(a, b);
-        store
-            .forget_before(date!(2026 - 11 - 24))
-            .await
-            .expect("forget");
+        store.forget_before(date!(2026 - 11 - 24)).await.expect("forget");
         assert_ne!(
             a,
             store.salt_for(date!(2026 - 11 - 23)).await.expect("salt"),

@@ -14,12 +14,11 @@ mod validate;
 pub use error::{ConfigError, Problem};
 pub use load::{load, Sources, CONFIG_PATH_ENV};
 pub use model::{
-    BatchingConfig, BrokerConfig, BrokerKind, Config, IngestConfig, LimitsConfig, LogConfig,
-    LogFormat, NatsConfig, Secret, StorageKind, TimeConfig,
+    BatchingConfig, BrokerConfig, BrokerKind, Config, IngestConfig, LimitsConfig, LogConfig, LogFormat, NatsConfig,
+    Secret, StorageKind, TimeConfig,
 };
 
 /// Renders a configuration as TOML with secrets redacted, for `gallop config`.
 pub fn to_toml(config: &Config) -> Result<String, ConfigError> {
-    toml::to_string_pretty(config)
-        .map_err(|e| ConfigError::Parse(format!("cannot render config as TOML: {e}")))
+    toml::to_string_pretty(config).map_err(|e| ConfigError::Parse(format!("cannot render config as TOML: {e}")))
 }

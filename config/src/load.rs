@@ -26,10 +26,7 @@ impl Sources {
     /// The usual sources: `file` if given, else `$GALLOP_CONFIG` if set; `GALLOP_` variables.
     pub fn standard(file: Option<PathBuf>) -> Self {
         let file = file.or_else(|| std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from));
-        Self {
-            file,
-            env_prefix: "GALLOP_".to_owned(),
-        }
+        Self { file, env_prefix: "GALLOP_".to_owned() }
     }
 }
 
@@ -42,24 +39,15 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     }
     // `<prefix>CONFIG` names the file itself and is no config key.
     figment = figment.merge(
-        Env::prefixed(&sources.env_prefix)
-            .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
-            .split("__"),
+        Env::prefixed(&sources.env_prefix).filter(|key| !key.as_str().eq_ignore_ascii_case("config")).split("__"),
     );
-    let config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(describe(e)))?;
+    let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
     crate::validate::validate(&config)?;
     Ok(config)
 }
 
 fn check_readable(path: &Path) -> Result<(), ConfigError> {
-    std::fs::metadata(path)
-        .map(|_| ())
-        .map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+    std::fs::metadata(path).map(|_| ()).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Flattens figment's error chain into lines that each name the key and the source.
@@ -68,11 +56,7 @@ fn describe(error: figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| m.name.to_string())
-                .unwrap_or_default();
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
             let mut line = String::new();
             if !key.is_empty() {
                 line.push_str(&format!("key `{key}`: "));
@@ -103,11 +87,8 @@ mod tests {
             for (k, v) in env {
                 jail.set_env(k, v);
             }
-            out = load(&Sources {
-                file: Some("gallop.toml".into()),
-                env_prefix: "GALLOP_".into(),
-            })
-            .map_err(|e| e.to_string());
+            out = load(&Sources { file: Some("gallop.toml".into()), env_prefix: "GALLOP_".into() })
+                .map_err(|e| e.to_string());
             Ok(())
         });
         out
@@ -117,10 +98,7 @@ mod tests {
     fn check_err(toml: &str, env: &[(&str, &str)], expect: &[&str]) {
         let err = load_with(toml, env).expect_err("config should be rejected");
         for needle in expect {
-            assert!(
-                err.contains(needle),
-                "error {err:?} should contain {needle:?}"
-            );
+            assert!(err.contains(needle), "error {err:?} should contain {needle:?}");
         }
     }
 
@@ -147,48 +125,23 @@ mod tests {
 
     #[test]
     fn gallop_config_variable_is_not_a_key() {
-        load_with("", &[("GALLOP_CONFIG", "gallop.toml")])
-            .expect("GALLOP_CONFIG is the file path, not a key");
+        load_with("", &[("GALLOP_CONFIG", "gallop.toml")]).expect("GALLOP_CONFIG is the file path, not a key");
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        check_err(
-            "[nats]\nurll = \"x\"\n",
-            &[],
-            &["nats.urll", "unknown field"],
-        );
+        check_err("[nats]\nurll = \"x\"\n", &[], &["nats.urll", "unknown field"]);
         check_err("[ingset]\n", &[], &["ingset"]);
-        check_err(
-            "",
-            &[("GALLOP_INGEST__LIMITS__MAX_BODY", "3")],
-            &["max_body", "unknown field"],
-        );
+        check_err("", &[("GALLOP_INGEST__LIMITS__MAX_BODY", "3")], &["max_body", "unknown field"]);
     }
 
     #[test]
     fn bad_values_are_named() {
-        check_err(
-            "[broker]\npartitions = \"many\"\n",
-            &[],
-            &["broker.partitions"],
-        );
-        check_err(
-            "[ingest]\npublish_timeout = \"soon\"\n",
-            &[],
-            &["ingest.publish_timeout"],
-        );
+        check_err("[broker]\npartitions = \"many\"\n", &[], &["broker.partitions"]);
+        check_err("[ingest]\npublish_timeout = \"soon\"\n", &[], &["ingest.publish_timeout"]);
         check_err("[ingest]\nlisten = \"nowhere\"\n", &[], &["ingest.listen"]);
-        check_err(
-            "[log]\nformat = \"xml\"\n",
-            &[],
-            &["log.format", "human", "json"],
-        );
-        check_err(
-            "[ingest]\ntrusted_proxies = [\"10.0.0.0/99\"]\n",
-            &[],
-            &["ingest.trusted_proxies"],
-        );
+        check_err("[log]\nformat = \"xml\"\n", &[], &["log.format", "human", "json"]);
+        check_err("[ingest]\ntrusted_proxies = [\"10.0.0.0/99\"]\n", &[], &["ingest.trusted_proxies"]);
     }
 
     #[test]
@@ -196,40 +149,28 @@ mod tests {
         check_err(
             "[broker]\npartitions = 0\n[ingest.batching]\nmax_events = 0\nlinger = \"5s\"\n[nats]\nstream = \"a b\"\n",
             &[],
-            &["broker.partitions: between 1 and 4096", "ingest.batching.max_events", "ingest.batching.linger", "nats.stream"],
+            &[
+                "broker.partitions: between 1 and 4096",
+                "ingest.batching.max_events",
+                "ingest.batching.linger",
+                "nats.stream",
+            ],
         );
-        check_err(
-            "[nats]\nuser = \"u\"\n",
-            &[],
-            &["nats.password: set together with nats.user"],
-        );
-        check_err(
-            "[ingest]\ncors_allowed_origins = [\"example.com\"]\n",
-            &[],
-            &["ingest.cors_allowed_origins[0]"],
-        );
+        check_err("[nats]\nuser = \"u\"\n", &[], &["nats.password: set together with nats.user"]);
+        check_err("[ingest]\ncors_allowed_origins = [\"example.com\"]\n", &[], &["ingest.cors_allowed_origins[0]"]);
     }
 
     #[test]
     fn missing_explicit_file_is_an_error() {
-        let err = load(&Sources {
-            file: Some("/nonexistent/gallop.toml".into()),
-            env_prefix: "GALLOP_".into(),
-        })
-        .expect_err("missing file");
-        assert!(
-            err.to_string().contains("/nonexistent/gallop.toml"),
-            "{err}"
-        );
+        let err = load(&Sources { file: Some("/nonexistent/gallop.toml".into()), env_prefix: "GALLOP_".into() })
+            .expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/gallop.toml"), "{err}");
     }
 
     #[test]
     fn secrets_are_redacted_when_printed() {
         let config = load_with("[nats]\ntoken = \"s3cr3t-token\"\n", &[]).expect("valid");
-        assert_eq!(
-            config.nats.token.as_ref().map(|t| t.expose()),
-            Some("s3cr3t-token")
-        );
+        assert_eq!(config.nats.token.as_ref().map(|t| t.expose()), Some("s3cr3t-token"));
         let printed = crate::to_toml(&config).expect("renders");
         assert!(!printed.contains("s3cr3t-token"), "{printed}");
         assert!(printed.contains("<redacted>"), "{printed}");

@@ -37,10 +37,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            filter: "info".to_owned(),
-        }
+        Self { format: LogFormat::Human, filter: "info".to_owned() }
     }
 }
 
@@ -69,10 +66,7 @@ pub struct TimeConfig {
 
 impl Default for TimeConfig {
     fn default() -> Self {
-        Self {
-            allowed_lateness: Duration::from_secs(3600),
-            max_future: Duration::from_secs(300),
-        }
+        Self { allowed_lateness: Duration::from_secs(3600), max_future: Duration::from_secs(300) }
     }
 }
 
@@ -89,10 +83,7 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        Self {
-            kind: BrokerKind::Nats,
-            partitions: 8,
-        }
+        Self { kind: BrokerKind::Nats, partitions: 8 }
     }
 }
 
@@ -315,11 +306,6 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self {
-            max_events: 1000,
-            max_bytes: 512 * 1024,
-            linger: Duration::from_millis(2),
-            max_in_flight: 512,
-        }
+        Self { max_events: 1000, max_bytes: 512 * 1024, linger: Duration::from_millis(2), max_in_flight: 512 }
     }
 }

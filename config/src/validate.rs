@@ -10,45 +10,22 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     let mut need = |ok: bool, key: &str, expected: &str| {
         if !ok {
-            problems.push(Problem {
-                key: key.to_owned(),
-                expected: expected.to_owned(),
-            });
+            problems.push(Problem { key: key.to_owned(), expected: expected.to_owned() });
         }
     };
 
-    need(
-        (1..=4096).contains(&config.broker.partitions),
-        "broker.partitions",
-        "between 1 and 4096",
-    );
+    need((1..=4096).contains(&config.broker.partitions), "broker.partitions", "between 1 and 4096");
 
     let nats = &config.nats;
-    need(
-        !nats.url.trim().is_empty(),
-        "nats.url",
-        "a NATS server URL such as nats://127.0.0.1:4222",
-    );
-    need(
-        is_stream_name(&nats.stream),
-        "nats.stream",
-        "letters, digits, '-' and '_' only, not empty",
-    );
+    need(!nats.url.trim().is_empty(), "nats.url", "a NATS server URL such as nats://127.0.0.1:4222");
+    need(is_stream_name(&nats.stream), "nats.stream", "letters, digits, '-' and '_' only, not empty");
     need(
         is_subject_token_path(&nats.subject_prefix),
         "nats.subject_prefix",
         "dot-separated tokens without spaces, '*' or '>', not empty",
     );
-    need(
-        is_bucket_name(&nats.salt_bucket),
-        "nats.salt_bucket",
-        "letters, digits, '-' and '_' only, not empty",
-    );
-    need(
-        nats.replicas >= 1 && nats.replicas <= 5,
-        "nats.replicas",
-        "between 1 and 5",
-    );
+    need(is_bucket_name(&nats.salt_bucket), "nats.salt_bucket", "letters, digits, '-' and '_' only, not empty");
+    need(nats.replicas >= 1 && nats.replicas <= 5, "nats.replicas", "between 1 and 5");
     need(
         nats.duplicate_window.as_millis() >= 100,
         "nats.duplicate_window",
@@ -59,34 +36,15 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         "nats.max_age",
         "0 (unlimited) or at least nats.duplicate_window",
     );
-    need(
-        nats.user.is_some() == nats.password.is_some(),
-        "nats.password",
-        "set together with nats.user",
-    );
+    need(nats.user.is_some() == nats.password.is_some(), "nats.password", "set together with nats.user");
 
     let ingest = &config.ingest;
-    need(
-        !ingest.publish_timeout.is_zero(),
-        "ingest.publish_timeout",
-        "greater than 0",
-    );
-    need(
-        ingest.retry_after_seconds >= 1,
-        "ingest.retry_after_seconds",
-        "at least 1",
-    );
-    need(
-        ingest.user_agent_cache >= 1,
-        "ingest.user_agent_cache",
-        "at least 1",
-    );
+    need(!ingest.publish_timeout.is_zero(), "ingest.publish_timeout", "greater than 0");
+    need(ingest.retry_after_seconds >= 1, "ingest.retry_after_seconds", "at least 1");
+    need(ingest.user_agent_cache >= 1, "ingest.user_agent_cache", "at least 1");
     if let Some(header) = &ingest.country_header {
         need(
-            !header.is_empty()
-                && header
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "ingest.country_header",
             "an HTTP header name such as CF-IPCountry",
         );
@@ -113,51 +71,22 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         ("ingest.limits.max_site_bytes", limits.max_site_bytes),
         ("ingest.limits.max_name_bytes", limits.max_name_bytes),
         ("ingest.limits.max_url_bytes", limits.max_url_bytes),
-        (
-            "ingest.limits.max_referrer_bytes",
-            limits.max_referrer_bytes,
-        ),
+        ("ingest.limits.max_referrer_bytes", limits.max_referrer_bytes),
         ("ingest.limits.max_id_bytes", limits.max_id_bytes),
-        (
-            "ingest.limits.max_prop_key_bytes",
-            limits.max_prop_key_bytes,
-        ),
-        (
-            "ingest.limits.max_prop_value_bytes",
-            limits.max_prop_value_bytes,
-        ),
+        ("ingest.limits.max_prop_key_bytes", limits.max_prop_key_bytes),
+        ("ingest.limits.max_prop_value_bytes", limits.max_prop_value_bytes),
         ("ingest.limits.max_domains", limits.max_domains),
     ] {
         need(value >= 1, key, "at least 1");
     }
 
     let batching = &ingest.batching;
-    need(
-        (1..=100_000).contains(&batching.max_events),
-        "ingest.batching.max_events",
-        "between 1 and 100000",
-    );
-    need(
-        (1024..=8 << 20).contains(&batching.max_bytes),
-        "ingest.batching.max_bytes",
-        "between 1024 and 8388608",
-    );
-    need(
-        batching.linger.as_millis() <= 1000,
-        "ingest.batching.linger",
-        "at most 1s (requests wait for it)",
-    );
-    need(
-        batching.max_in_flight >= 1,
-        "ingest.batching.max_in_flight",
-        "at least 1",
-    );
+    need((1..=100_000).contains(&batching.max_events), "ingest.batching.max_events", "between 1 and 100000");
+    need((1024..=8 << 20).contains(&batching.max_bytes), "ingest.batching.max_bytes", "between 1024 and 8388608");
+    need(batching.linger.as_millis() <= 1000, "ingest.batching.linger", "at most 1s (requests wait for it)");
+    need(batching.max_in_flight >= 1, "ingest.batching.max_in_flight", "at least 1");
 
-    need(
-        config.time.allowed_lateness.as_secs() >= 60,
-        "time.allowed_lateness",
-        "at least 1m (one base bucket)",
-    );
+    need(config.time.allowed_lateness.as_secs() >= 60, "time.allowed_lateness", "at least 1m (one base bucket)");
 
     if problems.is_empty() {
         Ok(())
@@ -167,10 +96,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn is_stream_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_bucket_name(name: &str) -> bool {
@@ -179,10 +105,7 @@ fn is_bucket_name(name: &str) -> bool {
 
 fn is_subject_token_path(prefix: &str) -> bool {
     !prefix.is_empty()
-        && prefix.split('.').all(|token| {
-            !token.is_empty()
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
-        })
+        && prefix
+            .split('.')
+            .all(|token| !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>'))
 }

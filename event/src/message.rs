@@ -14,9 +14,7 @@ pub enum DecodeError {
         source: serde_json::Error,
     },
     /// The record declares a format version this build does not read.
-    #[error(
-        "record {index}: unsupported format version {version} (this build reads {FORMAT_VERSION})"
-    )]
+    #[error("record {index}: unsupported format version {version} (this build reads {FORMAT_VERSION})")]
     Version {
         /// Zero-based line index in the message.
         index: usize,
@@ -34,24 +32,17 @@ pub fn encode_into(record: &EventRecord, out: &mut Vec<u8>) {
 }
 
 /// Decodes every record of a message; a bad line yields an error and decoding goes on.
-pub fn decode_message(
-    payload: &[u8],
-) -> impl Iterator<Item = Result<EventRecord, DecodeError>> + '_ {
-    payload
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .enumerate()
-        .map(|(index, line)| {
-            let record: EventRecord = serde_json::from_slice(line)
-                .map_err(|source| DecodeError::Json { index, source })?;
+pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = Result<EventRecord, DecodeError>> + '_ {
+    payload.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace)).enumerate().map(
+        |(index, line)| {
+            let record: EventRecord =
+                serde_json::from_slice(line).map_err(|source| DecodeError::Json { index, source })?;
             if record.v != FORMAT_VERSION {
-                return Err(DecodeError::Version {
-                    index,
-                    version: record.v,
-                });
+                return Err(DecodeError::Version { index, version: record.v });
             }
             Ok(record)
-        })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -78,9 +69,7 @@ mod tests {
         for r in &records {
             encode_into(r, &mut buf);
         }
-        let decoded: Vec<_> = decode_message(&buf)
-            .collect::<Result<_, _>>()
-            .expect("decodes");
+        let decoded: Vec<_> = decode_message(&buf).collect::<Result<_, _>>().expect("decodes");
         assert_eq!(decoded, records);
     }
 
@@ -103,20 +92,8 @@ mod tests {
         let results: Vec<_> = decode_message(&buf).collect();
         assert_eq!(results.len(), 4);
         assert!(results[0].is_ok());
-        assert!(matches!(
-            results[1],
-            Err(DecodeError::Json { index: 1, .. })
-        ));
-        assert!(matches!(
-            results[2],
-            Err(DecodeError::Version {
-                index: 2,
-                version: 9
-            })
-        ));
-        assert_eq!(
-            results[3].as_ref().map(|r| r.site.as_str()).ok(),
-            Some("c.com")
-        );
+        assert!(matches!(results[1], Err(DecodeError::Json { index: 1, .. })));
+        assert!(matches!(results[2], Err(DecodeError::Version { index: 2, version: 9 })));
+        assert_eq!(results[3].as_ref().map(|r| r.site.as_str()).ok(), Some("c.com"));
     }
 }

@@ -8,6 +8,11 @@
 //! that message's outcome. A submission is never split across messages, so a request's
 //! events for one partition are stored together or not at all.
 //!
+//! A submission whose events all carry client ids is published as a message of its own,
+//! with a message id derived from those ids: a client retrying a request that got a 503
+//! (or whose answer was lost) produces the same message id, and the broker stores it once
+//! inside its duplicate window.
+//!
 //! A failed publish is retried with the same message id (the broker stores it once) until
 //! the earliest deadline of the submissions inside it; after that it is abandoned and never
 //! sent again, so a request answered 503 is not published later behind its back.
@@ -35,6 +40,8 @@ const VERDICT_GRACE: Duration = Duration::from_millis(250);
 struct Submission {
     payload: Vec<u8>,
     events: u32,
+    /// Message id derived from client event ids; such a submission is never coalesced.
+    dedup_id: Option<String>,
     deadline: Instant,
     done: oneshot::Sender<Result<(), PublishError>>,
 }
@@ -48,9 +55,7 @@ pub(crate) struct Batcher {
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher")
-            .field("partitions", &self.senders.len())
-            .finish()
+        f.debug_struct("Batcher").field("partitions", &self.senders.len()).finish()
     }
 }
 
@@ -82,20 +87,11 @@ impl Batcher {
         let (senders, tasks) = (0..publisher.partitions())
             .map(|partition| {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                let task = tokio::spawn(run_partition(
-                    partition,
-                    rx,
-                    shared.clone(),
-                    closing.clone(),
-                ));
+                let task = tokio::spawn(run_partition(partition, rx, shared.clone(), closing.clone()));
                 (tx, task)
             })
             .unzip();
-        Self {
-            senders,
-            tasks: std::sync::Mutex::new(tasks),
-            closing,
-        }
+        Self { senders, tasks: std::sync::Mutex::new(tasks), closing }
     }
 
     /// Hands `payload` (NDJSON holding `events` events) to `partition`'s next message and
@@ -105,43 +101,24 @@ impl Batcher {
         partition: u32,
         payload: Vec<u8>,
         events: u32,
+        dedup_id: Option<String>,
         deadline: Instant,
     ) -> Result<(), PublishError> {
         let sender = self
             .senders
             .get(partition as usize)
-            .ok_or(PublishError::NoSuchPartition {
-                partition,
-                partitions: self.senders.len() as u32,
-            })?;
+            .ok_or(PublishError::NoSuchPartition { partition, partitions: self.senders.len() as u32 })?;
         let (done, verdict) = oneshot::channel();
-        let submission = Submission {
-            payload,
-            events,
-            deadline,
-            done,
-        };
+        let submission = Submission { payload, events, dedup_id, deadline, done };
         match timeout_at(deadline, sender.send(submission)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(PublishError::NotConnected(
-                    "gateway is shutting down".to_owned(),
-                ))
-            }
-            Err(_) => {
-                return Err(PublishError::Timeout {
-                    id: format!("(queued for partition {partition})"),
-                })
-            }
+            Ok(Err(_)) => return Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
+            Err(_) => return Err(PublishError::Timeout { id: format!("(queued for partition {partition})") }),
         }
         match timeout_at(deadline + VERDICT_GRACE, verdict).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(PublishError::NotConnected(
-                "gateway is shutting down".to_owned(),
-            )),
-            Err(_) => Err(PublishError::Timeout {
-                id: format!("(batch for partition {partition})"),
-            }),
+            Ok(Err(_)) => Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
+            Err(_) => Err(PublishError::Timeout { id: format!("(batch for partition {partition})") }),
         }
     }
 
@@ -158,6 +135,7 @@ impl Batcher {
 
 /// A message being filled.
 struct Batch {
+    dedup_id: Option<String>,
     payload: Vec<u8>,
     events: u32,
     deadline: Instant,
@@ -167,6 +145,7 @@ struct Batch {
 impl Batch {
     fn new(first: Submission) -> Self {
         let mut batch = Self {
+            dedup_id: first.dedup_id.clone(),
             payload: Vec::new(),
             events: 0,
             deadline: first.deadline,
@@ -188,12 +167,14 @@ impl Batch {
     }
 
     fn fits(&self, s: &Submission, config: &BatchingConfig) -> bool {
-        self.payload.len() + s.payload.len() <= config.max_bytes
+        self.dedup_id.is_none()
+            && s.dedup_id.is_none()
+            && self.payload.len() + s.payload.len() <= config.max_bytes
             && (self.events + s.events) as usize <= config.max_events
     }
 
     fn is_full(&self, config: &BatchingConfig) -> bool {
-        self.payload.len() >= config.max_bytes || self.events as usize >= config.max_events
+        self.dedup_id.is_some() || self.payload.len() >= config.max_bytes || self.events as usize >= config.max_events
     }
 }
 
@@ -244,27 +225,22 @@ async fn run_partition(
         let Ok(permit) = shared.in_flight.clone().acquire_owned().await else {
             break;
         };
-        sequence += 1;
-        let id = format!("{}-{partition}-{sequence}", shared.run_id);
+        let id = match batch.dedup_id.take() {
+            Some(id) => id,
+            None => {
+                sequence += 1;
+                format!("{}-{partition}-{sequence}", shared.run_id)
+            }
+        };
         publishes.spawn(publish(shared.clone(), partition, id, batch, permit));
     }
     while publishes.join_next().await.is_some() {}
 }
 
-async fn publish(
-    shared: Arc<Shared>,
-    partition: u32,
-    id: String,
-    batch: Batch,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, _permit: OwnedSemaphorePermit) {
     let metrics = &shared.metrics;
-    let message = OutboundMessage {
-        partition,
-        id: id.clone(),
-        payload: Bytes::from(batch.payload),
-        events: batch.events,
-    };
+    let message =
+        OutboundMessage { partition, id: id.clone(), payload: Bytes::from(batch.payload), events: batch.events };
     metrics.publishes_in_flight.inc();
     let started = Instant::now();
     let mut backoff = Duration::from_millis(20);
@@ -284,17 +260,12 @@ async fn publish(
     metrics.publishes_in_flight.dec();
     match &result {
         Ok(()) => {
-            metrics
-                .publish_duration
-                .observe(started.elapsed().as_secs_f64());
+            metrics.publish_duration.observe(started.elapsed().as_secs_f64());
             metrics.message_events.observe(f64::from(batch.events));
         }
         Err(e) => {
             tracing::warn!(message_id = %id, events = batch.events, error = %e, "giving up on broker message");
-            metrics
-                .publish_failures
-                .with_label_values(&[failure_kind(e)])
-                .inc();
+            metrics.publish_failures.with_label_values(&[failure_kind(e)]).inc();
         }
     }
     for waiter in batch.waiters {
@@ -319,75 +290,58 @@ mod tests {
     use super::*;
 
     fn config(max_events: usize, linger_ms: u64) -> BatchingConfig {
-        BatchingConfig {
-            max_events,
-            max_bytes: 1 << 20,
-            linger: Duration::from_millis(linger_ms),
-            max_in_flight: 16,
-        }
+        BatchingConfig { max_events, max_bytes: 1 << 20, linger: Duration::from_millis(linger_ms), max_in_flight: 16 }
     }
 
     #[tokio::test]
     async fn concurrent_submissions_share_messages() {
         let broker = Arc::new(MemoryBroker::new(2));
-        let batcher = Arc::new(Batcher::start(
-            broker.clone(),
-            config(100, 20),
-            Metrics::new(),
-            "t".into(),
-        ));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let submits = (0..10).map(|i| {
             let batcher = batcher.clone();
-            async move {
-                batcher
-                    .submit(1, format!("{{\"e\":{i}}}\n").into_bytes(), 1, deadline)
-                    .await
-            }
+            async move { batcher.submit(1, format!("{{\"e\":{i}}}\n").into_bytes(), 1, None, deadline).await }
         });
         for result in futures::future::join_all(submits).await {
             result.expect("acknowledged");
         }
         let messages = broker.messages(1);
-        let total: usize = messages
-            .iter()
-            .map(|m| {
-                m.payload
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count()
-            })
-            .sum();
+        let total: usize =
+            messages.iter().map(|m| m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()).sum();
         assert_eq!(total, 10);
-        assert!(
-            messages.len() < 10,
-            "{} messages for 10 concurrent events",
-            messages.len()
-        );
+        assert!(messages.len() < 10, "{} messages for 10 concurrent events", messages.len());
         batcher.close().await;
     }
 
     #[tokio::test]
     async fn max_events_closes_a_message() {
         let broker = Arc::new(MemoryBroker::new(1));
-        let batcher = Arc::new(Batcher::start(
-            broker.clone(),
-            config(3, 200),
-            Metrics::new(),
-            "t".into(),
-        ));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(3, 200), Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
-        let submits = (0..7).map(|_| batcher.submit(0, b"{}\n".to_vec(), 1, deadline));
+        let submits = (0..7).map(|_| batcher.submit(0, b"{}\n".to_vec(), 1, None, deadline));
         for result in futures::future::join_all(submits).await {
             result.expect("acknowledged");
         }
-        let sizes: Vec<usize> = broker
-            .messages(0)
-            .iter()
-            .map(|m| m.payload.len() / 3)
-            .collect();
+        let sizes: Vec<usize> = broker.messages(0).iter().map(|m| m.payload.len() / 3).collect();
         assert!(sizes.iter().all(|s| *s <= 3), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 7);
+        batcher.close().await;
+    }
+
+    #[tokio::test]
+    async fn submissions_with_a_dedup_id_travel_alone_and_are_stored_once() {
+        let broker = Arc::new(MemoryBroker::new(1));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), Metrics::new(), "t".into()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (a, b, c) = tokio::join!(
+            batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
+            batcher.submit(0, b"{\"b\":1}\n".to_vec(), 1, None, deadline),
+            batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
+        );
+        (a.expect("a"), b.expect("b"), c.expect("retry"));
+        let ids: Vec<String> = broker.messages(0).into_iter().map(|m| m.id).collect();
+        assert_eq!(ids.iter().filter(|id| *id == "c-1").count(), 1, "{ids:?}");
+        assert_eq!(ids.len(), 2, "{ids:?}");
         batcher.close().await;
     }
 
@@ -398,25 +352,12 @@ mod tests {
         let metrics = Metrics::new();
         let batcher = Batcher::start(broker.clone(), config(10, 1), metrics.clone(), "t".into());
         let started = Instant::now();
-        let result = batcher
-            .submit(
-                0,
-                b"{}\n".to_vec(),
-                1,
-                Instant::now() + Duration::from_millis(300),
-            )
-            .await;
-        assert!(
-            matches!(result, Err(PublishError::NotConnected(_))),
-            "{result:?}"
-        );
+        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_millis(300)).await;
+        assert!(matches!(result, Err(PublishError::NotConnected(_))), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(metrics.publish_retries.get() > 0);
         broker.set_available(true);
         batcher.close().await;
-        assert!(
-            broker.messages(0).is_empty(),
-            "an abandoned message must not be published later"
-        );
+        assert!(broker.messages(0).is_empty(), "an abandoned message must not be published later");
     }
 }

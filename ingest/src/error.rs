@@ -21,20 +21,12 @@ pub struct FieldError {
 impl FieldError {
     /// A problem with a field of a whole request.
     pub fn request(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            index: None,
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { index: None, field: field.into(), reason: reason.into() }
     }
 
     /// A problem with a field of event `index`.
     pub fn event(index: usize, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            index: Some(index),
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { index: Some(index), field: field.into(), reason: reason.into() }
     }
 }
 
@@ -118,26 +110,14 @@ impl IntoResponse for ApiError {
                 )],
                 None,
             ),
-            Self::Unavailable {
-                reason,
-                retry_after,
-            } => (
-                "service unavailable",
-                vec![FieldError::request("broker", reason)],
-                Some(retry_after),
-            ),
+            Self::Unavailable { reason, retry_after } => {
+                ("service unavailable", vec![FieldError::request("broker", reason)], Some(retry_after))
+            }
         };
-        let body = serde_json::to_vec(&Body {
-            error: summary,
-            errors: &errors,
-        })
-        .unwrap_or_default();
-        let mut response =
-            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let body = serde_json::to_vec(&Body { error: summary, errors: &errors }).unwrap_or_default();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -15,41 +15,27 @@ pub(crate) struct Geo {
 
 impl std::fmt::Debug for Geo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Geo")
-            .field("header", &self.header)
-            .field("database", &self.database.is_some())
-            .finish()
+        f.debug_struct("Geo").field("header", &self.header).field("database", &self.database.is_some()).finish()
     }
 }
 
 impl Geo {
     /// Opens what `config` names.
     pub(crate) fn new(config: &IngestConfig) -> Result<Self, IngestError> {
-        let header = config
-            .country_header
-            .as_deref()
-            .and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok());
-        let database =
-            match &config.geoip_database {
-                Some(path) => Some(maxminddb::Reader::open_readfile(path).map_err(|e| {
-                    IngestError::GeoIp {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                })?),
-                None => None,
-            };
+        let header = config.country_header.as_deref().and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok());
+        let database = match &config.geoip_database {
+            Some(path) => Some(
+                maxminddb::Reader::open_readfile(path)
+                    .map_err(|e| IngestError::GeoIp { path: path.display().to_string(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
         Ok(Self { header, database })
     }
 
     /// ISO 3166-1 alpha-2 code, upper-case, or empty when unknown.
     pub(crate) fn country(&self, headers: &HeaderMap, ip: IpAddr) -> String {
-        if let Some(code) = self
-            .header
-            .as_ref()
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(code) = self.header.as_ref().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok()) {
             if let Some(code) = normalize_code(code) {
                 return code;
             }
@@ -57,12 +43,7 @@ impl Geo {
         self.database
             .as_ref()
             .and_then(|db| db.lookup::<maxminddb::geoip2::Country>(ip).ok().flatten())
-            .and_then(|found| {
-                found
-                    .country
-                    .and_then(|c| c.iso_code)
-                    .and_then(normalize_code)
-            })
+            .and_then(|found| found.country.and_then(|c| c.iso_code).and_then(normalize_code))
             .unwrap_or_default()
     }
 }
@@ -70,11 +51,7 @@ impl Geo {
 /// A two-letter code, upper-cased; CDN placeholders for "unknown" and "Tor" are none.
 fn normalize_code(code: &str) -> Option<String> {
     let code = code.trim().to_ascii_uppercase();
-    (code.len() == 2
-        && code.bytes().all(|b| b.is_ascii_uppercase())
-        && code != "XX"
-        && code != "T1")
-        .then_some(code)
+    (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && code != "XX" && code != "T1").then_some(code)
 }
 
 #[cfg(test)]
@@ -85,21 +62,12 @@ mod tests {
 
     #[test]
     fn country_from_header() {
-        let config = IngestConfig {
-            country_header: Some("CF-IPCountry".into()),
-            ..IngestConfig::default()
-        };
+        let config = IngestConfig { country_header: Some("CF-IPCountry".into()), ..IngestConfig::default() };
         let geo = Geo::new(&config).expect("no database to open");
         let ip: IpAddr = "198.51.100.7".parse().expect("ip");
         let mut headers = HeaderMap::new();
         assert_eq!(geo.country(&headers, ip), "");
-        for (value, want) in [
-            ("de", "DE"),
-            ("XX", ""),
-            ("T1", ""),
-            ("DEU", ""),
-            ("1A", ""),
-        ] {
+        for (value, want) in [("de", "DE"), ("XX", ""), ("T1", ""), ("DEU", ""), ("1A", "")] {
             headers.insert("cf-ipcountry", HeaderValue::from_static(value));
             assert_eq!(geo.country(&headers, ip), want, "{value}");
         }
@@ -112,10 +80,6 @@ mod tests {
             ..IngestConfig::default()
         };
         let err = Geo::new(&config).expect_err("missing file");
-        assert!(
-            err.to_string()
-                .contains("/nonexistent/GeoLite2-Country.mmdb"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/GeoLite2-Country.mmdb"), "{err}");
     }
 }

@@ -69,10 +69,7 @@ struct PlausibleInput {
 }
 
 /// Parses a Plausible body into one event per listed domain.
-pub(crate) fn parse_plausible(
-    body: &str,
-    max_domains: usize,
-) -> Result<Vec<RawEvent>, Vec<FieldError>> {
+pub(crate) fn parse_plausible(body: &str, max_domains: usize) -> Result<Vec<RawEvent>, Vec<FieldError>> {
     let input: PlausibleInput = from_json(body).map_err(|e| vec![e.into_field_error(None)])?;
     let mut errors = Vec::new();
     let (value, currency) = match input.revenue.as_deref().map(parse_revenue).transpose() {
@@ -83,25 +80,15 @@ pub(crate) fn parse_plausible(
         }
     };
     let domains: Vec<String> = match &input.domain {
-        Some(list) => list
-            .split(',')
-            .map(|d| d.trim().to_owned())
-            .filter(|d| !d.is_empty())
-            .collect(),
+        Some(list) => list.split(',').map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).collect(),
         None => Vec::new(),
     };
     if domains.is_empty() {
-        errors.push(FieldError::request(
-            "domain",
-            "missing; the site the event belongs to is required",
-        ));
+        errors.push(FieldError::request("domain", "missing; the site the event belongs to is required"));
     } else if domains.len() > max_domains {
         errors.push(FieldError::request(
             "domain",
-            format!(
-                "lists {} sites, more than {max_domains} (limit: ingest.limits.max_domains)",
-                domains.len()
-            ),
+            format!("lists {} sites, more than {max_domains} (limit: ingest.limits.max_domains)", domains.len()),
         ));
     }
     if !errors.is_empty() {
@@ -140,10 +127,7 @@ fn parse_revenue(raw: &RawValue) -> Result<(f64, String), FieldError> {
         Err(_) => serde_json::from_str(text),
     };
     let revenue = decoded.map_err(|e| {
-        FieldError::request(
-            "revenue",
-            format!("expected {{\"amount\": number, \"currency\": \"EUR\"}}: {e}"),
-        )
+        FieldError::request("revenue", format!("expected {{\"amount\": number, \"currency\": \"EUR\"}}: {e}"))
     })?;
     let amount = match &revenue.amount {
         serde_json::Value::Number(n) => n.as_f64(),
@@ -151,18 +135,10 @@ fn parse_revenue(raw: &RawValue) -> Result<(f64, String), FieldError> {
         _ => None,
     }
     .filter(|a| a.is_finite())
-    .ok_or_else(|| {
-        FieldError::request(
-            "revenue.amount",
-            "must be a finite number or a numeric string",
-        )
-    })?;
+    .ok_or_else(|| FieldError::request("revenue.amount", "must be a finite number or a numeric string"))?;
     let currency = revenue.currency.trim().to_ascii_uppercase();
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(FieldError::request(
-            "revenue.currency",
-            "must be a 3-letter ISO 4217 code such as EUR",
-        ));
+        return Err(FieldError::request("revenue.currency", "must be a 3-letter ISO 4217 code such as EUR"));
     }
     Ok((amount, currency))
 }
@@ -178,36 +154,21 @@ pub(crate) enum Framing {
 
 /// Parses a `/v1/events` body. Every event is parsed; every bad one is reported by
 /// index. At most `max_events` events are read.
-pub(crate) fn parse_batch(
-    body: &str,
-    framing: Framing,
-    max_events: usize,
-) -> Result<Vec<RawEvent>, Vec<FieldError>> {
+pub(crate) fn parse_batch(body: &str, framing: Framing, max_events: usize) -> Result<Vec<RawEvent>, Vec<FieldError>> {
     let items: Vec<&str> = match framing {
-        Framing::NdJson => body
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect(),
+        Framing::NdJson => body.lines().map(str::trim).filter(|l| !l.is_empty()).collect(),
         Framing::Json => {
             let trimmed = body.trim_start();
             if trimmed.starts_with('[') {
-                let raw: Vec<&RawValue> = serde_json::from_str(body).map_err(|e| {
-                    vec![FieldError::request(
-                        "body",
-                        format!("malformed JSON array: {e}"),
-                    )]
-                })?;
+                let raw: Vec<&RawValue> = serde_json::from_str(body)
+                    .map_err(|e| vec![FieldError::request("body", format!("malformed JSON array: {e}"))])?;
                 raw.into_iter().map(RawValue::get).collect()
             } else if trimmed.starts_with('{') {
                 vec![body]
             } else if trimmed.is_empty() {
                 Vec::new()
             } else {
-                return Err(vec![FieldError::request(
-                    "body",
-                    "expected a JSON object or an array of objects",
-                )]);
+                return Err(vec![FieldError::request("body", "expected a JSON object or an array of objects")]);
             }
         }
     };
@@ -217,10 +178,7 @@ pub(crate) fn parse_batch(
     if items.len() > max_events {
         return Err(vec![FieldError::request(
             "body",
-            format!(
-                "holds {} events, more than {max_events} (limit: ingest.limits.max_batch_events)",
-                items.len()
-            ),
+            format!("holds {} events, more than {max_events} (limit: ingest.limits.max_batch_events)", items.len()),
         )]);
     }
     let mut events = Vec::with_capacity(items.len());
@@ -258,11 +216,7 @@ struct JsonError {
 
 impl JsonError {
     fn into_field_error(self, index: Option<usize>) -> FieldError {
-        FieldError {
-            index,
-            field: self.path,
-            reason: self.message,
-        }
+        FieldError { index, field: self.path, reason: self.message }
     }
 }
 
@@ -272,14 +226,14 @@ fn from_json<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, JsonError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
-        let field = if path == "." || path == "?" || path.is_empty() {
-            // Unknown fields and syntax errors sit at the root; name the field if the
-            // message does.
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let field = if syntax {
+            // A broken document has no meaningful field; point at the body.
+            "body".to_owned()
+        } else if path == "." || path == "?" || path.is_empty() {
+            // Unknown and duplicate fields are reported at the root; the message names them.
             match message.split('`').nth(1) {
-                Some(name)
-                    if message.starts_with("unknown field")
-                        || message.starts_with("duplicate field") =>
-                {
+                Some(name) if message.starts_with("unknown field") || message.starts_with("duplicate field") => {
                     name.to_owned()
                 }
                 _ => "body".to_owned(),
@@ -287,20 +241,10 @@ fn from_json<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, JsonError> {
         } else {
             path
         };
-        let message = if inner.is_syntax() || inner.is_eof() {
-            format!("malformed JSON: {message}")
-        } else {
-            message
-        };
-        JsonError {
-            path: field,
-            message,
-        }
+        let message = if syntax { format!("malformed JSON: {message}") } else { message };
+        JsonError { path: field, message }
     })?;
-    deserializer.end().map_err(|e| JsonError {
-        path: "body".into(),
-        message: format!("malformed JSON: {e}"),
-    })?;
+    deserializer.end().map_err(|e| JsonError { path: "body".into(), message: format!("malformed JSON: {e}") })?;
     Ok(value)
 }
 
@@ -327,9 +271,7 @@ impl<'de> Deserialize<'de> for Timestamp {
                 Ok(Timestamp(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v)
-                    .map(Timestamp)
-                    .map_err(|_| E::custom("epoch milliseconds out of range"))
+                i64::try_from(v).map(Timestamp).map_err(|_| E::custom("epoch milliseconds out of range"))
             }
         }
         deserializer.deserialize_any(TimestampVisitor)
@@ -423,23 +365,14 @@ mod tests {
                         (
                             e.site.clone().unwrap_or_default(),
                             e.name.clone().unwrap_or_default(),
-                            e.props
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                                .collect::<Vec<_>>(),
+                            e.props.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>(),
                         )
                     })
                     .collect();
                 let want: Vec<_> = want
                     .into_iter()
                     .map(|(s, n, p)| {
-                        (
-                            s.to_owned(),
-                            n.to_owned(),
-                            p.into_iter()
-                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                                .collect(),
-                        )
+                        (s.to_owned(), n.to_owned(), p.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
                     })
                     .collect();
                 assert_eq!(got, want);
@@ -456,28 +389,18 @@ mod tests {
     fn plausible_forms() {
         check_plausible(
             r#"{"n":"pageview","u":"https://a.com/","d":"a.com","r":null,"p":{"plan":"pro","n":3,"ok":true,"x":null}}"#,
-            Ok(vec![(
-                "a.com",
-                "pageview",
-                vec![("plan", "pro"), ("n", "3"), ("ok", "true")],
-            )]),
+            Ok(vec![("a.com", "pageview", vec![("plan", "pro"), ("n", "3"), ("ok", "true")])]),
         );
         check_plausible(
             r#"{"name":"signup","url":"https://a.com/","domain":"a.com, b.com","props":"{\"plan\":\"pro\"}"}"#,
-            Ok(vec![
-                ("a.com", "signup", vec![("plan", "pro")]),
-                ("b.com", "signup", vec![("plan", "pro")]),
-            ]),
+            Ok(vec![("a.com", "signup", vec![("plan", "pro")]), ("b.com", "signup", vec![("plan", "pro")])]),
         );
         check_plausible(
             r#"{"n":"pageview","u":"https://a.com/","d":"a.com","m":{"k":"v"},"h":1}"#,
             Ok(vec![("a.com", "pageview", vec![("k", "v")])]),
         );
         check_plausible(r#"{"n":"pageview","u":"https://a.com/"}"#, Err("domain"));
-        check_plausible(
-            r#"{"n":"pageview","u":"https://a.com/","d":"a.com","p":{"k":{"deep":1}}}"#,
-            Err("p.k"),
-        );
+        check_plausible(r#"{"n":"pageview","u":"https://a.com/","d":"a.com","p":{"k":{"deep":1}}}"#, Err("p.k"));
         check_plausible(r#"{"n":"pageview""#, Err("malformed JSON"));
         check_plausible(
             r#"{"n":5,"u":"https://a.com/","d":"a.com"}"#,
@@ -487,13 +410,12 @@ mod tests {
 
     #[test]
     fn plausible_revenue() {
-        let events =
-            parse_plausible(r#"{"n":"buy","u":"https://a.com/","d":"a.com","$":{"amount":"12.50","currency":"eur"}}"#, 10)
-                .expect("valid");
-        assert_eq!(
-            (events[0].value, events[0].currency.as_deref()),
-            (Some(12.5), Some("EUR"))
-        );
+        let events = parse_plausible(
+            r#"{"n":"buy","u":"https://a.com/","d":"a.com","$":{"amount":"12.50","currency":"eur"}}"#,
+            10,
+        )
+        .expect("valid");
+        assert_eq!((events[0].value, events[0].currency.as_deref()), (Some(12.5), Some("EUR")));
         let events = parse_plausible(
             r#"{"n":"buy","u":"https://a.com/","d":"a.com","revenue":"{\"amount\":3,\"currency\":\"USD\"}"}"#,
             10,
@@ -512,15 +434,9 @@ mod tests {
         let events = parse_batch(one, Framing::Json, 10).expect("object");
         assert_eq!(events[0].timestamp_ms, Some(1_795_428_000_000));
         let array = format!("[{one},{one}]");
-        assert_eq!(
-            parse_batch(&array, Framing::Json, 10).expect("array").len(),
-            2
-        );
+        assert_eq!(parse_batch(&array, Framing::Json, 10).expect("array").len(), 2);
         let nd = format!("{one}\n\n{one}\n{one}\n");
-        assert_eq!(
-            parse_batch(&nd, Framing::NdJson, 10).expect("ndjson").len(),
-            3
-        );
+        assert_eq!(parse_batch(&nd, Framing::NdJson, 10).expect("ndjson").len(), 3);
         let err = parse_batch(&nd, Framing::NdJson, 2).expect_err("too many");
         assert!(err[0].reason.contains("max_batch_events"), "{err:?}");
     }
@@ -530,15 +446,7 @@ mod tests {
         let body = "{\"site\":\"a.com\",\"name\":\"x\",\"url\":\"https://a.com/\"}\n{\"site\":\"a.com\",\"nmae\":\"x\"}\n{\"site\":1}\n{\"timestamp\":\"yesterday\"}\n{nope\n";
         let errors = parse_batch(body, Framing::NdJson, 10).expect_err("bad events");
         let got: Vec<_> = errors.iter().map(|e| (e.index, e.field.as_str())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (Some(1), "nmae"),
-                (Some(2), "site"),
-                (Some(3), "timestamp"),
-                (Some(4), "body")
-            ]
-        );
+        assert_eq!(got, vec![(Some(1), "nmae"), (Some(2), "site"), (Some(3), "timestamp"), (Some(4), "body")]);
         assert!(errors[0].reason.contains("unknown field"), "{errors:?}");
         assert!(errors[2].reason.contains("RFC 3339"), "{errors:?}");
         assert!(errors[3].reason.contains("malformed JSON"), "{errors:?}");
@@ -546,12 +454,9 @@ mod tests {
 
     #[test]
     fn epoch_millisecond_timestamps() {
-        let events = parse_batch(
-            r#"{"site":"a","name":"b","url":"https://a/","timestamp":1795428000000}"#,
-            Framing::Json,
-            1,
-        )
-        .expect("valid");
+        let events =
+            parse_batch(r#"{"site":"a","name":"b","url":"https://a/","timestamp":1795428000000}"#, Framing::Json, 1)
+                .expect("valid");
         assert_eq!(events[0].timestamp_ms, Some(1_795_428_000_000));
     }
 }

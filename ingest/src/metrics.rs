@@ -2,8 +2,7 @@
 //! gateways can live in one process (tests).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports on `/metrics`.
@@ -39,54 +38,29 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "gallop_http_requests_total",
-                "HTTP requests by route and status code",
-            ),
+            Opts::new("gallop_http_requests_total", "HTTP requests by route and status code"),
             &["route", "status"],
         );
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gallop_http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
+            HistogramOpts::new("gallop_http_request_duration_seconds", "HTTP request latency by route")
+                .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
             &["route"],
         );
-        let events_accepted = IntCounter::new(
-            "gallop_events_accepted_total",
-            "Events acknowledged by the broker",
-        );
-        let events_rejected = IntCounterVec::new(
-            Opts::new("gallop_events_rejected_total", "Events rejected, by reason"),
-            &["reason"],
-        );
-        let events_bots = IntCounter::new(
-            "gallop_events_bots_total",
-            "Events dropped because a bot sent them",
-        );
-        let events_prefetch = IntCounter::new(
-            "gallop_events_prefetch_total",
-            "Events dropped from prefetch or prerender requests",
-        );
+        let events_accepted = IntCounter::new("gallop_events_accepted_total", "Events acknowledged by the broker");
+        let events_rejected =
+            IntCounterVec::new(Opts::new("gallop_events_rejected_total", "Events rejected, by reason"), &["reason"]);
+        let events_bots = IntCounter::new("gallop_events_bots_total", "Events dropped because a bot sent them");
+        let events_prefetch =
+            IntCounter::new("gallop_events_prefetch_total", "Events dropped from prefetch or prerender requests");
         let publish_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "gallop_publish_duration_seconds",
-                "Broker publish latency until acknowledgement",
-            )
-            .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
+            HistogramOpts::new("gallop_publish_duration_seconds", "Broker publish latency until acknowledgement")
+                .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
         );
-        let publishes_in_flight = IntGauge::new(
-            "gallop_publishes_in_flight",
-            "Broker messages awaiting acknowledgement",
-        );
-        let publish_retries =
-            IntCounter::new("gallop_publish_retries_total", "Publish attempts retried");
+        let publishes_in_flight =
+            IntGauge::new("gallop_publishes_in_flight", "Broker messages awaiting acknowledgement");
+        let publish_retries = IntCounter::new("gallop_publish_retries_total", "Publish attempts retried");
         let publish_failures = IntCounterVec::new(
-            Opts::new(
-                "gallop_publish_failures_total",
-                "Broker messages given up on, by error kind",
-            ),
+            Opts::new("gallop_publish_failures_total", "Broker messages given up on, by error kind"),
             &["kind"],
         );
         let message_events = Histogram::with_opts(
@@ -167,22 +141,10 @@ mod tests {
     #[test]
     fn renders_every_family() {
         let metrics = Metrics::new();
-        metrics
-            .requests
-            .with_label_values(&["/api/event", "202"])
-            .inc();
-        metrics
-            .events_rejected
-            .with_label_values(&["invalid"])
-            .inc();
-        metrics
-            .publish_failures
-            .with_label_values(&["timeout"])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&["/api/event"])
-            .observe(0.001);
+        metrics.requests.with_label_values(&["/api/event", "202"]).inc();
+        metrics.events_rejected.with_label_values(&["invalid"]).inc();
+        metrics.publish_failures.with_label_values(&["timeout"]).inc();
+        metrics.request_duration.with_label_values(&["/api/event"]).observe(0.001);
         let text = metrics.render();
         for name in [
             "gallop_http_requests_total{route=\"/api/event\",status=\"202\"} 1",

@@ -35,58 +35,31 @@ pub(crate) fn normalize(
 ) -> Result<EventRecord, Vec<FieldError>> {
     let limits = rules.limits;
     let mut errors = Vec::new();
-    let mut error =
-        |field: &str, reason: String| errors.push(FieldError::event(index, field, reason));
+    let mut error = |field: &str, reason: String| errors.push(FieldError::event(index, field, reason));
 
-    let site = required(
-        raw.site,
-        "site",
-        limits.max_site_bytes,
-        "max_site_bytes",
-        &mut error,
-    );
+    let site = required(raw.site, "site", limits.max_site_bytes, "max_site_bytes", &mut error);
     if let Some(site) = &site {
         if !rules.sites.is_empty() && !rules.sites.iter().any(|s| s == site) {
-            error(
-                "site",
-                format!("{site:?} is not an allowed site (ingest.sites)"),
-            );
+            error("site", format!("{site:?} is not an allowed site (ingest.sites)"));
         }
     }
-    let name = required(
-        raw.name,
-        "name",
-        limits.max_name_bytes,
-        "max_name_bytes",
-        &mut error,
-    );
-    let url = required(
-        raw.url,
-        "url",
-        limits.max_url_bytes,
-        "max_url_bytes",
-        &mut error,
-    )
-    .and_then(|text| match Url::parse(&text) {
-        Ok(url) if url.host_str().is_some() => Some(url),
-        Ok(_) => {
-            error(
-                "url",
-                "must be an absolute URL with a host, such as https://example.com/page".into(),
-            );
-            None
-        }
-        Err(e) => {
-            error("url", format!("not a valid absolute URL: {e}"));
-            None
+    let name = required(raw.name, "name", limits.max_name_bytes, "max_name_bytes", &mut error);
+    let url = required(raw.url, "url", limits.max_url_bytes, "max_url_bytes", &mut error).and_then(|text| {
+        match Url::parse(&text) {
+            Ok(url) if url.host_str().is_some() => Some(url),
+            Ok(_) => {
+                error("url", "must be an absolute URL with a host, such as https://example.com/page".into());
+                None
+            }
+            Err(e) => {
+                error("url", format!("not a valid absolute URL: {e}"));
+                None
+            }
         }
     });
     let referrer = raw.referrer.and_then(|text| {
         if text.len() > limits.max_referrer_bytes {
-            error(
-                "referrer",
-                too_long(limits.max_referrer_bytes, "max_referrer_bytes"),
-            );
+            error("referrer", too_long(limits.max_referrer_bytes, "max_referrer_bytes"));
             return None;
         }
         match Url::parse(&text) {
@@ -127,18 +100,12 @@ pub(crate) fn normalize(
         } else if key.len() > limits.max_prop_key_bytes {
             error(
                 &format!("props.{}", truncate(key, 40)),
-                format!(
-                    "key {}",
-                    too_long(limits.max_prop_key_bytes, "max_prop_key_bytes")
-                ),
+                format!("key {}", too_long(limits.max_prop_key_bytes, "max_prop_key_bytes")),
             );
         } else if value.len() > limits.max_prop_value_bytes {
             error(
                 &format!("props.{key}"),
-                format!(
-                    "value {}",
-                    too_long(limits.max_prop_value_bytes, "max_prop_value_bytes")
-                ),
+                format!("value {}", too_long(limits.max_prop_value_bytes, "max_prop_value_bytes")),
             );
         }
     }
@@ -149,10 +116,7 @@ pub(crate) fn normalize(
     }
     if let Some(currency) = &raw.currency {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
-            error(
-                "currency",
-                "must be a 3-letter ISO 4217 code such as EUR".into(),
-            );
+            error("currency", "must be a 3-letter ISO 4217 code such as EUR".into());
         }
     }
     let ts = raw.timestamp_ms.unwrap_or(sender.now_ms);
@@ -169,10 +133,7 @@ pub(crate) fn normalize(
     } else if ts > sender.now_ms.saturating_add(future_ms) {
         error(
             "timestamp",
-            format!(
-                "more than {} in the future (time.max_future)",
-                humantime::format_duration(rules.time.max_future)
-            ),
+            format!("more than {} in the future (time.max_future)", humantime::format_duration(rules.time.max_future)),
         );
     }
 
@@ -182,11 +143,7 @@ pub(crate) fn normalize(
 
     let mut record = EventRecord::new();
     record.host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    record.path = if url.path().is_empty() {
-        "/".to_owned()
-    } else {
-        url.path().to_owned()
-    };
+    record.path = if url.path().is_empty() { "/".to_owned() } else { url.path().to_owned() };
     let mut ref_param = None;
     for (key, value) in url.query_pairs() {
         let slot = match key.as_ref() {
@@ -208,8 +165,7 @@ pub(crate) fn normalize(
         }
     }
     if let Some(referrer) = referrer {
-        let ref_host =
-            strip_www(&referrer.host_str().unwrap_or_default().to_ascii_lowercase()).to_owned();
+        let ref_host = strip_www(&referrer.host_str().unwrap_or_default().to_ascii_lowercase()).to_owned();
         if ref_host != strip_www(&record.host) {
             record.referrer = referrer.to_string();
             record.ref_host = ref_host;
@@ -234,10 +190,7 @@ pub(crate) fn normalize(
     record.device = sender.ua.device.to_owned();
     record.props = raw.props.into_iter().collect();
     record.value = raw.value;
-    record.currency = raw
-        .currency
-        .map(|c| c.to_ascii_uppercase())
-        .unwrap_or_default();
+    record.currency = raw.currency.map(|c| c.to_ascii_uppercase()).unwrap_or_default();
     record.interactive = raw.interactive;
     Ok(record)
 }
@@ -314,18 +267,10 @@ mod tests {
             device: "desktop",
             bot: false,
         };
-        let sender = Sender {
-            ua: &ua,
-            country: "DE",
-            now_ms: 1_795_428_000_000,
-        };
+        let sender = Sender { ua: &ua, country: "DE", now_ms: 1_795_428_000_000 };
         let limits = LimitsConfig::default();
         let time = TimeConfig::default();
-        let rules = Rules {
-            limits: &limits,
-            time: &time,
-            sites: &[],
-        };
+        let rules = Rules { limits: &limits, time: &time, sites: &[] };
         let got = match normalize(event, 0, &sender, &rules) {
             Ok(r) => format!(
                 "host={} path={} ref={} ref_host={} source={} utm={}/{}/{}/{}/{}",
@@ -340,11 +285,7 @@ mod tests {
                 r.utm_content,
                 r.utm_term
             ),
-            Err(errors) => errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.reason))
-                .collect::<Vec<_>>()
-                .join("; "),
+            Err(errors) => errors.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect::<Vec<_>>().join("; "),
         };
         assert_eq!(got, expect);
     }
@@ -397,25 +338,13 @@ mod tests {
     #[test]
     fn site_allow_list() {
         let ua = UaInfo::default();
-        let sender = Sender {
-            ua: &ua,
-            country: "",
-            now_ms: 1_795_428_000_000,
-        };
+        let sender = Sender { ua: &ua, country: "", now_ms: 1_795_428_000_000 };
         let limits = LimitsConfig::default();
         let time = TimeConfig::default();
         let sites = vec!["other.com".to_owned()];
-        let rules = Rules {
-            limits: &limits,
-            time: &time,
-            sites: &sites,
-        };
-        let errors = normalize(raw("https://example.com/", None), 3, &sender, &rules)
-            .expect_err("not allowed");
+        let rules = Rules { limits: &limits, time: &time, sites: &sites };
+        let errors = normalize(raw("https://example.com/", None), 3, &sender, &rules).expect_err("not allowed");
         assert_eq!(errors[0].index, Some(3));
-        assert!(
-            errors[0].reason.contains("not an allowed site"),
-            "{errors:?}"
-        );
+        assert!(errors[0].reason.contains("not an allowed site"), "{errors:?}");
     }
 }

@@ -33,10 +33,7 @@ impl Visitors {
     pub(crate) async fn new(store: Arc<dyn SaltStore>) -> Result<Self, SaltError> {
         let today = OffsetDateTime::now_utc().date();
         let salt = store.salt_for(today).await?;
-        Ok(Self {
-            store,
-            current: RwLock::new((today, salt)),
-        })
+        Ok(Self { store, current: RwLock::new((today, salt)) })
     }
 
     /// The salt of the current UTC day; crosses to the store only when the day changed.
@@ -115,19 +112,10 @@ mod tests {
         let base = visitor_from_request(&salt, "a.com", ip, "UA");
         assert_eq!(base, visitor_from_request(&salt, "a.com", ip, "UA"));
         assert_ne!(base, visitor_from_request(&salt, "b.com", ip, "UA"));
-        assert_ne!(
-            base,
-            visitor_from_request(&salt, "a.com", "198.51.100.8".parse().expect("ip"), "UA")
-        );
+        assert_ne!(base, visitor_from_request(&salt, "a.com", "198.51.100.8".parse().expect("ip"), "UA"));
         assert_ne!(base, visitor_from_request(&salt, "a.com", ip, "UA2"));
-        assert_ne!(
-            base,
-            visitor_from_request(&Salt([2; 16]), "a.com", ip, "UA")
-        );
-        assert_ne!(
-            visitor_from_key(&salt, "a.com", "u1"),
-            visitor_from_key(&salt, "a.com", "u2")
-        );
+        assert_ne!(base, visitor_from_request(&Salt([2; 16]), "a.com", ip, "UA"));
+        assert_ne!(visitor_from_key(&salt, "a.com", "u1"), visitor_from_key(&salt, "a.com", "u2"));
     }
 
     #[tokio::test]
@@ -135,9 +123,6 @@ mod tests {
         let store: Arc<dyn SaltStore> = Arc::new(LocalSaltStore::new());
         let visitors = Visitors::new(store.clone()).await.expect("salt");
         let today = OffsetDateTime::now_utc().date();
-        assert_eq!(
-            visitors.salt().await.expect("salt"),
-            store.salt_for(today).await.expect("salt")
-        );
+        assert_eq!(visitors.salt().await.expect("salt"), store.salt_for(today).await.expect("salt"));
     }
 }

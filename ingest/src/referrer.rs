@@ -46,13 +46,8 @@ const KNOWN: &[(&str, &str)] = &[
 
 /// Second-level labels that name a source whatever the country TLD
 /// (`google.co.uk`, `yandex.ru`, `pinterest.de`).
-const KNOWN_ANY_TLD: &[(&str, &str)] = &[
-    ("google", "Google"),
-    ("yandex", "Yandex"),
-    ("pinterest", "Pinterest"),
-    ("naver", "Naver"),
-    ("seznam", "Seznam"),
-];
+const KNOWN_ANY_TLD: &[(&str, &str)] =
+    &[("google", "Google"), ("yandex", "Yandex"), ("pinterest", "Pinterest"), ("naver", "Naver"), ("seznam", "Seznam")];
 
 /// The source name for a referrer host (lower-case, without `www.`), if it is a known one.
 pub(crate) fn known_source(host: &str) -> Option<&'static str> {
@@ -63,10 +58,7 @@ pub(crate) fn known_source(host: &str) -> Option<&'static str> {
                 && host.as_bytes()[host.len() - entry.len() - 1] == b'.')
     };
     // Longest entry first, so news.google.com beats the google rule.
-    if let Some((_, name)) = KNOWN
-        .iter()
-        .filter(|(entry, _)| suffix_match(entry))
-        .max_by_key(|(entry, _)| entry.len())
+    if let Some((_, name)) = KNOWN.iter().filter(|(entry, _)| suffix_match(entry)).max_by_key(|(entry, _)| entry.len())
     {
         return Some(name);
     }
@@ -76,10 +68,7 @@ pub(crate) fn known_source(host: &str) -> Option<&'static str> {
     let n = labels.len();
     let candidates = [n.checked_sub(2), n.checked_sub(3)];
     for index in candidates.into_iter().flatten() {
-        if let Some((_, name)) = KNOWN_ANY_TLD
-            .iter()
-            .find(|(label, _)| labels[index] == *label)
-        {
+        if let Some((_, name)) = KNOWN_ANY_TLD.iter().find(|(label, _)| labels[index] == *label) {
             if index == n - 2 || matches!(labels[n - 2], "co" | "com" | "ac" | "or" | "ne") {
                 return Some(name);
             }

@@ -21,6 +21,8 @@ use bytes::Bytes;
 use gallop_broker::{partition_for, PublishError, Publisher, SaltStore};
 use gallop_config::Config;
 use gallop_event::encode_into;
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::hash::Hasher as _;
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, time::Instant};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -95,12 +97,8 @@ impl Gateway {
         let geo = Geo::new(&config.ingest)?;
         let visitors = Visitors::new(salts).await?;
         let run_id = format!("{:016x}", rand::random::<u64>());
-        let batcher = Batcher::start(
-            publisher.clone(),
-            config.ingest.batching.clone(),
-            metrics.clone(),
-            run_id.clone(),
-        );
+        let batcher =
+            Batcher::start(publisher.clone(), config.ingest.batching.clone(), metrics.clone(), run_id.clone());
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -127,12 +125,7 @@ impl Gateway {
         let origins = if ingest.cors_allowed_origins.iter().any(|o| o == "*") {
             AllowOrigin::from(Any)
         } else {
-            AllowOrigin::list(
-                ingest
-                    .cors_allowed_origins
-                    .iter()
-                    .filter_map(|o| HeaderValue::from_str(o).ok()),
-            )
+            AllowOrigin::list(ingest.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
         };
         let cors = CorsLayer::new()
             .allow_origin(origins)
@@ -167,9 +160,7 @@ pub async fn run(
         info!("shutting down: no new connections; finishing in-flight requests");
         let _ = stopping_tx.send(());
     };
-    let app = gateway
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     let deadline = async move {
         if stopping_rx.await.is_ok() {
@@ -191,20 +182,12 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.publisher.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: broker not connected",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker not connected").into_response()
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn plausible_event(
@@ -216,18 +199,13 @@ async fn plausible_event(
     let started = std::time::Instant::now();
     let result = async {
         let body = read_body(&state, &headers, body, Route::Plausible)?;
-        let events = parse_plausible(utf8(&body)?, state.config.ingest.limits.max_domains)
-            .map_err(ApiError::Invalid)?;
+        let events =
+            parse_plausible(utf8(&body)?, state.config.ingest.limits.max_domains).map_err(ApiError::Invalid)?;
         accept(&state, events, &headers, peer.ip(), Route::Plausible).await
     }
     .await;
     let response = match result {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "ok",
-        )
-            .into_response(),
+        Ok(_) => (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
         Err(e) => e.into_response(),
     };
     record(&state, Route::Plausible, &response, started);
@@ -245,22 +223,18 @@ async fn batch_events(
         let body = read_body(&state, &headers, body, Route::Batch)?;
         let text = utf8(&body)?;
         let framing = match content_type(&headers).as_str() {
-            "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
-                Framing::NdJson
-            }
+            "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => Framing::NdJson,
             _ => Framing::Json,
         };
-        let events = parse_batch(text, framing, state.config.ingest.limits.max_batch_events)
-            .map_err(ApiError::Invalid)?;
+        let events =
+            parse_batch(text, framing, state.config.ingest.limits.max_batch_events).map_err(ApiError::Invalid)?;
         accept(&state, events, &headers, peer.ip(), Route::Batch).await
     }
     .await;
     let response = match result {
         Ok(outcome) => (
             StatusCode::ACCEPTED,
-            Json(
-                serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped}),
-            ),
+            Json(serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped})),
         )
             .into_response(),
         Err(e) => e.into_response(),
@@ -271,16 +245,8 @@ async fn batch_events(
 
 fn record(state: &AppState, route: Route, response: &Response, started: std::time::Instant) {
     let status = response.status();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[route.path(), status.as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&[route.path()])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.requests.with_label_values(&[route.path(), status.as_str()]).inc();
+    state.metrics.request_duration.with_label_values(&[route.path()]).observe(started.elapsed().as_secs_f64());
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -306,10 +272,7 @@ fn read_body(
         Route::Plausible => matches!(got.as_str(), "" | "text/plain" | "application/json"),
         Route::Batch => matches!(
             got.as_str(),
-            "application/json"
-                | "application/x-ndjson"
-                | "application/jsonl"
-                | "application/x-jsonlines"
+            "application/json" | "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines"
         ),
     };
     if !supported {
@@ -323,14 +286,9 @@ fn read_body(
     }
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                limit: state.config.ingest.limits.max_body_bytes,
-            }
+            ApiError::BodyTooLarge { limit: state.config.ingest.limits.max_body_bytes }
         } else {
-            ApiError::Invalid(vec![FieldError::request(
-                "body",
-                format!("could not be read: {rejection}"),
-            )])
+            ApiError::Invalid(vec![FieldError::request("body", format!("could not be read: {rejection}"))])
         }
     })
 }
@@ -340,10 +298,7 @@ fn utf8(body: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(body).map_err(|e| {
         ApiError::Invalid(vec![FieldError::request(
             "body",
-            format!(
-                "not valid UTF-8 (first bad byte at offset {})",
-                e.valid_up_to()
-            ),
+            format!("not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()),
         )])
     })
 }
@@ -362,59 +317,35 @@ async fn accept(
     route: Route,
 ) -> Result<Outcome, ApiError> {
     let config = &state.config;
-    let unavailable = |reason: String| ApiError::Unavailable {
-        reason,
-        retry_after: config.ingest.retry_after_seconds,
-    };
+    let unavailable = |reason: String| ApiError::Unavailable { reason, retry_after: config.ingest.retry_after_seconds };
     if !state.publisher.is_ready() {
         return Err(unavailable("not connected to the broker".to_owned()));
     }
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if is_prefetch(headers) {
         state.metrics.events_prefetch.inc_by(events.len() as u64);
-        return Ok(Outcome {
-            accepted: 0,
-            dropped: events.len(),
-        });
+        return Ok(Outcome { accepted: 0, dropped: events.len() });
     }
     let ua = state.user_agents.parse(user_agent);
     // Browsers always send a User-Agent; servers posting batches may not.
     let bot = ua.bot && (route == Route::Plausible || !user_agent.trim().is_empty());
     if bot {
         state.metrics.events_bots.inc_by(events.len() as u64);
-        return Ok(Outcome {
-            accepted: 0,
-            dropped: events.len(),
-        });
+        return Ok(Outcome { accepted: 0, dropped: events.len() });
     }
-    let ip = client_ip(
-        peer,
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        &config.ingest.trusted_proxies,
-    );
+    let ip =
+        client_ip(peer, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), &config.ingest.trusted_proxies);
     let country = state.geo.country(headers, ip);
     let salt = state.visitors.salt().await.map_err(|e| {
         warn!(error = %e, "visitor salt unavailable");
         unavailable("visitor salt store unavailable".to_owned())
     })?;
-    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX);
-    let sender = Sender {
-        ua: &ua,
-        country: &country,
-        now_ms,
-    };
-    let rules = Rules {
-        limits: &config.ingest.limits,
-        time: &config.time,
-        sites: &config.ingest.sites,
-    };
+    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let sender = Sender { ua: &ua, country: &country, now_ms };
+    let rules = Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites };
 
     let partitions = state.publisher.partitions();
-    let mut parts: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); partitions as usize];
+    let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
     let mut errors: Vec<FieldError> = Vec::new();
     let total = events.len();
     for (index, raw) in events.into_iter().enumerate() {
@@ -426,17 +357,14 @@ async fn accept(
                     Some(key) => visitor_from_key(&salt, &record.site, key),
                     None => visitor_from_request(&salt, &record.site, ip, user_agent),
                 };
-                record.id = client_id.unwrap_or_else(|| {
-                    format!(
-                        "{}{:010x}",
-                        state.run_id,
-                        state.next_id.fetch_add(1, Ordering::Relaxed)
-                    )
-                });
                 let partition = partition_for(&record.site, record.visitor, partitions);
                 let part = &mut parts[partition as usize];
-                encode_into(&record, &mut part.0);
-                part.1 += 1;
+                part.note_id(&record.site, client_id.as_deref());
+                record.id = client_id.unwrap_or_else(|| {
+                    format!("{}{:010x}", state.run_id, state.next_id.fetch_add(1, Ordering::Relaxed))
+                });
+                encode_into(&record, &mut part.payload);
+                part.events += 1;
             }
             Ok(_) => {}
             Err(mut e) => errors.append(&mut e),
@@ -447,11 +375,7 @@ async fn accept(
             // Plausible requests carry one event per site: report without an index.
             errors.iter_mut().for_each(|e| e.index = None);
         }
-        state
-            .metrics
-            .events_rejected
-            .with_label_values(&["invalid"])
-            .inc_by(total as u64);
+        state.metrics.events_rejected.with_label_values(&["invalid"]).inc_by(total as u64);
         return Err(ApiError::Invalid(errors));
     }
 
@@ -459,32 +383,63 @@ async fn accept(
     let submissions = parts
         .into_iter()
         .enumerate()
-        .filter(|(_, (_, count))| *count > 0)
-        .flat_map(|(partition, (payload, count))| {
-            split_lines(payload, count, config.ingest.batching.max_bytes)
-                .into_iter()
-                .map(move |(chunk, n)| (partition as u32, chunk, n))
+        .filter(|(_, part)| part.events > 0)
+        .flat_map(|(partition, part)| {
+            let dedup = part.dedup_id();
+            split_lines(part.payload, part.events, config.ingest.batching.max_bytes).into_iter().enumerate().map(
+                move |(chunk_index, (chunk, n))| {
+                    let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
+                    (partition as u32, chunk, n, id)
+                },
+            )
         })
-        .map(|(partition, chunk, n)| state.batcher.submit(partition, chunk, n, deadline));
+        .map(|(partition, chunk, n, id)| state.batcher.submit(partition, chunk, n, id, deadline));
     let results = futures::future::join_all(submissions).await;
     if let Some(error) = results.into_iter().find_map(Result::err) {
-        state
-            .metrics
-            .events_rejected
-            .with_label_values(&["broker_unavailable"])
-            .inc_by(total as u64);
+        state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total as u64);
         return Err(match error {
-            PublishError::TooLarge { .. } => ApiError::BodyTooLarge {
-                limit: config.ingest.batching.max_bytes,
-            },
+            PublishError::TooLarge { .. } => ApiError::BodyTooLarge { limit: config.ingest.batching.max_bytes },
             other => unavailable(other.to_string()),
         });
     }
     state.metrics.events_accepted.inc_by(total as u64);
-    Ok(Outcome {
-        accepted: total,
-        dropped: 0,
-    })
+    Ok(Outcome { accepted: total, dropped: 0 })
+}
+
+/// The events of one request bound for one partition.
+#[derive(Default)]
+struct Part {
+    payload: Vec<u8>,
+    events: u32,
+    /// Hash of the (site, client id) pairs while every event so far had a client id.
+    client_ids: Option<SipHasher13>,
+    without_client_id: bool,
+}
+
+impl Part {
+    fn note_id(&mut self, site: &str, client_id: Option<&str>) {
+        match client_id {
+            Some(id) if !self.without_client_id => {
+                let hasher = self.client_ids.get_or_insert_with(|| SipHasher13::new_with_keys(0x6761_6c6c_6f70, 1));
+                hasher.write(site.as_bytes());
+                hasher.write_u8(0xff);
+                hasher.write(id.as_bytes());
+                hasher.write_u8(0xfe);
+            }
+            _ => {
+                self.without_client_id = true;
+                self.client_ids = None;
+            }
+        }
+    }
+
+    /// A message id that a retry of the same request reproduces, when every event of the
+    /// part carries a client id.
+    fn dedup_id(&self) -> Option<String> {
+        let hasher = self.client_ids.as_ref().filter(|_| !self.without_client_id)?;
+        let wide = hasher.finish128();
+        Some(format!("c-{:016x}{:016x}-{}", wide.h1, wide.h2, self.events))
+    }
 }
 
 /// Cuts an NDJSON payload of `count` lines into chunks of at most `max_bytes` (a single
@@ -512,17 +467,12 @@ fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, 
 
 /// Browser prefetch and prerender requests are not visits.
 fn is_prefetch(headers: &HeaderMap) -> bool {
-    ["purpose", "sec-purpose", "x-purpose", "x-moz"]
-        .iter()
-        .any(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    let v = v.to_ascii_lowercase();
-                    v.contains("prefetch") || v.contains("prerender") || v.contains("preview")
-                })
+    ["purpose", "sec-purpose", "x-purpose", "x-moz"].iter().any(|name| {
+        headers.get(*name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.contains("prefetch") || v.contains("prerender") || v.contains("preview")
         })
+    })
 }
 
 #[cfg(test)]
@@ -533,10 +483,7 @@ mod tests {
     fn split_keeps_lines_whole() {
         let payload = b"aaaa\nbbbb\ncccc\n".to_vec();
         let chunks = split_lines(payload.clone(), 3, 10);
-        assert_eq!(
-            chunks,
-            vec![(b"aaaa\nbbbb\n".to_vec(), 2), (b"cccc\n".to_vec(), 1)]
-        );
+        assert_eq!(chunks, vec![(b"aaaa\nbbbb\n".to_vec(), 2), (b"cccc\n".to_vec(), 1)]);
         assert_eq!(split_lines(payload.clone(), 3, 100), vec![(payload, 3)]);
         assert_eq!(
             split_lines(b"aaaaaaaa\nb\n".to_vec(), 2, 4),
@@ -548,10 +495,7 @@ mod tests {
     fn prefetch_headers() {
         let mut headers = HeaderMap::new();
         assert!(!is_prefetch(&headers));
-        headers.insert(
-            "sec-purpose",
-            HeaderValue::from_static("prefetch;prerender"),
-        );
+        headers.insert("sec-purpose", HeaderValue::from_static("prefetch;prerender"));
         assert!(is_prefetch(&headers));
     }
 }

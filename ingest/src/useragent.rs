@@ -47,9 +47,7 @@ pub(crate) struct UserAgents {
 
 impl std::fmt::Debug for UserAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserAgents")
-            .field("cached", &self.cache.len())
-            .finish()
+        f.debug_struct("UserAgents").field("cached", &self.cache.len()).finish()
     }
 }
 
@@ -58,8 +56,7 @@ fn extractor() -> Result<&'static ua_parser::Extractor<'static>, IngestError> {
     static EXTRACTOR: OnceLock<Result<ua_parser::Extractor<'static>, String>> = OnceLock::new();
     EXTRACTOR
         .get_or_init(|| {
-            let regexes: ua_parser::Regexes<'static> =
-                serde_yaml::from_str(RULES).map_err(|e| e.to_string())?;
+            let regexes: ua_parser::Regexes<'static> = serde_yaml::from_str(RULES).map_err(|e| e.to_string())?;
             ua_parser::Extractor::try_from(regexes).map_err(|e| e.to_string())
         })
         .as_ref()
@@ -69,10 +66,7 @@ fn extractor() -> Result<&'static ua_parser::Extractor<'static>, IngestError> {
 impl UserAgents {
     /// A parser caching up to `capacity` distinct User-Agents.
     pub(crate) fn new(capacity: usize) -> Result<Self, IngestError> {
-        Ok(Self {
-            extractor: extractor()?,
-            cache: Cache::new(capacity.max(1)),
-        })
+        Ok(Self { extractor: extractor()?, cache: Cache::new(capacity.max(1)) })
     }
 
     /// Parses `ua`, from the cache when seen before.
@@ -87,38 +81,17 @@ impl UserAgents {
 
     fn parse_uncached(&self, ua: &str) -> UaInfo {
         if ua.trim().is_empty() {
-            return UaInfo {
-                bot: true,
-                ..UaInfo::default()
-            };
+            return UaInfo { bot: true, ..UaInfo::default() };
         }
         let (agent, os, device) = self.extractor.extract(ua);
         let lower = ua.to_ascii_lowercase();
         let spider = device.as_ref().is_some_and(|d| d.device == "Spider");
         let bot = spider || BOT_MARKERS.iter().any(|m| lower.contains(m));
-        let browser = agent
-            .as_ref()
-            .map(|a| a.family.to_string())
-            .filter(|f| f != "Other")
-            .unwrap_or_default();
-        let browser_version = agent
-            .as_ref()
-            .and_then(|a| a.major)
-            .unwrap_or_default()
-            .to_owned();
-        let os_name = os
-            .as_ref()
-            .map(|o| o.os.to_string())
-            .filter(|f| f != "Other")
-            .unwrap_or_default();
+        let browser = agent.as_ref().map(|a| a.family.to_string()).filter(|f| f != "Other").unwrap_or_default();
+        let browser_version = agent.as_ref().and_then(|a| a.major).unwrap_or_default().to_owned();
+        let os_name = os.as_ref().map(|o| o.os.to_string()).filter(|f| f != "Other").unwrap_or_default();
         let device_family = device.as_ref().map(|d| d.device.as_ref()).unwrap_or("");
-        UaInfo {
-            browser,
-            browser_version,
-            device: device_class(&lower, device_family, &os_name),
-            os: os_name,
-            bot,
-        }
+        UaInfo { browser, browser_version, device: device_class(&lower, device_family, &os_name), os: os_name, bot }
     }
 }
 
@@ -152,13 +125,7 @@ mod tests {
     fn check(ua: &str, expect: (&str, &str, &str, &str, bool)) {
         let agents = UserAgents::new(16).expect("rules compile");
         let info = agents.parse(ua);
-        let got = (
-            info.browser.as_str(),
-            info.browser_version.as_str(),
-            info.os.as_str(),
-            info.device,
-            info.bot,
-        );
+        let got = (info.browser.as_str(), info.browser_version.as_str(), info.os.as_str(), info.device, info.bot);
         assert_eq!(got, expect, "{ua}");
     }
 

@@ -1,0 +1,87 @@
+//! Gallop's `/v1/events` batch form: JSON object, array and NDJSON; dedup of retried ids.
+
+use time::OffsetDateTime;
+
+use crate::fixture::{test_config, TestGateway, FIREFOX};
+
+fn event(i: usize, ts_ms: i64) -> String {
+    format!(
+        r#"{{"site":"app.example","name":"signup","url":"https://app.example/s/{i}","timestamp":{ts_ms},"props":{{"plan":"p{}"}},"value":{i}.5,"visitor":"user-{}"}}"#,
+        i % 3,
+        i % 10
+    )
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[tokio::test]
+async fn ndjson_batch_of_100_is_published_whole() {
+    let gateway = TestGateway::start(test_config()).await;
+    let ts = now_ms() - 60_000;
+    let body: String = (0..100).map(|i| event(i, ts) + "\n").collect();
+    let reply = gateway.post("/v1/events", Some("application/x-ndjson"), body, &[("user-agent", FIREFOX)]).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body, r#"{"accepted":100,"dropped_bots":0}"#);
+    let records = gateway.records().await;
+    assert_eq!(records.len(), 100);
+    assert!(records.iter().all(|r| r.ts == ts && r.site == "app.example" && r.name == "signup"));
+    let value_sum: f64 = records.iter().filter_map(|r| r.value).sum();
+    assert_eq!(value_sum, (0..100).map(|i| i as f64 + 0.5).sum::<f64>());
+    let visitors: std::collections::HashSet<u64> = records.iter().map(|r| r.visitor).collect();
+    assert_eq!(visitors.len(), 10, "visitor keys user-0..user-9");
+    // Ten visitors over four partitions: fewer messages than events.
+    assert!(gateway.messages().await.len() <= 4);
+}
+
+#[tokio::test]
+async fn json_array_and_single_object_with_rfc3339_time() {
+    let gateway = TestGateway::start(test_config()).await;
+    let ts = OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    let rfc = ts.format(&time::format_description::well_known::Rfc3339).expect("format");
+    let one = format!(r#"{{"site":"a.example","name":"pageview","url":"https://a.example/","timestamp":"{rfc}"}}"#);
+    let reply = gateway.post("/v1/events", Some("application/json"), one.clone(), &[]).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let reply =
+        gateway.post("/v1/events", Some("application/json; charset=utf-8"), format!("[{one},{one}]"), &[]).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let records = gateway.records().await;
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r.ts == (ts.unix_timestamp_nanos() / 1_000_000) as i64));
+}
+
+#[tokio::test]
+async fn a_retried_request_with_client_ids_is_stored_once() {
+    let gateway = TestGateway::start(test_config()).await;
+    let body: String = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"site":"a.example","name":"order","url":"https://a.example/","id":"order-{i}","visitor":"v{i}"}}"#
+            ) + "\n"
+        })
+        .collect();
+    for _ in 0..3 {
+        let reply = gateway.post("/v1/events", Some("application/x-ndjson"), body.clone(), &[]).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    let records = gateway.records().await;
+    assert_eq!(records.len(), 20, "three identical requests, each event stored once");
+    let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    assert!(ids.contains(&"order-7"), "client ids are kept");
+}
+
+#[tokio::test]
+async fn requests_without_client_ids_are_not_deduplicated() {
+    let gateway = TestGateway::start(test_config()).await;
+    let body = r#"{"site":"a.example","name":"pageview","url":"https://a.example/"}"#;
+    for _ in 0..2 {
+        assert_eq!(gateway.post("/v1/events", Some("application/json"), body, &[]).await.status, 202);
+    }
+    let records = gateway.records().await;
+    assert_eq!(records.len(), 2, "two real page views");
+    assert_ne!(records[0].id, records[1].id, "the gateway makes unique ids");
+}
