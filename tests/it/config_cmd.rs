@@ -1,0 +1,59 @@
+//! `gallop config`: effective configuration, redaction, and start-up errors naming keys.
+
+use std::process::Command;
+
+fn gallop() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gallop"));
+    command.env_remove("GALLOP_CONFIG").env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn prints_effective_config_with_env_overrides_and_redacted_secrets() {
+    let output = gallop()
+        .args(["config"])
+        .env("GALLOP_NATS__TOKEN", "hunter2-token")
+        .env("GALLOP_INGEST__BATCHING__LINGER", "7ms")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("linger = \"7ms\""), "{stdout}");
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+#[test]
+fn example_config_is_complete_and_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gallop.example.toml");
+    let output = gallop().args(["--config", example, "config"]).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Every key the effective config prints is documented in the example.
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let documented = std::fs::read_to_string(example).expect("example exists");
+    for line in printed.lines() {
+        let Some((key, _)) = line.split_once(" = ") else { continue };
+        let key = key.trim();
+        assert!(
+            documented.lines().any(|l| l.trim_start_matches('#').trim_start().starts_with(&format!("{key} ="))),
+            "gallop.example.toml does not document `{key}`"
+        );
+    }
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    for (var, value, needle) in [
+        ("GALLOP_NATS__URLL", "x", "nats.urll"),
+        ("GALLOP_BROKER__PARTITIONS", "0", "broker.partitions: between 1 and 4096"),
+        ("GALLOP_INGEST__PUBLISH_TIMEOUT", "soon", "ingest.publish_timeout"),
+    ] {
+        let output = gallop().args(["config"]).env(var, value).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+        assert!(stderr.contains(needle), "{var}: {stderr}");
+    }
+    let output = gallop().args(["--config", "/nonexistent/gallop.toml", "config"]).output().expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/gallop.toml"));
+}
