@@ -338,7 +338,9 @@ mod tests {
             batcher.submit(0, b"{\"b\":1}\n".to_vec(), 1, None, deadline),
             batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
         );
-        (a.expect("a"), b.expect("b"), c.expect("retry"));
+        a.expect("a");
+        b.expect("b");
+        c.expect("retry");
         let ids: Vec<String> = broker.messages(0).into_iter().map(|m| m.id).collect();
         assert_eq!(ids.iter().filter(|id| *id == "c-1").count(), 1, "{ids:?}");
         assert_eq!(ids.len(), 2, "{ids:?}");

@@ -354,8 +354,11 @@ impl<'de> Deserialize<'de> for PropValue {
 mod tests {
     use super::*;
 
+    /// (site, name, props) of each expected event.
+    type Expected<'a> = Vec<(&'a str, &'a str, Vec<(&'a str, &'a str)>)>;
+
     #[track_caller]
-    fn check_plausible(body: &str, expect: Result<Vec<(&str, &str, Vec<(&str, &str)>)>, &str>) {
+    fn check_plausible(body: &str, expect: Result<Expected<'_>, &str>) {
         let got = parse_plausible(body, 10);
         match (got, expect) {
             (Ok(events), Ok(want)) => {

@@ -37,72 +37,73 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("gallop_http_requests_total", "HTTP requests by route and status code"),
-            &["route", "status"],
-        );
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new("gallop_http_request_duration_seconds", "HTTP request latency by route")
-                .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
-            &["route"],
-        );
-        let events_accepted = IntCounter::new("gallop_events_accepted_total", "Events acknowledged by the broker");
-        let events_rejected =
-            IntCounterVec::new(Opts::new("gallop_events_rejected_total", "Events rejected, by reason"), &["reason"]);
-        let events_bots = IntCounter::new("gallop_events_bots_total", "Events dropped because a bot sent them");
-        let events_prefetch =
-            IntCounter::new("gallop_events_prefetch_total", "Events dropped from prefetch or prerender requests");
-        let publish_duration = Histogram::with_opts(
-            HistogramOpts::new("gallop_publish_duration_seconds", "Broker publish latency until acknowledgement")
-                .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default()),
-        );
-        let publishes_in_flight =
-            IntGauge::new("gallop_publishes_in_flight", "Broker messages awaiting acknowledgement");
-        let publish_retries = IntCounter::new("gallop_publish_retries_total", "Publish attempts retried");
-        let publish_failures = IntCounterVec::new(
-            Opts::new("gallop_publish_failures_total", "Broker messages given up on, by error kind"),
-            &["kind"],
-        );
-        let message_events = Histogram::with_opts(
-            HistogramOpts::new("gallop_broker_message_events", "Events per broker message")
-                .buckets(prometheus::exponential_buckets(1.0, 2.0, 12).unwrap_or_default()),
-        );
-        let metrics = Self {
+        let latency = || prometheus::exponential_buckets(0.000_1, 2.0, 18).unwrap_or_default();
+        let r = &registry;
+        Self {
+            requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("gallop_http_requests_total", "HTTP requests by route and status code"),
+                    &["route", "status"],
+                ),
+            ),
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("gallop_http_request_duration_seconds", "HTTP request latency by route")
+                        .buckets(latency()),
+                    &["route"],
+                ),
+            ),
+            events_accepted: register(
+                r,
+                IntCounter::new("gallop_events_accepted_total", "Events acknowledged by the broker"),
+            ),
+            events_rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("gallop_events_rejected_total", "Events rejected, by reason"),
+                    &["reason"],
+                ),
+            ),
+            events_bots: register(
+                r,
+                IntCounter::new("gallop_events_bots_total", "Events dropped because a bot sent them"),
+            ),
+            events_prefetch: register(
+                r,
+                IntCounter::new("gallop_events_prefetch_total", "Events dropped from prefetch or prerender requests"),
+            ),
+            publish_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gallop_publish_duration_seconds",
+                        "Broker publish latency until acknowledgement",
+                    )
+                    .buckets(latency()),
+                ),
+            ),
+            publishes_in_flight: register(
+                r,
+                IntGauge::new("gallop_publishes_in_flight", "Broker messages awaiting acknowledgement"),
+            ),
+            publish_retries: register(r, IntCounter::new("gallop_publish_retries_total", "Publish attempts retried")),
+            publish_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("gallop_publish_failures_total", "Broker messages given up on, by error kind"),
+                    &["kind"],
+                ),
+            ),
+            message_events: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("gallop_broker_message_events", "Events per broker message")
+                        .buckets(prometheus::exponential_buckets(1.0, 2.0, 12).unwrap_or_default()),
+                ),
+            ),
             registry,
-            requests: requests.unwrap_or_else(|e| unreachable_metric(e)),
-            request_duration: request_duration.unwrap_or_else(|e| unreachable_metric(e)),
-            events_accepted: events_accepted.unwrap_or_else(|e| unreachable_metric(e)),
-            events_rejected: events_rejected.unwrap_or_else(|e| unreachable_metric(e)),
-            events_bots: events_bots.unwrap_or_else(|e| unreachable_metric(e)),
-            events_prefetch: events_prefetch.unwrap_or_else(|e| unreachable_metric(e)),
-            publish_duration: publish_duration.unwrap_or_else(|e| unreachable_metric(e)),
-            publishes_in_flight: publishes_in_flight.unwrap_or_else(|e| unreachable_metric(e)),
-            publish_retries: publish_retries.unwrap_or_else(|e| unreachable_metric(e)),
-            publish_failures: publish_failures.unwrap_or_else(|e| unreachable_metric(e)),
-            message_events: message_events.unwrap_or_else(|e| unreachable_metric(e)),
-        };
-        metrics.register_all();
-        metrics
-    }
-
-    fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
-            Box::new(self.requests.clone()),
-            Box::new(self.request_duration.clone()),
-            Box::new(self.events_accepted.clone()),
-            Box::new(self.events_rejected.clone()),
-            Box::new(self.events_bots.clone()),
-            Box::new(self.events_prefetch.clone()),
-            Box::new(self.publish_duration.clone()),
-            Box::new(self.publishes_in_flight.clone()),
-            Box::new(self.publish_retries.clone()),
-            Box::new(self.publish_failures.clone()),
-            Box::new(self.message_events.clone()),
-        ];
-        for collector in collectors {
-            if let Err(e) = self.registry.register(collector) {
-                unreachable_metric(e)
-            }
         }
     }
 
@@ -127,11 +128,18 @@ impl Default for Metrics {
     }
 }
 
-/// Metric names and labels above are constants that satisfy Prometheus' rules, and each is
-/// registered once in a fresh registry, so construction and registration cannot fail.
+/// Registers a freshly built metric and returns it.
+///
+/// Metric names, help texts and labels here are constants that satisfy Prometheus' rules,
+/// and each is registered once in a fresh registry, so neither step can fail at run time;
+/// a failure is a programming error that the unit test below catches.
 #[allow(clippy::panic)]
-fn unreachable_metric<T>(error: prometheus::Error) -> T {
-    panic!("metric definition is invalid: {error}")
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<T>) -> T {
+    let metric = metric.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
+    if let Err(e) = registry.register(Box::new(metric.clone())) {
+        panic!("metric registered twice: {e}");
+    }
+    metric
 }
 
 #[cfg(test)]

@@ -291,7 +291,7 @@ fn catalogue() -> Vec<Case> {
             "too many domains",
             PL,
             TEXT,
-            format!(r#"{{"n":"x","u":"https://example.com/","d":"{}"}}"#, vec!["example.com"; 11].join(",")),
+            format!(r#"{{"n":"x","u":"https://example.com/","d":"{}"}}"#, ["example.com"; 11].join(",")),
             400,
             &["lists 11 sites, more than 10 (limit: ingest.limits.max_domains)"],
         ),
