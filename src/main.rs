@@ -8,6 +8,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the gateway allocates small, short-lived buffers per request, and glibc's
+/// malloc/free showed up as ~12% of its CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Privacy-first analytics pipeline: ingest, process, store.
 #[derive(Debug, Parser)]
 #[command(name = "gallop", version, about)]

@@ -220,7 +220,13 @@ impl JsonError {
     }
 }
 
+/// Parses `text`; on failure, parses again tracking the path, to name the field at fault.
+/// Valid input (the common case) pays no path-tracking cost.
 fn from_json<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, JsonError> {
+    serde_json::from_str(text).or_else(|_| from_json_tracked(text))
+}
+
+fn from_json_tracked<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

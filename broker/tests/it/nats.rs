@@ -66,7 +66,10 @@ async fn creates_the_stream_from_config_and_updates_it() {
     let mut subjects = info.config.subjects.clone();
     subjects.sort();
     let prefix = &config.subject_prefix;
-    assert_eq!(subjects, vec![format!("{prefix}.events.0"), format!("{prefix}.events.1"), format!("{prefix}.events.2")]);
+    assert_eq!(
+        subjects,
+        vec![format!("{prefix}.events.0"), format!("{prefix}.events.1"), format!("{prefix}.events.2")]
+    );
     assert_eq!(info.config.duplicate_window, Duration::from_secs(60));
     assert_eq!(info.config.max_age, config.max_age);
     assert_eq!(info.config.storage, async_nats::jetstream::stream::StorageType::Memory);
