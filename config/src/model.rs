@@ -22,6 +22,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The ingest gateway: HTTP listener, enrichment, privacy, limits, batching.
     pub ingest: IngestConfig,
+    /// The processor: which rollups to build, flushing, and memory bounds.
+    pub processor: ProcessorConfig,
 }
 
 /// How logs are written.
@@ -308,4 +310,102 @@ impl Default for BatchingConfig {
     fn default() -> Self {
         Self { max_events: 1000, max_bytes: 512 * 1024, linger: Duration::from_millis(2), max_in_flight: 512 }
     }
+}
+
+/// The processor: rollup definitions and the bounds of its in-memory state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Include the built-in rollups and leaderboards (what a web-analytics dashboard
+    /// shows). `rollups` and `leaderboards` below are added to them.
+    pub default_rollups: bool,
+    /// Extra breakdowns: exact per-value rows of counters, value sums and visitors.
+    pub rollups: Vec<RollupConfig>,
+    /// Extra leaderboards: top-k sketches for high-cardinality fields.
+    pub leaderboards: Vec<LeaderboardConfig>,
+    /// Flush the delta at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many keys (rows + leaderboards) are live.
+    pub flush_keys: usize,
+    /// Hard bound on live keys: above it the processor refuses events (backpressure)
+    /// until a flush succeeds.
+    pub max_live_keys: usize,
+    /// Dimension values longer than this are truncated (at a character boundary).
+    pub max_value_bytes: usize,
+    /// Most rows one event may touch; further combinations (props explosions) are
+    /// skipped and counted.
+    pub max_combinations_per_event: usize,
+    /// What to do with an empty dimension value (no referrer, unknown country…).
+    pub empty_values: EmptyValues,
+    /// What to do with an event older than `watermark - time.allowed_lateness`.
+    pub late_events: LateEvents,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            default_rollups: true,
+            rollups: Vec::new(),
+            leaderboards: Vec::new(),
+            flush_interval: Duration::from_secs(5),
+            flush_keys: 200_000,
+            max_live_keys: 1_000_000,
+            max_value_bytes: 512,
+            max_combinations_per_event: 64,
+            empty_values: EmptyValues::Keep,
+            late_events: LateEvents::Drop,
+        }
+    }
+}
+
+/// One breakdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// A field (`path`, `country`, `props.plan`), `props.*` (every property key), a
+    /// compound of fields joined by `~` (`name~country`, `name~props.*`), or `total`.
+    pub dimension: String,
+    /// Keep a HyperLogLog of visitors per value (costs memory and time).
+    #[serde(default = "yes")]
+    pub visitors: bool,
+}
+
+/// One leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderboardConfig {
+    /// A field, `props.*`, or a compound, as for rollups.
+    pub dimension: String,
+    /// How many top values the sketch answers for (it keeps 3k counters).
+    #[serde(default = "default_k")]
+    pub k: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_k() -> usize {
+    20
+}
+
+/// Empty dimension values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyValues {
+    /// Count them as the value `""` (so breakdowns add up to the totals).
+    Keep,
+    /// Leave them out of the breakdown.
+    Skip,
+}
+
+/// Late events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateEvents {
+    /// Count them in `gallop_events_late_total` and drop them.
+    Drop,
+    /// Count them, then aggregate them into the bucket of their arrival time.
+    ArrivalBucket,
 }

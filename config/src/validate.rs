@@ -88,6 +88,24 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
 
     need(config.time.allowed_lateness.as_secs() >= 60, "time.allowed_lateness", "at least 1m (one base bucket)");
 
+    let processor = &config.processor;
+    need(!processor.flush_interval.is_zero(), "processor.flush_interval", "greater than 0");
+    need(processor.flush_keys >= 1, "processor.flush_keys", "at least 1");
+    need(processor.max_live_keys >= processor.flush_keys, "processor.max_live_keys", "at least processor.flush_keys");
+    need(processor.max_value_bytes >= 8, "processor.max_value_bytes", "at least 8");
+    need(processor.max_combinations_per_event >= 1, "processor.max_combinations_per_event", "at least 1");
+    for (i, rollup) in processor.rollups.iter().enumerate() {
+        need(!rollup.dimension.trim().is_empty(), &format!("processor.rollups[{i}].dimension"), "a field such as path");
+    }
+    for (i, board) in processor.leaderboards.iter().enumerate() {
+        need(
+            !board.dimension.trim().is_empty(),
+            &format!("processor.leaderboards[{i}].dimension"),
+            "a field such as referrer",
+        );
+        need((1..=10_000).contains(&board.k), &format!("processor.leaderboards[{i}].k"), "between 1 and 10000");
+    }
+
     if problems.is_empty() {
         Ok(())
     } else {

@@ -1,5 +1,20 @@
-//! Gallop's pure aggregation core: turns normalized events into per-bucket rollup state
-//! that ClickHouse can merge. No I/O lives here.
+//! Gallop's pure aggregation core: turns normalized events into per-minute partial
+//! aggregates that ClickHouse can merge. No I/O lives here: brokers feed it, a sink
+//! drains it, a clock is passed in.
+//!
+//! [`Processor`] keeps, per (site, one-minute bucket, dimension, value), an event count,
+//! a value sum and count and a visitor HyperLogLog, and per (site, bucket, dimension) a
+//! top-k leaderboard; [`Processor::flush`] hands them out as a [`Delta`] of
+//! ClickHouse-compatible states ([`sketch`]) and forgets them.
 #![warn(missing_docs)]
 
+mod delta;
+mod dimension;
+mod error;
+mod processor;
+mod rules;
 pub mod sketch;
+
+pub use delta::{Delta, LeaderboardRow, RollupRow};
+pub use error::ProcessorError;
+pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};

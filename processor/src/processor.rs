@@ -1,0 +1,752 @@
+//! [`Processor`]: events in, per-minute partial aggregates out, in bounded memory.
+//!
+//! State is two hash tables keyed by interned ids: rows keyed by (site, bucket, dimension,
+//! value) and leaderboards keyed by (site, bucket, dimension). A key's hash is computed
+//! once per update and the value string is compared in place, so a hit allocates nothing.
+//! [`Processor::flush`] hands everything out as a [`Delta`] and forgets it: memory is
+//! bounded by what arrived since the last flush, and a hard bound on live keys turns into
+//! [`ProcessorError::Full`] (backpressure) instead of growth.
+
+use std::{collections::HashMap, hash::BuildHasher};
+
+use foldhash::fast::FixedState;
+use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
+use gallop_event::{decode_message, DecodeError, EventRecord};
+use hashbrown::HashTable;
+
+use crate::{
+    delta::{Delta, LeaderboardRow, RollupRow},
+    dimension::{compose, truncate},
+    error::ProcessorError,
+    rules::Rules,
+    sketch::{TopK, UniqHll12},
+};
+
+/// Milliseconds in one base bucket.
+const BUCKET_MS: i64 = 60_000;
+
+/// Counters of everything the processor saw, cumulative since it was built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events aggregated.
+    pub events: u64,
+    /// Late events dropped (`late_events = "drop"`).
+    pub late_dropped: u64,
+    /// Late events aggregated into their arrival bucket (`late_events = "arrival_bucket"`).
+    pub late_reassigned: u64,
+    /// Events rejected for being too far in the future.
+    pub future: u64,
+    /// Records that could not be used, by reason (`json`, `version`, `missing_site`,
+    /// `missing_name`, `missing_timestamp`).
+    pub invalid: HashMap<&'static str, u64>,
+    /// Dimension values cut to `processor.max_value_bytes`.
+    pub values_truncated: u64,
+    /// Rows not written because a value was empty (`empty_values = "skip"`).
+    pub values_empty_skipped: u64,
+    /// Rows not written because an event exceeded `processor.max_combinations_per_event`.
+    pub combinations_capped: u64,
+    /// Flushes done.
+    pub flushes: u64,
+    /// Rows and leaderboards handed out by flushes.
+    pub keys_flushed: u64,
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Aggregated into its own bucket.
+    Counted,
+    /// Older than the watermark minus the allowed lateness, and dropped.
+    LateDropped,
+    /// Older than the watermark minus the allowed lateness, aggregated at arrival time.
+    LateReassigned,
+    /// Too far ahead of arrival time, rejected.
+    Future,
+    /// Missing a required field, rejected.
+    Invalid(&'static str),
+}
+
+/// A record of a message that could not be used, with its position, for a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRecord {
+    /// Zero-based index of the record in its message.
+    pub index: usize,
+    /// Short reason, as counted in [`Stats::invalid`].
+    pub reason: &'static str,
+    /// The decoder's or validator's full message.
+    pub detail: String,
+}
+
+/// Per-message result of [`Processor::process_message`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageReport {
+    /// Records aggregated (late ones reassigned to arrival included).
+    pub counted: usize,
+    /// Records dropped as late.
+    pub late: usize,
+    /// Records rejected as too far in the future.
+    pub future: usize,
+    /// Records that could not be used.
+    pub invalid: Vec<InvalidRecord>,
+}
+
+struct Row {
+    hash: u64,
+    site: u32,
+    bucket: u32,
+    dimension: u32,
+    value: Box<str>,
+    events: u64,
+    value_sum: f64,
+    value_count: u64,
+    visitors: Option<Box<UniqHll12>>,
+}
+
+struct Board {
+    hash: u64,
+    site: u32,
+    bucket: u32,
+    dimension: u32,
+    top: TopK,
+}
+
+/// Interned strings with stable ids; `keep` first entries survive [`Interner::reset`].
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32, FixedState>,
+    names: Vec<Box<str>>,
+    keep: usize,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        // More than u32::MAX distinct names would need more memory than max_live_keys allows.
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+
+    /// Forgets everything but the first `keep` names.
+    fn reset(&mut self) {
+        for name in self.names.drain(self.keep..) {
+            self.ids.remove(&name);
+        }
+    }
+}
+
+/// The aggregation core. Pure: no clock, no I/O; the caller passes arrival times and
+/// decides when to flush (see [`Processor::should_flush`]).
+pub struct Processor {
+    rules: Rules,
+    /// Interned ids of each rollup's and leaderboard's own spec.
+    rollup_ids: Vec<u32>,
+    board_ids: Vec<u32>,
+    state: State,
+    watermarks: HashMap<u32, i64>,
+    positions: std::collections::BTreeMap<u32, u64>,
+    last_flush_ms: Option<i64>,
+}
+
+/// The mutable tables, apart from the rules so both can be borrowed at once.
+struct State {
+    hasher: FixedState,
+    rows: HashTable<Row>,
+    boards: HashTable<Board>,
+    sites: Interner,
+    /// Dimension names: the configured specs first, then concrete `props.*` expansions.
+    dimensions: Interner,
+    stats: Stats,
+    max_value_bytes: usize,
+    empty_values: EmptyValues,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor").field("live_keys", &self.live_keys()).field("stats", &self.state.stats).finish()
+    }
+}
+
+impl Processor {
+    /// Builds a processor from `processor` and `time` config; errors name the bad key.
+    pub fn new(processor: &ProcessorConfig, time: &TimeConfig) -> Result<Self, ProcessorError> {
+        let rules = Rules::compile(processor, time)?;
+        let mut dimensions = Interner::default();
+        let rollup_ids = rules.rollups.iter().map(|r| dimensions.id(&r.dimension.spec)).collect();
+        let board_ids = rules.leaderboards.iter().map(|l| dimensions.id(&l.dimension.spec)).collect();
+        dimensions.keep = dimensions.names.len();
+        let state = State {
+            hasher: FixedState::with_seed(0x6761_6c6c_6f70),
+            rows: HashTable::new(),
+            boards: HashTable::new(),
+            sites: Interner::default(),
+            dimensions,
+            stats: Stats::default(),
+            max_value_bytes: rules.max_value_bytes,
+            empty_values: rules.empty_values,
+        };
+        Ok(Self {
+            rules,
+            rollup_ids,
+            board_ids,
+            state,
+            watermarks: HashMap::new(),
+            positions: std::collections::BTreeMap::new(),
+            last_flush_ms: None,
+        })
+    }
+
+    /// Keys (rows and leaderboards) held since the last flush.
+    pub fn live_keys(&self) -> usize {
+        self.state.rows.len() + self.state.boards.len()
+    }
+
+    /// Cumulative counters.
+    pub fn stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// The event-time watermark of `partition`: the newest event time seen there (ms).
+    pub fn watermark(&self, partition: u32) -> Option<i64> {
+        self.watermarks.get(&partition).copied()
+    }
+
+    /// Whether a flush is due at `now_ms`: enough live keys, or the flush interval
+    /// passed since the last flush (or since the first call).
+    pub fn should_flush(&mut self, now_ms: i64) -> bool {
+        let since = *self.last_flush_ms.get_or_insert(now_ms);
+        self.live_keys() >= self.rules.flush_keys
+            || (self.live_keys() > 0 && now_ms.saturating_sub(since) >= self.rules.flush_interval_ms)
+    }
+
+    /// Whether the state is at its hard bound; events are refused until a flush.
+    pub fn is_full(&self) -> bool {
+        self.live_keys() >= self.rules.max_live_keys
+    }
+
+    /// Decodes a broker message (NDJSON records) and aggregates every usable record.
+    /// `position` is the message's stream sequence / offset in `partition`; it is
+    /// remembered for the next [`Delta`]. A bad record is reported and skipped; it never
+    /// stops the message.
+    pub fn process_message(
+        &mut self,
+        partition: u32,
+        position: u64,
+        payload: &[u8],
+        arrival_ms: i64,
+    ) -> Result<MessageReport, ProcessorError> {
+        self.check_capacity()?;
+        let mut report = MessageReport::default();
+        for (index, decoded) in decode_message(payload).enumerate() {
+            let event = match decoded {
+                Ok(event) => event,
+                Err(e) => {
+                    let reason = match e {
+                        DecodeError::Json { .. } => "json",
+                        DecodeError::Version { .. } => "version",
+                    };
+                    *self.state.stats.invalid.entry(reason).or_default() += 1;
+                    report.invalid.push(InvalidRecord { index, reason, detail: e.to_string() });
+                    continue;
+                }
+            };
+            match self.add(partition, &event, arrival_ms) {
+                Outcome::Counted | Outcome::LateReassigned => report.counted += 1,
+                Outcome::LateDropped => report.late += 1,
+                Outcome::Future => report.future += 1,
+                Outcome::Invalid(reason) => {
+                    report.invalid.push(InvalidRecord { index, reason, detail: format!("record {index}: {reason}") })
+                }
+            }
+        }
+        let seen = self.positions.entry(partition).or_insert(position);
+        *seen = (*seen).max(position);
+        Ok(report)
+    }
+
+    /// Aggregates one decoded event of `partition` that arrived at `arrival_ms`.
+    pub fn process(&mut self, partition: u32, event: &EventRecord, arrival_ms: i64) -> Result<Outcome, ProcessorError> {
+        self.check_capacity()?;
+        Ok(self.add(partition, event, arrival_ms))
+    }
+
+    fn check_capacity(&self) -> Result<(), ProcessorError> {
+        if self.is_full() {
+            return Err(ProcessorError::Full { live_keys: self.live_keys(), max_live_keys: self.rules.max_live_keys });
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, partition: u32, event: &EventRecord, arrival_ms: i64) -> Outcome {
+        let stats = &mut self.state.stats;
+        let invalid = if event.site.is_empty() {
+            Some("missing_site")
+        } else if event.name.is_empty() {
+            Some("missing_name")
+        } else if event.ts <= 0 {
+            Some("missing_timestamp")
+        } else {
+            None
+        };
+        if let Some(reason) = invalid {
+            *stats.invalid.entry(reason).or_default() += 1;
+            return Outcome::Invalid(reason);
+        }
+        if event.ts > arrival_ms.saturating_add(self.rules.max_future_ms) {
+            stats.future += 1;
+            return Outcome::Future;
+        }
+        let watermark = self.watermarks.entry(partition).or_insert(event.ts);
+        *watermark = (*watermark).max(event.ts);
+        let mut ts = event.ts;
+        let mut outcome = Outcome::Counted;
+        if ts < watermark.saturating_sub(self.rules.allowed_lateness_ms) {
+            match self.rules.late_events {
+                LateEvents::Drop => {
+                    stats.late_dropped += 1;
+                    return Outcome::LateDropped;
+                }
+                LateEvents::ArrivalBucket => {
+                    stats.late_reassigned += 1;
+                    ts = arrival_ms;
+                    outcome = Outcome::LateReassigned;
+                }
+            }
+        }
+        stats.events += 1;
+        // Minutes since the epoch fit u32 until the year 10136.
+        let bucket = ts.div_euclid(BUCKET_MS) as u32;
+        let state = &mut self.state;
+        let site = state.sites.id(&event.site);
+        let mut budget = self.rules.max_combinations;
+        let mut scratch = String::with_capacity(128);
+
+        for (rollup, &static_id) in self.rules.rollups.iter().zip(&self.rollup_ids) {
+            let dimension = &rollup.dimension;
+            if dimension.is_wildcard() {
+                for (key, value) in &event.props {
+                    let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
+                    if budget == 0 {
+                        state.stats.combinations_capped += 1;
+                        continue;
+                    }
+                    let dim = state.dimensions.id(&dimension.with_prop(key));
+                    if state.accept_value(&mut scratch, any_empty) {
+                        budget -= 1;
+                        state.upsert_row(site, bucket, dim, &scratch, event, rollup.visitors);
+                    }
+                }
+            } else {
+                let Some(any_empty) = compose(dimension, event, None, &mut scratch) else { continue };
+                if budget == 0 {
+                    state.stats.combinations_capped += 1;
+                    continue;
+                }
+                if state.accept_value(&mut scratch, any_empty) {
+                    budget -= 1;
+                    state.upsert_row(site, bucket, static_id, &scratch, event, rollup.visitors);
+                }
+            }
+        }
+
+        for (board, &static_id) in self.rules.leaderboards.iter().zip(&self.board_ids) {
+            let dimension = &board.dimension;
+            // Leaderboards rank values; an empty value is nothing to rank.
+            if dimension.is_wildcard() {
+                for (key, value) in &event.props {
+                    if compose(dimension, event, Some((key, value)), &mut scratch) != Some(false) {
+                        continue;
+                    }
+                    if budget == 0 {
+                        state.stats.combinations_capped += 1;
+                        continue;
+                    }
+                    budget -= 1;
+                    let dim = state.dimensions.id(&dimension.with_prop(key));
+                    state.count_truncation(&mut scratch);
+                    state.insert_board(site, bucket, dim, board.k, &scratch);
+                }
+            } else {
+                if compose(dimension, event, None, &mut scratch) != Some(false) {
+                    continue;
+                }
+                if budget == 0 {
+                    state.stats.combinations_capped += 1;
+                    continue;
+                }
+                budget -= 1;
+                state.count_truncation(&mut scratch);
+                state.insert_board(site, bucket, static_id, board.k, &scratch);
+            }
+        }
+        outcome
+    }
+
+    /// Hands out everything aggregated since the last flush and forgets it. `now_ms`
+    /// restarts the flush interval.
+    pub fn flush(&mut self, now_ms: i64) -> Delta {
+        let state = &mut self.state;
+        let rows = std::mem::take(&mut state.rows);
+        let boards = std::mem::take(&mut state.boards);
+        let mut delta = Delta {
+            rows: Vec::with_capacity(rows.len()),
+            leaderboards: Vec::with_capacity(boards.len()),
+            positions: std::mem::take(&mut self.positions),
+        };
+        for row in rows {
+            delta.rows.push(RollupRow {
+                site: state.sites.name(row.site).to_owned(),
+                bucket: i64::from(row.bucket) * 60,
+                dimension: state.dimensions.name(row.dimension).to_owned(),
+                value: row.value.into(),
+                events: row.events,
+                visitors: row.visitors.map(|b| *b).unwrap_or_default(),
+                value_sum: row.value_sum,
+                value_count: row.value_count,
+            });
+        }
+        for board in boards {
+            delta.leaderboards.push(LeaderboardRow {
+                site: state.sites.name(board.site).to_owned(),
+                bucket: i64::from(board.bucket) * 60,
+                dimension: state.dimensions.name(board.dimension).to_owned(),
+                top: board.top,
+            });
+        }
+        state.dimensions.reset();
+        state.sites.reset();
+        self.last_flush_ms = Some(now_ms);
+        state.stats.flushes += 1;
+        state.stats.keys_flushed += (delta.rows.len() + delta.leaderboards.len()) as u64;
+        delta
+    }
+}
+
+impl State {
+    /// Applies the empty-value policy and truncation; whether the row is written.
+    fn accept_value(&mut self, value: &mut String, any_empty: bool) -> bool {
+        if any_empty && self.empty_values == EmptyValues::Skip {
+            self.stats.values_empty_skipped += 1;
+            return false;
+        }
+        self.count_truncation(value);
+        true
+    }
+
+    fn count_truncation(&mut self, value: &mut String) {
+        if truncate(value, self.max_value_bytes) {
+            self.stats.values_truncated += 1;
+        }
+    }
+
+    fn upsert_row(&mut self, site: u32, bucket: u32, dimension: u32, value: &str, event: &EventRecord, visitors: bool) {
+        let hash = self.hasher.hash_one((site, bucket, dimension, value));
+        let row = match self
+            .rows
+            .find_mut(hash, |r| r.site == site && r.bucket == bucket && r.dimension == dimension && *r.value == *value)
+        {
+            Some(row) => row,
+            None => self
+                .rows
+                .insert_unique(
+                    hash,
+                    Row {
+                        hash,
+                        site,
+                        bucket,
+                        dimension,
+                        value: value.into(),
+                        events: 0,
+                        value_sum: 0.0,
+                        value_count: 0,
+                        visitors: visitors.then(Box::default),
+                    },
+                    |r| r.hash,
+                )
+                .into_mut(),
+        };
+        row.events += 1;
+        if let Some(value) = event.value {
+            row.value_sum += value;
+            row.value_count += 1;
+        }
+        if let Some(hll) = &mut row.visitors {
+            hll.insert_u64(event.visitor);
+        }
+    }
+
+    fn insert_board(&mut self, site: u32, bucket: u32, dimension: u32, k: usize, value: &str) {
+        let hash = self.hasher.hash_one((site, bucket, dimension));
+        let board =
+            match self.boards.find_mut(hash, |b| b.site == site && b.bucket == bucket && b.dimension == dimension) {
+                Some(board) => board,
+                None => {
+                    // k was checked by Rules::compile, so TopK::new cannot fail here; fall back
+                    // to k = 1 rather than panic.
+                    let top = TopK::new(k).or_else(|_| TopK::new(1));
+                    let Ok(top) = top else { return };
+                    self.boards.insert_unique(hash, Board { hash, site, bucket, dimension, top }, |b| b.hash).into_mut()
+                }
+            };
+        board.top.insert(value.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_config::{LeaderboardConfig, RollupConfig};
+
+    use super::*;
+
+    const T0: i64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
+
+    fn event(name: &str, path: &str, visitor: u64, ts: i64) -> EventRecord {
+        let mut e = EventRecord::new();
+        e.site = "example.com".into();
+        e.name = name.into();
+        e.path = path.into();
+        e.host = "example.com".into();
+        e.country = "DE".into();
+        e.visitor = visitor;
+        e.ts = ts;
+        e
+    }
+
+    fn processor(config: ProcessorConfig) -> Processor {
+        Processor::new(&config, &TimeConfig::default()).expect("valid config")
+    }
+
+    /// (dimension, value) → (events, visitors, value_sum, value_count) of a delta.
+    fn table(delta: &Delta) -> std::collections::BTreeMap<(String, String, i64), (u64, u64, f64, u64)> {
+        delta
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.dimension.clone(), r.value.clone(), r.bucket),
+                    (r.events, r.visitors.estimate(), r.value_sum, r.value_count),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_event_touches_every_default_rollup() {
+        let mut p = processor(ProcessorConfig::default());
+        let mut e = event("signup", "/pricing", 7, T0 + 5_000);
+        e.props.insert("plan".into(), "pro".into());
+        e.value = Some(12.5);
+        assert_eq!(p.process(0, &e, T0 + 6_000), Ok(Outcome::Counted));
+        let delta = p.flush(T0 + 7_000);
+        let t = table(&delta);
+        let bucket = T0 / 1000;
+        assert_eq!(t.get(&("total".into(), "".into(), bucket)), Some(&(1, 1, 12.5, 1)));
+        assert_eq!(t.get(&("path".into(), "/pricing".into(), bucket)), Some(&(1, 1, 12.5, 1)));
+        assert_eq!(t.get(&("name~props.plan".into(), "signup~pro".into(), bucket)), Some(&(1, 1, 12.5, 1)));
+        assert_eq!(t.get(&("utm_source".into(), "".into(), bucket)), Some(&(1, 1, 12.5, 1)), "empty kept by default");
+        assert_eq!(delta.rows.len(), crate::rules::DEFAULT_ROLLUPS.len());
+        let boards: Vec<(&str, Vec<Vec<u8>>)> = delta
+            .leaderboards
+            .iter()
+            .map(|b| (b.dimension.as_str(), b.top.top().into_iter().map(|i| i.0).collect()))
+            .collect();
+        assert_eq!(boards, vec![("props.plan", vec![b"pro".to_vec()])], "no referrer: no referrer leaderboard");
+        assert_eq!(p.live_keys(), 0, "flush forgets");
+    }
+
+    #[test]
+    fn counters_sums_and_visitors_add_up() {
+        let mut p = processor(ProcessorConfig::default());
+        for i in 0..100u64 {
+            let mut e =
+                event(if i % 4 == 0 { "purchase" } else { "pageview" }, &format!("/p{}", i % 3), i % 10, T0 + i as i64);
+            if i % 4 == 0 {
+                e.value = Some(2.5);
+            }
+            p.process(0, &e, T0 + 1_000).expect("room");
+        }
+        let t = table(&p.flush(T0));
+        let b = T0 / 1000;
+        assert_eq!(t[&("total".into(), "".into(), b)], (100, 10, 62.5, 25));
+        assert_eq!(t[&("name".into(), "purchase".into(), b)], (25, 5, 62.5, 25));
+        assert_eq!(t[&("name".into(), "pageview".into(), b)], (75, 10, 0.0, 0));
+        assert_eq!(t[&("path".into(), "/p0".into(), b)].0, 34);
+    }
+
+    #[test]
+    fn buckets_are_utc_minutes() {
+        let mut p = processor(ProcessorConfig {
+            default_rollups: false,
+            rollups: vec![RollupConfig { dimension: "total".into(), visitors: false }],
+            ..ProcessorConfig::default()
+        });
+        for ts in [T0, T0 + 59_999, T0 + 60_000, T0 - 1] {
+            p.process(0, &event("pageview", "/", 1, ts), T0 + 120_000).expect("room");
+        }
+        let buckets: Vec<(i64, u64)> = p
+            .flush(T0)
+            .rows
+            .iter()
+            .map(|r| (r.bucket, r.events))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        assert_eq!(buckets, vec![(T0 / 1000 - 60, 1), (T0 / 1000, 2), (T0 / 1000 + 60, 1)]);
+    }
+
+    #[test]
+    fn late_and_future_events() {
+        let hour = 3_600_000;
+        let mut drop = processor(ProcessorConfig::default());
+        assert_eq!(drop.process(0, &event("pageview", "/", 1, T0), T0), Ok(Outcome::Counted));
+        assert_eq!(
+            drop.process(0, &event("pageview", "/", 1, T0 - hour + 1), T0),
+            Ok(Outcome::Counted),
+            "inside lateness"
+        );
+        assert_eq!(drop.process(0, &event("pageview", "/", 1, T0 - hour - 1), T0), Ok(Outcome::LateDropped));
+        assert_eq!(
+            drop.process(1, &event("pageview", "/", 1, T0 - hour - 1), T0),
+            Ok(Outcome::Counted),
+            "watermarks are per partition"
+        );
+        assert_eq!(drop.process(0, &event("pageview", "/", 1, T0 + 301_000), T0), Ok(Outcome::Future));
+        assert_eq!((drop.stats().late_dropped, drop.stats().future, drop.stats().events), (1, 1, 3));
+        assert_eq!(drop.watermark(0), Some(T0));
+
+        let mut reassign =
+            processor(ProcessorConfig { late_events: LateEvents::ArrivalBucket, ..ProcessorConfig::default() });
+        reassign.process(0, &event("pageview", "/", 1, T0), T0).expect("room");
+        let arrival = T0 + 30_000;
+        assert_eq!(
+            reassign.process(0, &event("pageview", "/late", 1, T0 - 2 * hour), arrival),
+            Ok(Outcome::LateReassigned)
+        );
+        let late_row =
+            reassign.flush(T0).rows.into_iter().find(|r| r.dimension == "path" && r.value == "/late").expect("row");
+        assert_eq!(late_row.bucket, arrival / 60_000 * 60);
+    }
+
+    #[test]
+    fn bad_records_are_counted_reported_and_skipped() {
+        let mut p = processor(ProcessorConfig::default());
+        let mut payload = Vec::new();
+        gallop_event::encode_into(&event("pageview", "/a", 1, T0), &mut payload);
+        payload.extend_from_slice(b"{not json\n");
+        let mut no_site = event("pageview", "/b", 1, T0);
+        no_site.site.clear();
+        gallop_event::encode_into(&no_site, &mut payload);
+        payload.extend_from_slice(b"{\"v\":2,\"site\":\"x\"}\n");
+        gallop_event::encode_into(&event("pageview", "/c", 1, T0), &mut payload);
+        let report = p.process_message(3, 41, &payload, T0).expect("room");
+        assert_eq!(report.counted, 2);
+        let reasons: Vec<(usize, &str)> = report.invalid.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(reasons, vec![(1, "json"), (2, "missing_site"), (3, "version")]);
+        assert_eq!(p.stats().invalid.get("json"), Some(&1));
+        let delta = p.flush(T0);
+        assert_eq!(delta.positions.get(&3), Some(&41));
+        assert_eq!(table(&delta)[&("total".into(), "".into(), T0 / 1000)].0, 2);
+    }
+
+    #[test]
+    fn empty_values_truncation_and_explosions() {
+        let config = ProcessorConfig {
+            default_rollups: false,
+            rollups: vec![
+                RollupConfig { dimension: "utm_source".into(), visitors: false },
+                RollupConfig { dimension: "path".into(), visitors: false },
+                RollupConfig { dimension: "props.*".into(), visitors: false },
+            ],
+            empty_values: EmptyValues::Skip,
+            max_value_bytes: 8,
+            max_combinations_per_event: 4,
+            ..ProcessorConfig::default()
+        };
+        let mut p = processor(config);
+        let mut e = event("pageview", "/a-very-long-path", 1, T0);
+        for i in 0..5 {
+            e.props.insert(format!("k{i}"), "v".into());
+        }
+        p.process(0, &e, T0).expect("room");
+        let stats = p.stats().clone();
+        assert_eq!(stats.values_empty_skipped, 1, "utm_source is empty");
+        assert_eq!(stats.values_truncated, 1);
+        assert_eq!(stats.combinations_capped, 2, "path + 3 props fit the budget of 4");
+        let delta = p.flush(T0);
+        let mut dims: Vec<(String, String)> =
+            delta.rows.iter().map(|r| (r.dimension.clone(), r.value.clone())).collect();
+        dims.sort();
+        assert_eq!(
+            dims,
+            vec![
+                ("path".into(), "/a-very-".into()),
+                ("props.k0".into(), "v".into()),
+                ("props.k1".into(), "v".into()),
+                ("props.k2".into(), "v".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn full_state_refuses_until_flushed() {
+        let config = ProcessorConfig {
+            default_rollups: false,
+            rollups: vec![RollupConfig { dimension: "path".into(), visitors: true }],
+            flush_keys: 2,
+            max_live_keys: 3,
+            ..ProcessorConfig::default()
+        };
+        let mut p = processor(config);
+        for i in 0..3 {
+            p.process(0, &event("pageview", &format!("/{i}"), 1, T0), T0).expect("room");
+        }
+        assert!(p.should_flush(T0));
+        assert!(p.is_full());
+        let err = p.process(0, &event("pageview", "/3", 1, T0), T0).expect_err("full");
+        assert_eq!(err, ProcessorError::Full { live_keys: 3, max_live_keys: 3 });
+        assert_eq!(p.flush(T0).rows.len(), 3);
+        assert_eq!(p.process(0, &event("pageview", "/3", 1, T0), T0), Ok(Outcome::Counted));
+    }
+
+    #[test]
+    fn flush_is_time_triggered_too() {
+        let mut p = processor(ProcessorConfig::default());
+        assert!(!p.should_flush(T0), "nothing to flush");
+        p.process(0, &event("pageview", "/", 1, T0), T0).expect("room");
+        assert!(!p.should_flush(T0 + 1_000));
+        assert!(p.should_flush(T0 + 5_000));
+        p.flush(T0 + 5_000);
+        p.process(0, &event("pageview", "/", 1, T0), T0).expect("room");
+        assert!(!p.should_flush(T0 + 9_000));
+    }
+
+    #[test]
+    fn leaderboards_rank_values() {
+        let config = ProcessorConfig {
+            default_rollups: false,
+            leaderboards: vec![LeaderboardConfig { dimension: "referrer".into(), k: 2 }],
+            ..ProcessorConfig::default()
+        };
+        let mut p = processor(config);
+        for (referrer, n) in [("https://a.example/", 5), ("https://b.example/", 3), ("https://c.example/", 1), ("", 9)]
+        {
+            for _ in 0..n {
+                let mut e = event("pageview", "/", 1, T0);
+                e.referrer = referrer.into();
+                p.process(0, &e, T0).expect("room");
+            }
+        }
+        let delta = p.flush(T0);
+        assert_eq!(delta.leaderboards.len(), 1);
+        let top: Vec<(Vec<u8>, u64)> =
+            delta.leaderboards[0].top.top().into_iter().map(|i| (i.0, i.1)).take(2).collect();
+        assert_eq!(top, vec![(b"https://a.example/".to_vec(), 5), (b"https://b.example/".to_vec(), 3)]);
+    }
+}

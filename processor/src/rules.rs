@@ -1,0 +1,161 @@
+//! The compiled rollup set: built-in defaults plus the configured extras.
+
+use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
+
+use crate::{dimension::Dimension, error::ProcessorError, sketch::TopK};
+
+/// Breakdowns a web-analytics dashboard shows, each with visitors.
+pub(crate) const DEFAULT_ROLLUPS: &[&str] = &[
+    "total",
+    "name",
+    "host",
+    "path",
+    "source",
+    "ref_host",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "country",
+    "browser",
+    "os",
+    "device",
+    "name~props.*",
+];
+
+/// Leaderboards for high-cardinality fields: (dimension, k).
+pub(crate) const DEFAULT_LEADERBOARDS: &[(&str, usize)] = &[("referrer", 20), ("props.*", 10)];
+
+/// One breakdown to maintain.
+#[derive(Debug, Clone)]
+pub(crate) struct Rollup {
+    pub(crate) dimension: Dimension,
+    pub(crate) visitors: bool,
+}
+
+/// One leaderboard to maintain.
+#[derive(Debug, Clone)]
+pub(crate) struct Leaderboard {
+    pub(crate) dimension: Dimension,
+    pub(crate) k: usize,
+}
+
+/// Everything the processor needs to know, checked once.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub(crate) rollups: Vec<Rollup>,
+    pub(crate) leaderboards: Vec<Leaderboard>,
+    pub(crate) allowed_lateness_ms: i64,
+    pub(crate) max_future_ms: i64,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) max_combinations: usize,
+    pub(crate) flush_keys: usize,
+    pub(crate) flush_interval_ms: i64,
+    pub(crate) max_live_keys: usize,
+    pub(crate) empty_values: EmptyValues,
+    pub(crate) late_events: LateEvents,
+}
+
+impl Rules {
+    /// Compiles `config`; errors name the config key.
+    pub(crate) fn compile(config: &ProcessorConfig, time: &TimeConfig) -> Result<Self, ProcessorError> {
+        let mut rollups: Vec<Rollup> = Vec::new();
+        let mut add_rollup = |dimension: Dimension, visitors: bool| match rollups
+            .iter_mut()
+            .find(|r| r.dimension.spec == dimension.spec)
+        {
+            Some(existing) => existing.visitors |= visitors,
+            None => rollups.push(Rollup { dimension, visitors }),
+        };
+        if config.default_rollups {
+            for spec in DEFAULT_ROLLUPS {
+                add_rollup(Dimension::parse(spec, "built-in rollups")?, true);
+            }
+        }
+        for (i, rollup) in config.rollups.iter().enumerate() {
+            add_rollup(
+                Dimension::parse(&rollup.dimension, &format!("processor.rollups[{i}].dimension"))?,
+                rollup.visitors,
+            );
+        }
+
+        let mut leaderboards: Vec<Leaderboard> = Vec::new();
+        let defaults = if config.default_rollups { DEFAULT_LEADERBOARDS } else { &[] };
+        let configured = config.leaderboards.iter().enumerate().map(|(i, l)| (i, l.dimension.as_str(), l.k));
+        for (i, spec, k) in defaults.iter().map(|(s, k)| (usize::MAX, *s, *k)).chain(configured) {
+            let key = if i == usize::MAX {
+                "built-in leaderboards".to_owned()
+            } else {
+                format!("processor.leaderboards[{i}]")
+            };
+            let dimension = Dimension::parse(spec, &format!("{key}.dimension"))?;
+            TopK::new(k).map_err(|e| ProcessorError::Leaderboard { key: format!("{key}.k"), reason: e.to_string() })?;
+            match leaderboards.iter_mut().find(|l| l.dimension.spec == dimension.spec) {
+                Some(existing) => existing.k = k,
+                None => leaderboards.push(Leaderboard { dimension, k }),
+            }
+        }
+
+        let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Ok(Self {
+            rollups,
+            leaderboards,
+            allowed_lateness_ms: millis(time.allowed_lateness),
+            max_future_ms: millis(time.max_future),
+            max_value_bytes: config.max_value_bytes,
+            max_combinations: config.max_combinations_per_event,
+            flush_keys: config.flush_keys,
+            flush_interval_ms: millis(config.flush_interval),
+            max_live_keys: config.max_live_keys,
+            empty_values: config.empty_values,
+            late_events: config.late_events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_config::{LeaderboardConfig, RollupConfig};
+
+    use super::*;
+
+    #[test]
+    fn defaults_plus_extras_without_duplicates() {
+        let config = ProcessorConfig {
+            rollups: vec![
+                RollupConfig { dimension: "name~country".into(), visitors: false },
+                RollupConfig { dimension: "path".into(), visitors: false },
+            ],
+            leaderboards: vec![LeaderboardConfig { dimension: "referrer".into(), k: 50 }],
+            ..ProcessorConfig::default()
+        };
+        let rules = Rules::compile(&config, &TimeConfig::default()).expect("valid");
+        let specs: Vec<&str> = rules.rollups.iter().map(|r| r.dimension.spec.as_str()).collect();
+        assert_eq!(specs.len(), DEFAULT_ROLLUPS.len() + 1);
+        assert_eq!(specs.last(), Some(&"name~country"));
+        let path = rules.rollups.iter().find(|r| r.dimension.spec == "path").expect("path");
+        assert!(path.visitors, "a default with visitors keeps them");
+        let referrer = rules.leaderboards.iter().find(|l| l.dimension.spec == "referrer").expect("referrer");
+        assert_eq!(referrer.k, 50, "configured k wins");
+        assert_eq!(rules.allowed_lateness_ms, 3_600_000);
+    }
+
+    #[test]
+    fn bad_specs_name_their_key() {
+        let config = ProcessorConfig {
+            default_rollups: false,
+            leaderboards: vec![LeaderboardConfig { dimension: "referer".into(), k: 5 }],
+            ..ProcessorConfig::default()
+        };
+        let err = Rules::compile(&config, &TimeConfig::default()).expect_err("typo");
+        assert!(err.to_string().starts_with("processor.leaderboards[0].dimension"), "{err}");
+        let config = ProcessorConfig {
+            default_rollups: false,
+            leaderboards: vec![LeaderboardConfig { dimension: "referrer".into(), k: 0 }],
+            ..ProcessorConfig::default()
+        };
+        let err = Rules::compile(&config, &TimeConfig::default()).expect_err("k = 0");
+        assert!(err.to_string().starts_with("processor.leaderboards[0].k"), "{err}");
+    }
+}
