@@ -44,6 +44,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Rollup dimensions are checked by the processor, which knows the fields.
+    if let Err(e) = gallop_processor::Processor::new(&config.processor, &config.time) {
+        eprintln!("gallop: config is invalid:\n  - {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
         Command::Ingest => {

@@ -47,6 +47,11 @@ fn bad_config_fails_at_start_naming_the_key() {
         ("GALLOP_NATS__URLL", "x", "nats.urll"),
         ("GALLOP_BROKER__PARTITIONS", "0", "broker.partitions: between 1 and 4096"),
         ("GALLOP_INGEST__PUBLISH_TIMEOUT", "soon", "ingest.publish_timeout"),
+        (
+            "GALLOP_PROCESSOR__ROLLUPS",
+            "[{dimension=\"name~colour\"}]",
+            "processor.rollups[0].dimension: dimension \"name~colour\": unknown field \"colour\"",
+        ),
     ] {
         let output = gallop().args(["config"]).env(var, value).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);

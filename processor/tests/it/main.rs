@@ -4,5 +4,6 @@
 mod common;
 mod hll;
 mod props;
+mod split;
 mod sum;
 mod topk;
