@@ -131,19 +131,39 @@ impl Dimension {
         Ok(Self { spec, fields })
     }
 
+    /// The one field of a single-field, non-wildcard dimension.
+    pub(crate) fn single_field(&self) -> Option<&Field> {
+        match self.fields.as_slice() {
+            [field] if *field != Field::AnyProp => Some(field),
+            _ => None,
+        }
+    }
+
     /// Whether the dimension expands per property key.
     pub(crate) fn is_wildcard(&self) -> bool {
         self.fields.contains(&Field::AnyProp)
     }
 
-    /// The concrete dimension name for property `key` of a wildcard dimension
-    /// (`name~props.*` → `name~props.plan`).
-    pub(crate) fn with_prop(&self, key: &str) -> String {
-        self.fields
-            .iter()
-            .map(|f| if *f == Field::AnyProp { format!("props.{key}") } else { f.spec() })
-            .collect::<Vec<_>>()
-            .join("~")
+    /// Writes the concrete dimension name for property `key` of a wildcard dimension
+    /// into `out` (`name~props.*` → `name~props.plan`).
+    pub(crate) fn write_with_prop(&self, key: &str, out: &mut String) {
+        out.clear();
+        for (i, field) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(COMPOUND);
+            }
+            match field {
+                Field::AnyProp => {
+                    out.push_str("props.");
+                    out.push_str(key);
+                }
+                Field::Prop(own) => {
+                    out.push_str("props.");
+                    out.push_str(own);
+                }
+                other => out.push_str(other.name()),
+            }
+        }
     }
 }
 
@@ -152,8 +172,13 @@ impl Field {
         match self {
             Self::Prop(key) => format!("props.{key}"),
             Self::AnyProp => "props.*".to_owned(),
-            other => FIELDS.iter().find(|(_, f)| f == other).map(|(n, _)| (*n).to_owned()).unwrap_or_default(),
+            other => other.name().to_owned(),
         }
+    }
+
+    /// The name of a plain field (empty for property fields).
+    fn name(&self) -> &'static str {
+        FIELDS.iter().find(|(_, f)| f == self).map_or("", |(n, _)| n)
     }
 }
 
@@ -232,7 +257,9 @@ mod tests {
         let dim = Dimension::parse(" name ~ props.* ", "k").expect("valid");
         assert_eq!(dim.spec, "name~props.*");
         assert!(dim.is_wildcard());
-        assert_eq!(dim.with_prop("plan"), "name~props.plan");
+        let mut name = String::new();
+        dim.write_with_prop("plan", &mut name);
+        assert_eq!(name, "name~props.plan");
         assert_eq!(Dimension::parse("", "k").expect("total").spec, "total");
         let err = Dimension::parse("name~colour", "processor.rollups[0].dimension").expect_err("unknown");
         let text = err.to_string();

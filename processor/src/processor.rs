@@ -1,14 +1,20 @@
 //! [`Processor`]: events in, per-minute partial aggregates out, in bounded memory.
 //!
-//! State is two hash tables keyed by interned ids: rows keyed by (site, bucket, dimension,
-//! value) and leaderboards keyed by (site, bucket, dimension). A key's hash is computed
-//! once per update and the value string is compared in place, so a hit allocates nothing.
+//! State is two-level: a table of (site, minute bucket) entries, each holding one small hash
+//! table of value cells per dimension and one top-k per leaderboard dimension. An event
+//! finds its bucket once, then does one probe per dimension in a table that holds only that
+//! dimension's values — small and cache-resident for low-cardinality fields. Values up to
+//! 24 bytes are stored inline, so a hit touches only the cell and allocates nothing.
 //! [`Processor::flush`] hands everything out as a [`Delta`] and forgets it: memory is
 //! bounded by what arrived since the last flush, and a hard bound on live keys turns into
 //! [`ProcessorError::Full`] (backpressure) instead of growth.
 
-use std::{collections::HashMap, hash::BuildHasher};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
+};
 
+use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
 use gallop_event::{decode_message, DecodeError, EventRecord};
@@ -90,24 +96,25 @@ pub struct MessageReport {
     pub invalid: Vec<InvalidRecord>,
 }
 
-struct Row {
+/// One (site, bucket, dimension, value) cell.
+struct Cell {
     hash: u64,
-    site: u32,
-    bucket: u32,
-    dimension: u32,
-    value: Box<str>,
+    value: CompactString,
     events: u64,
     value_sum: f64,
     value_count: u64,
     visitors: Option<Box<UniqHll12>>,
 }
 
-struct Board {
+/// Everything of one site in one minute.
+struct BucketState {
     hash: u64,
     site: u32,
     bucket: u32,
-    dimension: u32,
-    top: TopK,
+    /// Value cells per dimension id (`None` until the dimension is seen).
+    rows: Vec<Option<HashTable<Cell>>>,
+    /// Leaderboard per dimension id.
+    boards: Vec<Option<TopK>>,
 }
 
 /// Interned strings with stable ids; `keep` first entries survive [`Interner::reset`].
@@ -150,22 +157,25 @@ pub struct Processor {
     rollup_ids: Vec<u32>,
     board_ids: Vec<u32>,
     state: State,
-    watermarks: HashMap<u32, i64>,
-    positions: std::collections::BTreeMap<u32, u64>,
+    watermarks: HashMap<u32, i64, FixedState>,
+    positions: BTreeMap<u32, u64>,
     last_flush_ms: Option<i64>,
 }
 
 /// The mutable tables, apart from the rules so both can be borrowed at once.
 struct State {
     hasher: FixedState,
-    rows: HashTable<Row>,
-    boards: HashTable<Board>,
+    buckets: HashTable<BucketState>,
+    live_keys: usize,
     sites: Interner,
     /// Dimension names: the configured specs first, then concrete `props.*` expansions.
     dimensions: Interner,
     stats: Stats,
     max_value_bytes: usize,
     empty_values: EmptyValues,
+    /// Reused buffers for composed values and expanded dimension names.
+    scratch: String,
+    name_scratch: String,
 }
 
 impl std::fmt::Debug for Processor {
@@ -184,28 +194,30 @@ impl Processor {
         dimensions.keep = dimensions.names.len();
         let state = State {
             hasher: FixedState::with_seed(0x6761_6c6c_6f70),
-            rows: HashTable::new(),
-            boards: HashTable::new(),
+            buckets: HashTable::new(),
+            live_keys: 0,
             sites: Interner::default(),
             dimensions,
             stats: Stats::default(),
             max_value_bytes: rules.max_value_bytes,
             empty_values: rules.empty_values,
+            scratch: String::with_capacity(256),
+            name_scratch: String::with_capacity(64),
         };
         Ok(Self {
             rules,
             rollup_ids,
             board_ids,
             state,
-            watermarks: HashMap::new(),
-            positions: std::collections::BTreeMap::new(),
+            watermarks: HashMap::default(),
+            positions: BTreeMap::new(),
             last_flush_ms: None,
         })
     }
 
     /// Keys (rows and leaderboards) held since the last flush.
     pub fn live_keys(&self) -> usize {
-        self.state.rows.len() + self.state.boards.len()
+        self.state.live_keys
     }
 
     /// Cumulative counters.
@@ -284,6 +296,7 @@ impl Processor {
         Ok(())
     }
 
+    /// Checks the event's time, then updates every rollup and leaderboard.
     fn add(&mut self, partition: u32, event: &EventRecord, arrival_ms: i64) -> Outcome {
         let stats = &mut self.state.stats;
         let invalid = if event.site.is_empty() {
@@ -323,69 +336,7 @@ impl Processor {
         stats.events += 1;
         // Minutes since the epoch fit u32 until the year 10136.
         let bucket = ts.div_euclid(BUCKET_MS) as u32;
-        let state = &mut self.state;
-        let site = state.sites.id(&event.site);
-        let mut budget = self.rules.max_combinations;
-        let mut scratch = String::with_capacity(128);
-
-        for (rollup, &static_id) in self.rules.rollups.iter().zip(&self.rollup_ids) {
-            let dimension = &rollup.dimension;
-            if dimension.is_wildcard() {
-                for (key, value) in &event.props {
-                    let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
-                    if budget == 0 {
-                        state.stats.combinations_capped += 1;
-                        continue;
-                    }
-                    let dim = state.dimensions.id(&dimension.with_prop(key));
-                    if state.accept_value(&mut scratch, any_empty) {
-                        budget -= 1;
-                        state.upsert_row(site, bucket, dim, &scratch, event, rollup.visitors);
-                    }
-                }
-            } else {
-                let Some(any_empty) = compose(dimension, event, None, &mut scratch) else { continue };
-                if budget == 0 {
-                    state.stats.combinations_capped += 1;
-                    continue;
-                }
-                if state.accept_value(&mut scratch, any_empty) {
-                    budget -= 1;
-                    state.upsert_row(site, bucket, static_id, &scratch, event, rollup.visitors);
-                }
-            }
-        }
-
-        for (board, &static_id) in self.rules.leaderboards.iter().zip(&self.board_ids) {
-            let dimension = &board.dimension;
-            // Leaderboards rank values; an empty value is nothing to rank.
-            if dimension.is_wildcard() {
-                for (key, value) in &event.props {
-                    if compose(dimension, event, Some((key, value)), &mut scratch) != Some(false) {
-                        continue;
-                    }
-                    if budget == 0 {
-                        state.stats.combinations_capped += 1;
-                        continue;
-                    }
-                    budget -= 1;
-                    let dim = state.dimensions.id(&dimension.with_prop(key));
-                    state.count_truncation(&mut scratch);
-                    state.insert_board(site, bucket, dim, board.k, &scratch);
-                }
-            } else {
-                if compose(dimension, event, None, &mut scratch) != Some(false) {
-                    continue;
-                }
-                if budget == 0 {
-                    state.stats.combinations_capped += 1;
-                    continue;
-                }
-                budget -= 1;
-                state.count_truncation(&mut scratch);
-                state.insert_board(site, bucket, static_id, board.k, &scratch);
-            }
-        }
+        self.state.aggregate(&self.rules, &self.rollup_ids, &self.board_ids, event, bucket);
         outcome
     }
 
@@ -393,33 +344,41 @@ impl Processor {
     /// restarts the flush interval.
     pub fn flush(&mut self, now_ms: i64) -> Delta {
         let state = &mut self.state;
-        let rows = std::mem::take(&mut state.rows);
-        let boards = std::mem::take(&mut state.boards);
         let mut delta = Delta {
-            rows: Vec::with_capacity(rows.len()),
-            leaderboards: Vec::with_capacity(boards.len()),
+            rows: Vec::with_capacity(state.live_keys),
+            leaderboards: Vec::new(),
             positions: std::mem::take(&mut self.positions),
         };
-        for row in rows {
-            delta.rows.push(RollupRow {
-                site: state.sites.name(row.site).to_owned(),
-                bucket: i64::from(row.bucket) * 60,
-                dimension: state.dimensions.name(row.dimension).to_owned(),
-                value: row.value.into(),
-                events: row.events,
-                visitors: row.visitors.map(|b| *b).unwrap_or_default(),
-                value_sum: row.value_sum,
-                value_count: row.value_count,
-            });
+        for entry in state.buckets.drain() {
+            let site = state.sites.name(entry.site);
+            let bucket = i64::from(entry.bucket) * 60;
+            for (id, table) in entry.rows.into_iter().enumerate() {
+                let Some(table) = table else { continue };
+                let dimension = state.dimensions.name(id as u32);
+                for cell in table {
+                    delta.rows.push(RollupRow {
+                        site: site.to_owned(),
+                        bucket,
+                        dimension: dimension.to_owned(),
+                        value: cell.value.into(),
+                        events: cell.events,
+                        visitors: cell.visitors.map(|b| *b).unwrap_or_default(),
+                        value_sum: cell.value_sum,
+                        value_count: cell.value_count,
+                    });
+                }
+            }
+            for (id, top) in entry.boards.into_iter().enumerate() {
+                let Some(top) = top else { continue };
+                delta.leaderboards.push(LeaderboardRow {
+                    site: site.to_owned(),
+                    bucket,
+                    dimension: state.dimensions.name(id as u32).to_owned(),
+                    top,
+                });
+            }
         }
-        for board in boards {
-            delta.leaderboards.push(LeaderboardRow {
-                site: state.sites.name(board.site).to_owned(),
-                bucket: i64::from(board.bucket) * 60,
-                dimension: state.dimensions.name(board.dimension).to_owned(),
-                top: board.top,
-            });
-        }
+        state.live_keys = 0;
         state.dimensions.reset();
         state.sites.reset();
         self.last_flush_ms = Some(now_ms);
@@ -430,72 +389,188 @@ impl Processor {
 }
 
 impl State {
-    /// Applies the empty-value policy and truncation; whether the row is written.
-    fn accept_value(&mut self, value: &mut String, any_empty: bool) -> bool {
-        if any_empty && self.empty_values == EmptyValues::Skip {
-            self.stats.values_empty_skipped += 1;
-            return false;
-        }
-        self.count_truncation(value);
-        true
-    }
+    /// Updates every rollup and leaderboard of `rules` with `event`, in `bucket`.
+    fn aggregate(&mut self, rules: &Rules, rollup_ids: &[u32], board_ids: &[u32], event: &EventRecord, bucket: u32) {
+        let site = self.sites.id(&event.site);
+        let mut budget = rules.max_combinations;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut name = std::mem::take(&mut self.name_scratch);
+        let entry = bucket_entry(&mut self.buckets, &self.hasher, site, bucket);
 
-    fn count_truncation(&mut self, value: &mut String) {
-        if truncate(value, self.max_value_bytes) {
-            self.stats.values_truncated += 1;
-        }
-    }
-
-    fn upsert_row(&mut self, site: u32, bucket: u32, dimension: u32, value: &str, event: &EventRecord, visitors: bool) {
-        let hash = self.hasher.hash_one((site, bucket, dimension, value));
-        let row = match self
-            .rows
-            .find_mut(hash, |r| r.site == site && r.bucket == bucket && r.dimension == dimension && *r.value == *value)
-        {
-            Some(row) => row,
-            None => self
-                .rows
-                .insert_unique(
-                    hash,
-                    Row {
-                        hash,
-                        site,
-                        bucket,
-                        dimension,
-                        value: value.into(),
-                        events: 0,
-                        value_sum: 0.0,
-                        value_count: 0,
-                        visitors: visitors.then(Box::default),
-                    },
-                    |r| r.hash,
-                )
-                .into_mut(),
-        };
-        row.events += 1;
-        if let Some(value) = event.value {
-            row.value_sum += value;
-            row.value_count += 1;
-        }
-        if let Some(hll) = &mut row.visitors {
-            hll.insert_u64(event.visitor);
-        }
-    }
-
-    fn insert_board(&mut self, site: u32, bucket: u32, dimension: u32, k: usize, value: &str) {
-        let hash = self.hasher.hash_one((site, bucket, dimension));
-        let board =
-            match self.boards.find_mut(hash, |b| b.site == site && b.bucket == bucket && b.dimension == dimension) {
-                Some(board) => board,
-                None => {
-                    // k was checked by Rules::compile, so TopK::new cannot fail here; fall back
-                    // to k = 1 rather than panic.
-                    let top = TopK::new(k).or_else(|_| TopK::new(1));
-                    let Ok(top) = top else { return };
-                    self.boards.insert_unique(hash, Board { hash, site, bucket, dimension, top }, |b| b.hash).into_mut()
+        for (rollup, &static_id) in rules.rollups.iter().zip(rollup_ids) {
+            let dimension = &rollup.dimension;
+            if dimension.is_wildcard() {
+                for (key, value) in &event.props {
+                    let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
+                    if budget == 0 {
+                        self.stats.combinations_capped += 1;
+                        continue;
+                    }
+                    dimension.write_with_prop(key, &mut name);
+                    let id = self.dimensions.id(&name);
+                    if accept_value(&mut self.stats, self.empty_values, self.max_value_bytes, &mut scratch, any_empty) {
+                        budget -= 1;
+                        self.live_keys += upsert_cell(entry, &self.hasher, id, &scratch, event, rollup.visitors);
+                    }
                 }
+            } else if let Some(value) = dimension.single_field().and_then(|f| f.read(event)) {
+                // One plain field: use the event's own string, copying only to truncate.
+                if budget == 0 {
+                    self.stats.combinations_capped += 1;
+                    continue;
+                }
+                if value.is_empty() && self.empty_values == EmptyValues::Skip {
+                    self.stats.values_empty_skipped += 1;
+                    continue;
+                }
+                budget -= 1;
+                let value = if value.len() > self.max_value_bytes {
+                    scratch.clear();
+                    scratch.push_str(value);
+                    count_truncation(&mut self.stats, self.max_value_bytes, &mut scratch);
+                    scratch.as_str()
+                } else {
+                    value
+                };
+                self.live_keys += upsert_cell(entry, &self.hasher, static_id, value, event, rollup.visitors);
+            } else {
+                let Some(any_empty) = compose(dimension, event, None, &mut scratch) else { continue };
+                if budget == 0 {
+                    self.stats.combinations_capped += 1;
+                    continue;
+                }
+                if accept_value(&mut self.stats, self.empty_values, self.max_value_bytes, &mut scratch, any_empty) {
+                    budget -= 1;
+                    self.live_keys += upsert_cell(entry, &self.hasher, static_id, &scratch, event, rollup.visitors);
+                }
+            }
+        }
+
+        for (board, &static_id) in rules.leaderboards.iter().zip(board_ids) {
+            let dimension = &board.dimension;
+            // Leaderboards rank values; an empty value is nothing to rank.
+            if dimension.is_wildcard() {
+                for (key, value) in &event.props {
+                    if compose(dimension, event, Some((key, value)), &mut scratch) != Some(false) {
+                        continue;
+                    }
+                    if budget == 0 {
+                        self.stats.combinations_capped += 1;
+                        continue;
+                    }
+                    budget -= 1;
+                    dimension.write_with_prop(key, &mut name);
+                    let id = self.dimensions.id(&name);
+                    count_truncation(&mut self.stats, self.max_value_bytes, &mut scratch);
+                    self.live_keys += insert_board(entry, id, board.k, &scratch);
+                }
+            } else {
+                if compose(dimension, event, None, &mut scratch) != Some(false) {
+                    continue;
+                }
+                if budget == 0 {
+                    self.stats.combinations_capped += 1;
+                    continue;
+                }
+                budget -= 1;
+                count_truncation(&mut self.stats, self.max_value_bytes, &mut scratch);
+                self.live_keys += insert_board(entry, static_id, board.k, &scratch);
+            }
+        }
+        self.scratch = scratch;
+        self.name_scratch = name;
+    }
+}
+
+/// The (site, bucket) entry, made when missing.
+fn bucket_entry<'a>(
+    buckets: &'a mut HashTable<BucketState>,
+    hasher: &FixedState,
+    site: u32,
+    bucket: u32,
+) -> &'a mut BucketState {
+    let hash = hasher.hash_one((site, bucket));
+    match buckets.find_entry(hash, |b| b.site == site && b.bucket == bucket) {
+        Ok(found) => found.into_mut(),
+        Err(absent) => absent
+            .into_table()
+            .insert_unique(hash, BucketState { hash, site, bucket, rows: Vec::new(), boards: Vec::new() }, |b| b.hash)
+            .into_mut(),
+    }
+}
+
+/// Counts `event` into the cell of `value` in dimension `id`; 1 if the cell is new.
+fn upsert_cell(
+    entry: &mut BucketState,
+    hasher: &FixedState,
+    id: u32,
+    value: &str,
+    event: &EventRecord,
+    visitors: bool,
+) -> usize {
+    let index = id as usize;
+    if entry.rows.len() <= index {
+        entry.rows.resize_with(index + 1, || None);
+    }
+    let table = entry.rows[index].get_or_insert_with(HashTable::new);
+    let hash = hasher.hash_one(value);
+    let (cell, new) = match table.find_entry(hash, |c| c.hash == hash && c.value == value) {
+        Ok(found) => (found.into_mut(), 0),
+        Err(absent) => {
+            let cell = Cell {
+                hash,
+                value: CompactString::new(value),
+                events: 0,
+                value_sum: 0.0,
+                value_count: 0,
+                visitors: visitors.then(Box::default),
             };
-        board.top.insert(value.as_bytes());
+            (absent.into_table().insert_unique(hash, cell, |c| c.hash).into_mut(), 1)
+        }
+    };
+    cell.events += 1;
+    if let Some(value) = event.value {
+        cell.value_sum += value;
+        cell.value_count += 1;
+    }
+    if let Some(hll) = &mut cell.visitors {
+        hll.insert_u64(event.visitor);
+    }
+    new
+}
+
+/// Inserts `value` into the leaderboard of dimension `id`; 1 if the leaderboard is new.
+fn insert_board(entry: &mut BucketState, id: u32, k: usize, value: &str) -> usize {
+    let index = id as usize;
+    if entry.boards.len() <= index {
+        entry.boards.resize_with(index + 1, || None);
+    }
+    let mut new = 0;
+    if entry.boards[index].is_none() {
+        // k was checked by Rules::compile, so TopK::new succeeds; a failure leaves the
+        // leaderboard out rather than panic.
+        entry.boards[index] = TopK::new(k).ok();
+        new = 1;
+    }
+    if let Some(top) = &mut entry.boards[index] {
+        top.insert(value.as_bytes());
+    }
+    new
+}
+
+/// Applies the empty-value policy and truncation; whether the row is written.
+fn accept_value(stats: &mut Stats, empty: EmptyValues, max: usize, value: &mut String, any_empty: bool) -> bool {
+    if any_empty && empty == EmptyValues::Skip {
+        stats.values_empty_skipped += 1;
+        return false;
+    }
+    count_truncation(stats, max, value);
+    true
+}
+
+fn count_truncation(stats: &mut Stats, max: usize, value: &mut String) {
+    if truncate(value, max) {
+        stats.values_truncated += 1;
     }
 }
 
@@ -523,8 +598,10 @@ mod tests {
         Processor::new(&config, &TimeConfig::default()).expect("valid config")
     }
 
-    /// (dimension, value) → (events, visitors, value_sum, value_count) of a delta.
-    fn table(delta: &Delta) -> std::collections::BTreeMap<(String, String, i64), (u64, u64, f64, u64)> {
+    /// (dimension, value, bucket) → (events, visitors, value_sum, value_count).
+    type Table = std::collections::BTreeMap<(String, String, i64), (u64, u64, f64, u64)>;
+
+    fn table(delta: &Delta) -> Table {
         delta
             .rows
             .iter()
