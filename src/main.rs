@@ -1,6 +1,7 @@
 //! `gallop`: the one binary. Subcommands run the pieces of the pipeline; all of them read
 //! the same configuration (defaults < `gallop.toml` < `GALLOP_*` environment).
 
+mod bench;
 mod commands;
 mod logging;
 
@@ -33,6 +34,15 @@ enum Command {
     Ingest,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Benchmarks that print their numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The processor core and traqq 0.2.0 side by side on one synthetic stream.
+    Process(bench::ProcessBench),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
+        Command::Bench(BenchCommand::Process(options)) => bench::process(&options, &config.processor, &config.time),
         Command::Ingest => {
             logging::init(&config.log, cli.log_json);
             commands::ingest(config)

@@ -1,0 +1,254 @@
+//! `gallop bench process`: the processor core and `traqq` 0.2.0 side by side on the same
+//! deterministic stream, in one process and one run, plus JSON decode and memory figures.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gallop_bench::{
+    decode::{decode_bench, Decoder},
+    synth::{encode_messages, generate, SynthConfig},
+    traqq_side::{TraqqEntry, TraqqRunner},
+};
+use gallop_config::{LeaderboardConfig, ProcessorConfig, RollupConfig, TimeConfig};
+use gallop_event::EventRecord;
+use gallop_processor::Processor;
+
+/// Options of `gallop bench process`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProcessBench {
+    /// Events through Gallop's core (generated and processed in chunks, so memory stays flat).
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    /// Events through traqq (0 skips it); traqq runs on the first N of the same stream.
+    #[arg(long, default_value_t = 2_000_000)]
+    traqq_events: usize,
+    /// Seed of the synthetic stream.
+    #[arg(long, default_value_t = 0x006a_110b)]
+    seed: u64,
+    /// Events per broker message for the decode measurements.
+    #[arg(long, default_value_t = 100)]
+    per_message: usize,
+    /// Event-time span of the stream in minutes. A pipeline doing millions of events per
+    /// second sees many events per minute bucket; a day-long span models a small site.
+    #[arg(long, default_value_t = 60)]
+    span_minutes: i64,
+}
+
+/// Events generated and processed at a time.
+const CHUNK: usize = 100_000;
+
+pub(crate) fn process(
+    options: &ProcessBench,
+    processor_config: &ProcessorConfig,
+    time: &TimeConfig,
+) -> anyhow::Result<()> {
+    let synth = SynthConfig {
+        seed: options.seed,
+        events: options.events,
+        span_ms: options.span_minutes.max(1) * 60_000,
+        ..SynthConfig::default()
+    };
+    // The generator spreads events over one day; let every one of them count as on time.
+    let time = TimeConfig { allowed_lateness: Duration::from_secs(2 * 86_400), ..time.clone() };
+    println!(
+        "gallop bench process: {} events over {} min, seed {:#x}: {} visitors, {} pages and {} referrers (Zipf), {} countries, {} sites",
+        options.events,
+        options.span_minutes,
+        synth.seed,
+        synth.visitors,
+        synth.pages,
+        synth.referrers,
+        synth.countries,
+        synth.sites
+    );
+
+    // (a) Gallop's core on decoded records: first with the metrics traqq is configured for,
+    // then with the full default dashboard rollups.
+    let rss_start = rss_bytes();
+    let equivalent = traqq_equivalent(processor_config);
+    let (core_rate, peak_keys) = run_core("gallop core, traqq's metrics", &equivalent, &time, &synth)?;
+    let (dashboard_rate, dashboard_peak) = run_core("gallop core, default rollups", processor_config, &time, &synth)?;
+    let peak_keys = peak_keys.max(dashboard_peak);
+    let arrival = synth.start_ms + synth.span_ms;
+    let mut chunk: Vec<EventRecord> = Vec::with_capacity(CHUNK);
+
+    // Memory: one large state without flushing, measured as resident-set growth per key.
+    let sample = CHUNK.min(options.events);
+    let records: Vec<EventRecord> = generate(&SynthConfig { events: sample, ..synth.clone() }).collect();
+    let roomy =
+        ProcessorConfig { flush_keys: usize::MAX / 2, max_live_keys: usize::MAX / 2, ..processor_config.clone() };
+    let mut holder = Processor::new(&roomy, &time)?;
+    let before = rss_bytes();
+    for event in &records {
+        holder.process(0, event, arrival)?;
+    }
+    let after = rss_bytes();
+    let per_key = after.saturating_sub(before) as f64 / holder.live_keys().max(1) as f64;
+    println!(
+        "  state size                         {:>12.0} bytes per live key ({} keys from {} events; peak live keys in the run {})",
+        per_key,
+        holder.live_keys(),
+        sample,
+        peak_keys
+    );
+    drop(holder);
+
+    // (b) Decoding broker messages, separately.
+    let messages = encode_messages(&records, options.per_message);
+    let decoded = decode_bench(&messages, 3);
+    let baseline = decoded.first().map(|d| d.events_per_sec()).unwrap_or(0.0);
+    for result in &decoded {
+        println!(
+            "  decode {:<26} {:>12.0} events/s   ({:.2}× serde_json/owned{})",
+            result.decoder,
+            result.events_per_sec(),
+            result.events_per_sec() / baseline.max(f64::MIN_POSITIVE),
+            if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
+        );
+    }
+
+    // (c) Gallop decode + core, as the consumer runs it (serde_json/owned today).
+    let mut full = Processor::new(processor_config, &time)?;
+    let started = Instant::now();
+    for (offset, message) in messages.iter().enumerate() {
+        full.process_message(0, offset as u64, message, arrival)?;
+        if full.live_keys() >= 200_000 {
+            full.flush(0);
+        }
+    }
+    full.flush(0);
+    let full_rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    println!("  gallop decode + core              {:>12.0} events/s   ({} events)", full_rate, records.len());
+    let _ = Decoder::ALL;
+
+    // (d) traqq on the same stream.
+    if options.traqq_events > 0 {
+        let mut runner = TraqqRunner::new(TraqqEntry::FromJson);
+        let mut stream = generate(&SynthConfig { events: options.traqq_events, ..synth.clone() });
+        loop {
+            chunk.clear();
+            chunk.extend(stream.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            runner.feed(&chunk).context("traqq rejected an event")?;
+        }
+        let run = runner.finish().context("reading traqq's results")?;
+        let traqq_rate = run.events_per_sec();
+        println!(
+            "  traqq 0.2.0 (same metrics)        {:>12.0} events/s   ({} events in {:.2?}; {} storage ops)",
+            traqq_rate, run.events, run.elapsed, run.storage_ops
+        );
+        println!(
+            "  ratio gallop / traqq              {:>12.1}× with traqq's metrics, {:.1}× with the default rollups",
+            core_rate / traqq_rate.max(f64::MIN_POSITIVE),
+            dashboard_rate / traqq_rate.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!(
+        "  peak RSS                           {:>12.1} MiB (process start {:.1} MiB)",
+        peak_rss_bytes() as f64 / 1_048_576.0,
+        rss_start as f64 / 1_048_576.0
+    );
+    Ok(())
+}
+
+/// The metrics traqq is configured for in `gallop_bench::traqq_side`: counters per event
+/// name, path, country, browser, os, device, source, utm_source and name~country; visitors
+/// per site only; value by event name (the `name` rows carry value sums); a referrer
+/// leaderboard.
+fn traqq_equivalent(base: &ProcessorConfig) -> ProcessorConfig {
+    let rollup = |dimension: &str, visitors: bool| RollupConfig { dimension: dimension.to_owned(), visitors };
+    ProcessorConfig {
+        default_rollups: false,
+        rollups: vec![
+            rollup("total", true),
+            rollup("name", false),
+            rollup("path", false),
+            rollup("country", false),
+            rollup("browser", false),
+            rollup("os", false),
+            rollup("device", false),
+            rollup("source", false),
+            rollup("utm_source", false),
+            rollup("name~country", false),
+        ],
+        leaderboards: vec![LeaderboardConfig { dimension: "referrer".to_owned(), k: 20 }],
+        ..base.clone()
+    }
+}
+
+/// Runs the core over the stream, generated and processed chunk by chunk (generation not
+/// timed), flushing at 200 000 live keys. Prints and returns events/s and peak live keys.
+fn run_core(
+    label: &str,
+    config: &ProcessorConfig,
+    time: &TimeConfig,
+    synth: &SynthConfig,
+) -> anyhow::Result<(f64, usize)> {
+    let mut processor = Processor::new(config, time)?;
+    let mut stream = generate(synth);
+    let mut chunk: Vec<EventRecord> = Vec::with_capacity(CHUNK);
+    let mut core = Duration::ZERO;
+    let (mut rows, mut boards, mut peak_keys) = (0usize, 0usize, 0usize);
+    let arrival = synth.start_ms + synth.span_ms;
+    let clock = Instant::now();
+    loop {
+        chunk.clear();
+        chunk.extend(stream.by_ref().take(CHUNK));
+        if chunk.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        for event in &chunk {
+            processor.process(0, event, arrival)?;
+            if processor.should_flush(wall_ms(clock)) || processor.is_full() {
+                peak_keys = peak_keys.max(processor.live_keys());
+                let delta = processor.flush(wall_ms(clock));
+                rows += delta.rows.len();
+                boards += delta.leaderboards.len();
+            }
+        }
+        core += started.elapsed();
+    }
+    peak_keys = peak_keys.max(processor.live_keys());
+    let started = Instant::now();
+    let delta = processor.flush(wall_ms(clock));
+    core += started.elapsed();
+    rows += delta.rows.len();
+    boards += delta.leaderboards.len();
+    let stats = processor.stats();
+    let rate = stats.events as f64 / core.as_secs_f64();
+    println!(
+        "  {label:<34}{rate:>12.0} events/s   ({} events in {core:.2?}; {rows} rows + {boards} leaderboards in {} flushes; late {}, invalid {})",
+        stats.events,
+        stats.flushes,
+        stats.late_dropped,
+        stats.invalid.values().sum::<u64>()
+    );
+    Ok((rate, peak_keys))
+}
+
+fn wall_ms(clock: Instant) -> i64 {
+    i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Resident set size now, from /proc (0 where unavailable).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Peak resident set size (VmHWM), from /proc (0 where unavailable).
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
