@@ -33,16 +33,25 @@ pub fn encode_into(record: &EventRecord, out: &mut Vec<u8>) {
 
 /// Decodes every record of a message; a bad line yields an error and decoding goes on.
 pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = Result<EventRecord, DecodeError>> + '_ {
-    payload.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace)).enumerate().map(
-        |(index, line)| {
-            let record: EventRecord =
-                serde_json::from_slice(line).map_err(|source| DecodeError::Json { index, source })?;
-            if record.v != FORMAT_VERSION {
-                return Err(DecodeError::Version { index, version: record.v });
-            }
-            Ok(record)
-        },
-    )
+    non_blank_lines(payload).map(|(index, line)| {
+        let record: EventRecord = serde_json::from_slice(line).map_err(|source| DecodeError::Json { index, source })?;
+        check_version(index, record.v)?;
+        Ok(record)
+    })
+}
+
+/// The lines of a message that hold a record, numbered from 0.
+pub(crate) fn non_blank_lines(payload: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    payload.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace)).enumerate()
+}
+
+/// Refuses records of a format version this build does not read.
+pub(crate) fn check_version(index: usize, version: u8) -> Result<(), DecodeError> {
+    if version == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(DecodeError::Version { index, version })
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Dimensions: which field (or compound of fields) of an event a rollup groups by, and how
 //! its value is read off an event.
 
-use gallop_event::EventRecord;
+use gallop_event::EventFields;
 
 use crate::error::ProcessorError;
 
@@ -67,25 +67,25 @@ impl Field {
     }
 
     /// The field's value on `event`; `None` when the event lacks the property.
-    pub(crate) fn read<'e>(&self, event: &'e EventRecord) -> Option<&'e str> {
+    pub(crate) fn read<'e, E: EventFields>(&self, event: &'e E) -> Option<&'e str> {
         Some(match self {
-            Self::Name => &event.name,
-            Self::Host => &event.host,
-            Self::Path => &event.path,
-            Self::Referrer => &event.referrer,
-            Self::RefHost => &event.ref_host,
-            Self::Source => &event.source,
-            Self::UtmSource => &event.utm_source,
-            Self::UtmMedium => &event.utm_medium,
-            Self::UtmCampaign => &event.utm_campaign,
-            Self::UtmContent => &event.utm_content,
-            Self::UtmTerm => &event.utm_term,
-            Self::Country => &event.country,
-            Self::Browser => &event.browser,
-            Self::BrowserVersion => &event.browser_version,
-            Self::Os => &event.os,
-            Self::Device => &event.device,
-            Self::Prop(key) => return event.props.get(key).map(String::as_str),
+            Self::Name => event.name(),
+            Self::Host => event.host(),
+            Self::Path => event.path(),
+            Self::Referrer => event.referrer(),
+            Self::RefHost => event.ref_host(),
+            Self::Source => event.source(),
+            Self::UtmSource => event.utm_source(),
+            Self::UtmMedium => event.utm_medium(),
+            Self::UtmCampaign => event.utm_campaign(),
+            Self::UtmContent => event.utm_content(),
+            Self::UtmTerm => event.utm_term(),
+            Self::Country => event.country(),
+            Self::Browser => event.browser(),
+            Self::BrowserVersion => event.browser_version(),
+            Self::Os => event.os(),
+            Self::Device => event.device(),
+            Self::Prop(key) => return event.prop(key),
             // Expanded per key by the caller.
             Self::AnyProp => return None,
         })
@@ -185,9 +185,9 @@ impl Field {
 /// Writes the value of `dimension` for `event` into `out` (cleared first); `prop` is the
 /// (key, value) that `props.*` stands for. Returns whether any part was empty, or `None`
 /// when a named property is absent (no row for this event).
-pub(crate) fn compose(
+pub(crate) fn compose<E: EventFields>(
     dimension: &Dimension,
-    event: &EventRecord,
+    event: &E,
     prop: Option<(&str, &str)>,
     out: &mut String,
 ) -> Option<bool> {
@@ -222,6 +222,8 @@ pub(crate) fn truncate(s: &mut String, max: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use gallop_event::EventRecord;
+
     use super::*;
 
     fn event() -> EventRecord {

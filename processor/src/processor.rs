@@ -17,7 +17,7 @@ use std::{
 use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
-use gallop_event::{decode_message, DecodeError, EventRecord};
+use gallop_event::{decode_message_view, DecodeError, EventFields};
 use hashbrown::HashTable;
 
 use crate::{
@@ -256,7 +256,7 @@ impl Processor {
     ) -> Result<MessageReport, ProcessorError> {
         self.check_capacity()?;
         let mut report = MessageReport::default();
-        for (index, decoded) in decode_message(payload).enumerate() {
+        for (index, decoded) in decode_message_view(payload).enumerate() {
             let event = match decoded {
                 Ok(event) => event,
                 Err(e) => {
@@ -284,7 +284,12 @@ impl Processor {
     }
 
     /// Aggregates one decoded event of `partition` that arrived at `arrival_ms`.
-    pub fn process(&mut self, partition: u32, event: &EventRecord, arrival_ms: i64) -> Result<Outcome, ProcessorError> {
+    pub fn process<E: EventFields>(
+        &mut self,
+        partition: u32,
+        event: &E,
+        arrival_ms: i64,
+    ) -> Result<Outcome, ProcessorError> {
         self.check_capacity()?;
         Ok(self.add(partition, event, arrival_ms))
     }
@@ -297,13 +302,13 @@ impl Processor {
     }
 
     /// Checks the event's time, then updates every rollup and leaderboard.
-    fn add(&mut self, partition: u32, event: &EventRecord, arrival_ms: i64) -> Outcome {
+    fn add<E: EventFields>(&mut self, partition: u32, event: &E, arrival_ms: i64) -> Outcome {
         let stats = &mut self.state.stats;
-        let invalid = if event.site.is_empty() {
+        let invalid = if event.site().is_empty() {
             Some("missing_site")
-        } else if event.name.is_empty() {
+        } else if event.name().is_empty() {
             Some("missing_name")
-        } else if event.ts <= 0 {
+        } else if event.ts() <= 0 {
             Some("missing_timestamp")
         } else {
             None
@@ -312,13 +317,13 @@ impl Processor {
             *stats.invalid.entry(reason).or_default() += 1;
             return Outcome::Invalid(reason);
         }
-        if event.ts > arrival_ms.saturating_add(self.rules.max_future_ms) {
+        if event.ts() > arrival_ms.saturating_add(self.rules.max_future_ms) {
             stats.future += 1;
             return Outcome::Future;
         }
-        let watermark = self.watermarks.entry(partition).or_insert(event.ts);
-        *watermark = (*watermark).max(event.ts);
-        let mut ts = event.ts;
+        let watermark = self.watermarks.entry(partition).or_insert(event.ts());
+        *watermark = (*watermark).max(event.ts());
+        let mut ts = event.ts();
         let mut outcome = Outcome::Counted;
         if ts < watermark.saturating_sub(self.rules.allowed_lateness_ms) {
             match self.rules.late_events {
@@ -390,8 +395,15 @@ impl Processor {
 
 impl State {
     /// Updates every rollup and leaderboard of `rules` with `event`, in `bucket`.
-    fn aggregate(&mut self, rules: &Rules, rollup_ids: &[u32], board_ids: &[u32], event: &EventRecord, bucket: u32) {
-        let site = self.sites.id(&event.site);
+    fn aggregate<E: EventFields>(
+        &mut self,
+        rules: &Rules,
+        rollup_ids: &[u32],
+        board_ids: &[u32],
+        event: &E,
+        bucket: u32,
+    ) {
+        let site = self.sites.id(event.site());
         let mut budget = rules.max_combinations;
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut name = std::mem::take(&mut self.name_scratch);
@@ -400,7 +412,7 @@ impl State {
         for (rollup, &static_id) in rules.rollups.iter().zip(rollup_ids) {
             let dimension = &rollup.dimension;
             if dimension.is_wildcard() {
-                for (key, value) in &event.props {
+                for (key, value) in event.props() {
                     let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
                     if budget == 0 {
                         self.stats.combinations_capped += 1;
@@ -450,7 +462,7 @@ impl State {
             let dimension = &board.dimension;
             // Leaderboards rank values; an empty value is nothing to rank.
             if dimension.is_wildcard() {
-                for (key, value) in &event.props {
+                for (key, value) in event.props() {
                     if compose(dimension, event, Some((key, value)), &mut scratch) != Some(false) {
                         continue;
                     }
@@ -500,12 +512,12 @@ fn bucket_entry<'a>(
 }
 
 /// Counts `event` into the cell of `value` in dimension `id`; 1 if the cell is new.
-fn upsert_cell(
+fn upsert_cell<E: EventFields>(
     entry: &mut BucketState,
     hasher: &FixedState,
     id: u32,
     value: &str,
-    event: &EventRecord,
+    event: &E,
     visitors: bool,
 ) -> usize {
     let index = id as usize;
@@ -529,12 +541,12 @@ fn upsert_cell(
         }
     };
     cell.events += 1;
-    if let Some(value) = event.value {
+    if let Some(value) = event.value() {
         cell.value_sum += value;
         cell.value_count += 1;
     }
     if let Some(hll) = &mut cell.visitors {
-        hll.insert_u64(event.visitor);
+        hll.insert_u64(event.visitor());
     }
     new
 }
@@ -577,6 +589,7 @@ fn count_truncation(stats: &mut Stats, max: usize, value: &mut String) {
 #[cfg(test)]
 mod tests {
     use gallop_config::{LeaderboardConfig, RollupConfig};
+    use gallop_event::EventRecord;
 
     use super::*;
 
