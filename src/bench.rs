@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use gallop_bench::{
     decode::{decode_bench, Decoder},
     synth::{encode_messages, generate, SynthConfig},
-    traqq_side::{TraqqEntry, TraqqRunner},
+    traqq_side::{gallop_like_traqq, TraqqEntry, TraqqRunner},
 };
-use gallop_config::{LeaderboardConfig, ProcessorConfig, RollupConfig, TimeConfig};
+use gallop_config::{ProcessorConfig, TimeConfig};
 use gallop_event::EventRecord;
 use gallop_processor::Processor;
 
@@ -89,7 +89,7 @@ pub(crate) fn process(
 
     // (a) Gallop's core on decoded records: first with the metrics traqq is configured for,
     // then with the full default dashboard rollups.
-    let equivalent = traqq_equivalent(processor_config);
+    let equivalent = gallop_like_traqq(processor_config);
     let (core_rate, peak_keys) = run_core("gallop core, traqq's metrics", &equivalent, &time, &synth)?;
     let (dashboard_rate, dashboard_peak) = run_core("gallop core, default rollups", processor_config, &time, &synth)?;
     let peak_keys = peak_keys.max(dashboard_peak);
@@ -164,31 +164,6 @@ pub(crate) fn process(
         rss_start as f64 / 1_048_576.0
     );
     Ok(())
-}
-
-/// The metrics traqq is configured for in `gallop_bench::traqq_side`: counters per event
-/// name, path, country, browser, os, device, source, utm_source and name~country; visitors
-/// per site only; value by event name (the `name` rows carry value sums); a referrer
-/// leaderboard.
-fn traqq_equivalent(base: &ProcessorConfig) -> ProcessorConfig {
-    let rollup = |dimension: &str, visitors: bool| RollupConfig { dimension: dimension.to_owned(), visitors };
-    ProcessorConfig {
-        default_rollups: false,
-        rollups: vec![
-            rollup("total", true),
-            rollup("name", false),
-            rollup("path", false),
-            rollup("country", false),
-            rollup("browser", false),
-            rollup("os", false),
-            rollup("device", false),
-            rollup("source", false),
-            rollup("utm_source", false),
-            rollup("name~country", false),
-        ],
-        leaderboards: vec![LeaderboardConfig { dimension: "referrer".to_owned(), k: 20 }],
-        ..base.clone()
-    }
 }
 
 /// Runs the core over the stream, generated and processed chunk by chunk (generation not

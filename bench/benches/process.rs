@@ -10,35 +10,14 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use gallop_bench::{
     synth::{generate, SynthConfig},
-    traqq_side::{run_traqq_with, TraqqEntry},
+    traqq_side::{gallop_like_traqq, run_traqq_with, TraqqEntry},
 };
-use gallop_config::{LeaderboardConfig, ProcessorConfig, RollupConfig, TimeConfig};
+use gallop_config::{ProcessorConfig, TimeConfig};
 use gallop_event::EventRecord;
 use gallop_processor::Processor;
 
 fn events(n: usize) -> Vec<EventRecord> {
     generate(&SynthConfig { events: n, span_ms: 3_600_000, ..SynthConfig::default() }).collect()
-}
-
-fn traqq_equivalent() -> ProcessorConfig {
-    let rollup = |d: &str, visitors: bool| RollupConfig { dimension: d.to_owned(), visitors };
-    ProcessorConfig {
-        default_rollups: false,
-        rollups: vec![
-            rollup("total", true),
-            rollup("name", false),
-            rollup("path", false),
-            rollup("country", false),
-            rollup("browser", false),
-            rollup("os", false),
-            rollup("device", false),
-            rollup("source", false),
-            rollup("utm_source", false),
-            rollup("name~country", false),
-        ],
-        leaderboards: vec![LeaderboardConfig { dimension: "referrer".to_owned(), k: 20 }],
-        ..ProcessorConfig::default()
-    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -48,9 +27,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("process");
     group.throughput(Throughput::Elements(records.len() as u64));
     group.sample_size(10);
-    for (name, config) in
-        [("gallop/default-rollups", ProcessorConfig::default()), ("gallop/traqq-metrics", traqq_equivalent())]
-    {
+    for (name, config) in [
+        ("gallop/default-rollups", ProcessorConfig::default()),
+        ("gallop/traqq-metrics", gallop_like_traqq(&ProcessorConfig::default())),
+    ] {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || Processor::new(&config, &time).unwrap_or_else(|e| panic!("benchmark config: {e}")),

@@ -5,7 +5,7 @@
 //! `FORMAT_VERSION`, count a bad line as an error and go on. The decoders:
 //!
 //! - `serde_json/owned`: `gallop_event::decode_message` into [`EventRecord`] (the baseline);
-//! - `serde_json/borrowed`: serde_json into [`BorrowedRecord`], whose strings borrow from
+//! - `serde_json/borrowed`: serde_json into [`EventView`] (`gallop_event`; what the processor uses), whose strings borrow from
 //!   the message where they hold no escape sequence;
 //! - `sonic-rs/owned`, `sonic-rs/borrowed`: `sonic_rs::from_slice` (0.5, SIMD, UTF-8 checked)
 //!   into the same two types;
@@ -18,14 +18,10 @@
 //! every record is passed through `std::hint::black_box`. Not timed: one warm-up pass over
 //! the first messages.
 
-use std::borrow::Cow;
-use std::fmt;
 use std::hint::black_box;
-use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use gallop_event::{decode_message, EventRecord, Props, FORMAT_VERSION};
-use serde::de::{Deserializer, MapAccess, Visitor};
+use gallop_event::{decode_message, EventRecord, EventView, FORMAT_VERSION};
 use serde::Deserialize;
 
 /// The result of one decoder over all messages and rounds.
@@ -53,15 +49,15 @@ impl DecodeResult {
 pub enum Decoder {
     /// serde_json into the owned [`EventRecord`], through `gallop_event::decode_message`.
     SerdeJsonOwned,
-    /// serde_json into [`BorrowedRecord`].
+    /// serde_json into [`EventView`].
     SerdeJsonBorrowed,
     /// sonic-rs into [`EventRecord`].
     SonicOwned,
-    /// sonic-rs into [`BorrowedRecord`].
+    /// sonic-rs into [`EventView`].
     SonicBorrowed,
     /// simd-json into [`EventRecord`] (from a scratch copy of the message).
     SimdJsonOwned,
-    /// simd-json into [`BorrowedRecord`] (from a scratch copy of the message).
+    /// simd-json into [`EventView`] (from a scratch copy of the message).
     SimdJsonBorrowed,
 }
 
@@ -102,11 +98,11 @@ impl Decoder {
                 }
             }
             Self::SerdeJsonBorrowed => {
-                for_each_line(messages, sink, |line| serde_json::from_slice::<BorrowedRecord<'_>>(line).ok());
+                for_each_line(messages, sink, |line| serde_json::from_slice::<EventView<'_>>(line).ok());
             }
             Self::SonicOwned => for_each_line(messages, sink, |line| sonic_rs::from_slice::<EventRecord>(line).ok()),
             Self::SonicBorrowed => {
-                for_each_line(messages, sink, |line| sonic_rs::from_slice::<BorrowedRecord<'_>>(line).ok());
+                for_each_line(messages, sink, |line| sonic_rs::from_slice::<EventView<'_>>(line).ok());
             }
             Self::SimdJsonOwned => simd_json_lines::<Owned, S>(messages, sink),
             Self::SimdJsonBorrowed => simd_json_lines::<Borrowed, S>(messages, sink),
@@ -117,7 +113,7 @@ impl Decoder {
 /// Receives decoded records.
 trait Sink {
     fn owned(&mut self, record: EventRecord);
-    fn borrowed(&mut self, record: BorrowedRecord<'_>);
+    fn borrowed(&mut self, record: EventView<'_>);
     fn error(&mut self);
 }
 
@@ -136,7 +132,7 @@ impl Decoded<'_> for EventRecord {
     }
 }
 
-impl<'a> Decoded<'a> for BorrowedRecord<'a> {
+impl<'a> Decoded<'a> for EventView<'a> {
     fn version(&self) -> u8 {
         self.v
     }
@@ -194,210 +190,11 @@ impl Family for Owned {
     type Out<'a> = EventRecord;
 }
 
-/// [`BorrowedRecord`] borrowing from the text.
+/// [`EventView`] borrowing from the text.
 struct Borrowed;
 
 impl Family for Borrowed {
-    type Out<'a> = BorrowedRecord<'a>;
-}
-
-/// An [`EventRecord`] whose strings borrow from the decoded text where they can (a string
-/// with an escape sequence has to be unescaped into an owned one). Same fields, same JSON;
-/// see [`EventRecord`] for what each field means.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct BorrowedRecord<'a> {
-    /// Format version.
-    pub v: u8,
-    /// Site.
-    #[serde(borrow)]
-    pub site: Cow<'a, str>,
-    /// Event id.
-    #[serde(borrow)]
-    pub id: Cow<'a, str>,
-    /// Event time, ms since the Unix epoch.
-    pub ts: i64,
-    /// Event name.
-    #[serde(borrow)]
-    pub name: Cow<'a, str>,
-    /// Host of the page URL.
-    #[serde(borrow)]
-    pub host: Cow<'a, str>,
-    /// Path of the page URL.
-    #[serde(borrow)]
-    pub path: Cow<'a, str>,
-    /// Full referrer URL.
-    #[serde(borrow)]
-    pub referrer: Cow<'a, str>,
-    /// Host of the referrer.
-    #[serde(borrow)]
-    pub ref_host: Cow<'a, str>,
-    /// Traffic source.
-    #[serde(borrow)]
-    pub source: Cow<'a, str>,
-    /// `utm_source`.
-    #[serde(borrow)]
-    pub utm_source: Cow<'a, str>,
-    /// `utm_medium`.
-    #[serde(borrow)]
-    pub utm_medium: Cow<'a, str>,
-    /// `utm_campaign`.
-    #[serde(borrow)]
-    pub utm_campaign: Cow<'a, str>,
-    /// `utm_content`.
-    #[serde(borrow)]
-    pub utm_content: Cow<'a, str>,
-    /// `utm_term`.
-    #[serde(borrow)]
-    pub utm_term: Cow<'a, str>,
-    /// Country code.
-    #[serde(borrow)]
-    pub country: Cow<'a, str>,
-    /// Browser family.
-    #[serde(borrow)]
-    pub browser: Cow<'a, str>,
-    /// Browser major version.
-    #[serde(borrow)]
-    pub browser_version: Cow<'a, str>,
-    /// Operating system family.
-    #[serde(borrow)]
-    pub os: Cow<'a, str>,
-    /// Device class.
-    #[serde(borrow)]
-    pub device: Cow<'a, str>,
-    /// Visitor hash.
-    pub visitor: u64,
-    /// Custom properties.
-    #[serde(borrow)]
-    pub props: BorrowedProps<'a>,
-    /// Numeric value.
-    pub value: Option<f64>,
-    /// Currency of `value`.
-    #[serde(borrow)]
-    pub currency: Cow<'a, str>,
-    /// Whether the event counts as interaction.
-    pub interactive: bool,
-}
-
-impl Default for BorrowedRecord<'_> {
-    /// The defaults of [`EventRecord`]: empty strings, current version, interactive.
-    fn default() -> Self {
-        Self {
-            v: FORMAT_VERSION,
-            site: Cow::Borrowed(""),
-            id: Cow::Borrowed(""),
-            ts: 0,
-            name: Cow::Borrowed(""),
-            host: Cow::Borrowed(""),
-            path: Cow::Borrowed(""),
-            referrer: Cow::Borrowed(""),
-            ref_host: Cow::Borrowed(""),
-            source: Cow::Borrowed(""),
-            utm_source: Cow::Borrowed(""),
-            utm_medium: Cow::Borrowed(""),
-            utm_campaign: Cow::Borrowed(""),
-            utm_content: Cow::Borrowed(""),
-            utm_term: Cow::Borrowed(""),
-            country: Cow::Borrowed(""),
-            browser: Cow::Borrowed(""),
-            browser_version: Cow::Borrowed(""),
-            os: Cow::Borrowed(""),
-            device: Cow::Borrowed(""),
-            visitor: 0,
-            props: BorrowedProps::default(),
-            value: None,
-            currency: Cow::Borrowed(""),
-            interactive: true,
-        }
-    }
-}
-
-impl BorrowedRecord<'_> {
-    /// The owned record with the same content.
-    pub fn to_owned_record(&self) -> EventRecord {
-        EventRecord {
-            v: self.v,
-            site: self.site.clone().into_owned(),
-            id: self.id.clone().into_owned(),
-            ts: self.ts,
-            name: self.name.clone().into_owned(),
-            host: self.host.clone().into_owned(),
-            path: self.path.clone().into_owned(),
-            referrer: self.referrer.clone().into_owned(),
-            ref_host: self.ref_host.clone().into_owned(),
-            source: self.source.clone().into_owned(),
-            utm_source: self.utm_source.clone().into_owned(),
-            utm_medium: self.utm_medium.clone().into_owned(),
-            utm_campaign: self.utm_campaign.clone().into_owned(),
-            utm_content: self.utm_content.clone().into_owned(),
-            utm_term: self.utm_term.clone().into_owned(),
-            country: self.country.clone().into_owned(),
-            browser: self.browser.clone().into_owned(),
-            browser_version: self.browser_version.clone().into_owned(),
-            os: self.os.clone().into_owned(),
-            device: self.device.clone().into_owned(),
-            visitor: self.visitor,
-            props: self
-                .props
-                .0
-                .iter()
-                .map(|(k, v)| (k.clone().into_owned(), v.clone().into_owned()))
-                .collect::<Props>(),
-            value: self.value,
-            currency: self.currency.clone().into_owned(),
-            interactive: self.interactive,
-        }
-    }
-}
-
-/// Custom properties in the order of the JSON object (the encoder writes them sorted by key;
-/// a repeated key is kept twice here, where [`EventRecord`] keeps the last).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BorrowedProps<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedProps<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PropsVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for PropsVisitor<'a> {
-            type Value = BorrowedProps<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of string properties")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut props = Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
-                while let Some((key, value)) = map.next_entry::<CowStr<'a>, CowStr<'a>>()? {
-                    props.push((key.0, value.0));
-                }
-                Ok(BorrowedProps(props))
-            }
-        }
-        deserializer.deserialize_map(PropsVisitor(PhantomData))
-    }
-}
-
-/// A string that borrows from the input when the deserializer can lend it.
-struct CowStr<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StrVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
-            type Value = CowStr<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(StrVisitor(PhantomData))
-    }
+    type Out<'a> = EventView<'a>;
 }
 
 /// Counts records and keeps the optimizer from skipping them.
@@ -412,7 +209,7 @@ impl Sink for CountSink {
         black_box(&record);
         self.events += 1;
     }
-    fn borrowed(&mut self, record: BorrowedRecord<'_>) {
+    fn borrowed(&mut self, record: EventView<'_>) {
         black_box(&record);
         self.events += 1;
     }
@@ -450,8 +247,8 @@ pub fn decode_all(decoder: Decoder, messages: &[Vec<u8>]) -> (Vec<EventRecord>, 
         fn owned(&mut self, record: EventRecord) {
             self.0.push(record);
         }
-        fn borrowed(&mut self, record: BorrowedRecord<'_>) {
-            self.0.push(record.to_owned_record());
+        fn borrowed(&mut self, record: EventView<'_>) {
+            self.0.push(record.to_record());
         }
         fn error(&mut self) {
             self.1 += 1;
@@ -464,6 +261,8 @@ pub fn decode_all(decoder: Decoder, messages: &[Vec<u8>]) -> (Vec<EventRecord>, 
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use gallop_event::encode_into;
 
     use super::*;
@@ -513,15 +312,14 @@ mod tests {
         let mut message = Vec::new();
         encode_into(&tricky(), &mut message);
         let line = message.strip_suffix(b"\n").unwrap_or(&message);
-        for record in [
-            serde_json::from_slice::<BorrowedRecord<'_>>(line).ok(),
-            sonic_rs::from_slice::<BorrowedRecord<'_>>(line).ok(),
-        ] {
+        for record in
+            [serde_json::from_slice::<EventView<'_>>(line).ok(), sonic_rs::from_slice::<EventView<'_>>(line).ok()]
+        {
             let record = record.expect("decodes");
             assert!(matches!(record.site, Cow::Borrowed("example.com")), "{:?}", record.site);
             assert!(matches!(record.name, Cow::Owned(_)), "an escaped string cannot be borrowed");
             assert!(matches!(record.props.0[0].0, Cow::Borrowed("a")));
-            assert_eq!(record.to_owned_record(), tricky());
+            assert_eq!(record.to_record(), tricky());
         }
     }
 

@@ -50,7 +50,34 @@ use gallop_event::EventRecord;
 use serde_json::Value;
 use traqq::prelude::{AddValueConfig, IncomingEvent, MappingConfig, MemoryStorage, MetricData, Traqq, TraqqConfig};
 
+use gallop_config::{LeaderboardConfig, ProcessorConfig, RollupConfig};
+
 use crate::BenchError;
+
+/// Gallop's processor configured for the metrics [`traqq_config`] gives traqq, on top of
+/// `base`'s bounds: counters per event name, path, country, browser, os, device, source,
+/// utm_source and name~country; visitors per site only; value by event name (the `name`
+/// rows carry value sums); a referrer leaderboard.
+pub fn gallop_like_traqq(base: &ProcessorConfig) -> ProcessorConfig {
+    let rollup = |dimension: &str, visitors: bool| RollupConfig { dimension: dimension.to_owned(), visitors };
+    ProcessorConfig {
+        default_rollups: false,
+        rollups: vec![
+            rollup("total", true),
+            rollup("name", false),
+            rollup("path", false),
+            rollup("country", false),
+            rollup("browser", false),
+            rollup("os", false),
+            rollup("device", false),
+            rollup("source", false),
+            rollup("utm_source", false),
+            rollup("name~country", false),
+        ],
+        leaderboards: vec![LeaderboardConfig { dimension: "referrer".to_owned(), k: 20 }],
+        ..base.clone()
+    }
+}
 
 /// Events prepared and then recorded at a time (bounds the memory of prepared JSON values).
 pub const CHUNK: usize = 8192;

@@ -245,6 +245,39 @@ impl Default for EventView<'_> {
     }
 }
 
+impl EventView<'_> {
+    /// The owned record with the same content.
+    pub fn to_record(&self) -> EventRecord {
+        EventRecord {
+            v: self.v,
+            site: self.site.to_string(),
+            id: self.id.to_string(),
+            ts: self.ts,
+            name: self.name.to_string(),
+            host: self.host.to_string(),
+            path: self.path.to_string(),
+            referrer: self.referrer.to_string(),
+            ref_host: self.ref_host.to_string(),
+            source: self.source.to_string(),
+            utm_source: self.utm_source.to_string(),
+            utm_medium: self.utm_medium.to_string(),
+            utm_campaign: self.utm_campaign.to_string(),
+            utm_content: self.utm_content.to_string(),
+            utm_term: self.utm_term.to_string(),
+            country: self.country.to_string(),
+            browser: self.browser.to_string(),
+            browser_version: self.browser_version.to_string(),
+            os: self.os.to_string(),
+            device: self.device.to_string(),
+            visitor: self.visitor,
+            props: self.props.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            value: self.value,
+            currency: self.currency.to_string(),
+            interactive: self.interactive,
+        }
+    }
+}
+
 /// Custom properties in message order; a repeated key keeps its last value, as
 /// [`EventRecord`]'s map does.
 #[derive(Debug, Clone, Default, PartialEq)]
