@@ -94,6 +94,10 @@ pub(crate) fn process(
     let (dashboard_rate, dashboard_peak) = run_core("gallop core, default rollups", processor_config, &time, &synth)?;
     let peak_keys = peak_keys.max(dashboard_peak);
     println!("  peak live keys (flush at 200 000)  {peak_keys:>12}");
+    println!(
+        "  peak RSS after the core runs       {:>12.1} MiB (the decode and traqq runs below hold their inputs in memory)",
+        peak_rss_bytes() as f64 / 1_048_576.0
+    );
     let mut chunk: Vec<EventRecord> = Vec::with_capacity(CHUNK);
 
     // (b) Decoding broker messages, separately.
@@ -159,7 +163,7 @@ pub(crate) fn process(
         );
     }
     println!(
-        "  peak RSS                           {:>12.1} MiB (process start {:.1} MiB)",
+        "  peak RSS at the end                {:>12.1} MiB (process start {:.1} MiB)",
         peak_rss_bytes() as f64 / 1_048_576.0,
         rss_start as f64 / 1_048_576.0
     );
