@@ -123,7 +123,7 @@ pub(crate) fn process(
     let started = Instant::now();
     for (offset, message) in messages.iter().enumerate() {
         full.process_message(0, offset as u64, message, arrival)?;
-        if full.live_keys() >= 200_000 {
+        if full.should_flush(0) {
             full.flush(0);
         }
     }

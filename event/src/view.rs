@@ -66,8 +66,25 @@ pub trait EventFields {
     fn props(&self) -> impl Iterator<Item = (&str, &str)>;
 }
 
-macro_rules! string_fields {
-    ($($field:ident),*) => {
+/// The accessors both record types share: each field read straight off the struct.
+macro_rules! plain_fields {
+    () => {
+        plain_fields!(@str site, name, host, path, referrer, ref_host, source, utm_source, utm_medium, utm_campaign,
+            utm_content, utm_term, country, browser, browser_version, os, device);
+
+        fn ts(&self) -> i64 {
+            self.ts
+        }
+
+        fn visitor(&self) -> u64 {
+            self.visitor
+        }
+
+        fn value(&self) -> Option<f64> {
+            self.value
+        }
+    };
+    (@str $($field:ident),*) => {
         $(fn $field(&self) -> &str {
             &self.$field
         })*
@@ -75,37 +92,7 @@ macro_rules! string_fields {
 }
 
 impl EventFields for EventRecord {
-    string_fields!(
-        site,
-        name,
-        host,
-        path,
-        referrer,
-        ref_host,
-        source,
-        utm_source,
-        utm_medium,
-        utm_campaign,
-        utm_content,
-        utm_term,
-        country,
-        browser,
-        browser_version,
-        os,
-        device
-    );
-
-    fn ts(&self) -> i64 {
-        self.ts
-    }
-
-    fn visitor(&self) -> u64 {
-        self.visitor
-    }
-
-    fn value(&self) -> Option<f64> {
-        self.value
-    }
+    plain_fields!();
 
     fn prop(&self, key: &str) -> Option<&str> {
         self.props.get(key).map(String::as_str)
@@ -117,37 +104,7 @@ impl EventFields for EventRecord {
 }
 
 impl EventFields for EventView<'_> {
-    string_fields!(
-        site,
-        name,
-        host,
-        path,
-        referrer,
-        ref_host,
-        source,
-        utm_source,
-        utm_medium,
-        utm_campaign,
-        utm_content,
-        utm_term,
-        country,
-        browser,
-        browser_version,
-        os,
-        device
-    );
-
-    fn ts(&self) -> i64 {
-        self.ts
-    }
-
-    fn visitor(&self) -> u64 {
-        self.visitor
-    }
-
-    fn value(&self) -> Option<f64> {
-        self.value
-    }
+    plain_fields!();
 
     fn prop(&self, key: &str) -> Option<&str> {
         self.props.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())

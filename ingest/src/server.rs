@@ -201,15 +201,11 @@ async fn plausible_event(
         let body = read_body(&state, &headers, body, Route::Plausible)?;
         let events =
             parse_plausible(utf8(&body)?, state.config.ingest.limits.max_domains).map_err(ApiError::Invalid)?;
-        accept(&state, events, &headers, peer.ip(), Route::Plausible).await
+        accept(&state, events, &headers, peer.ip(), Route::Plausible).await?;
+        Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
     }
     .await;
-    let response = match result {
-        Ok(_) => (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
-        Err(e) => e.into_response(),
-    };
-    record(&state, Route::Plausible, &response, started);
-    response
+    respond(&state, Route::Plausible, result, started)
 }
 
 async fn batch_events(
@@ -228,25 +224,26 @@ async fn batch_events(
         };
         let events =
             parse_batch(text, framing, state.config.ingest.limits.max_batch_events).map_err(ApiError::Invalid)?;
-        accept(&state, events, &headers, peer.ip(), Route::Batch).await
+        let outcome = accept(&state, events, &headers, peer.ip(), Route::Batch).await?;
+        let body = serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped});
+        Ok((StatusCode::ACCEPTED, Json(body)).into_response())
     }
     .await;
-    let response = match result {
-        Ok(outcome) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped})),
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
-    };
-    record(&state, Route::Batch, &response, started);
-    response
+    respond(&state, Route::Batch, result, started)
 }
 
-fn record(state: &AppState, route: Route, response: &Response, started: std::time::Instant) {
+/// Turns a handler's result into its response and records it in the request metrics.
+fn respond(
+    state: &AppState,
+    route: Route,
+    result: Result<Response, ApiError>,
+    started: std::time::Instant,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
     let status = response.status();
     state.metrics.requests.with_label_values(&[route.path(), status.as_str()]).inc();
     state.metrics.request_duration.with_label_values(&[route.path()]).observe(started.elapsed().as_secs_f64());
+    response
 }
 
 fn content_type(headers: &HeaderMap) -> String {
