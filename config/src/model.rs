@@ -24,6 +24,10 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The processor: which rollups to build, flushing, and memory bounds.
     pub processor: ProcessorConfig,
+    /// How `gallop process` reads the broker: owned partitions, durable consumers.
+    pub consumer: ConsumerConfig,
+    /// The ClickHouse sink: server, database, retries, retention.
+    pub clickhouse: ClickHouseConfig,
 }
 
 /// How logs are written.
@@ -408,4 +412,94 @@ pub enum LateEvents {
     Drop,
     /// Count them, then aggregate them into the bucket of their arrival time.
     ArrivalBucket,
+}
+
+/// How a processor instance consumes the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Partitions this instance owns. Empty owns all of `0..broker.partitions`. Two
+    /// instances must own disjoint sets.
+    pub partitions: Vec<u32>,
+    /// Durable consumer name prefix: partition `p` is read by `<durable_prefix>-<p>`.
+    pub durable_prefix: String,
+    /// Most messages asked for in one pull.
+    pub fetch_batch: usize,
+    /// How long the broker waits for an acknowledgement before redelivering. Redelivered
+    /// messages already folded into memory are recognised and skipped.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Most unacknowledged messages per partition: the broker stops delivering above it.
+    pub max_ack_pending: i64,
+    /// Address of the processor's HTTP endpoint (`/metrics`, `/health`, `/ready`).
+    pub listen: SocketAddr,
+    /// Longest time shutdown waits for the last flush to reach ClickHouse.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            partitions: Vec::new(),
+            durable_prefix: "gallop-processor".to_owned(),
+            fetch_batch: 512,
+            ack_wait: Duration::from_secs(120),
+            max_ack_pending: 20_000,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            shutdown_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The ClickHouse server Gallop writes aggregates to and reads them from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface URL.
+    pub url: String,
+    /// Database holding Gallop's tables; `gallop migrate` creates it.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Optional password.
+    pub password: Option<Secret>,
+    /// Compress inserts and query results (LZ4).
+    pub compression: bool,
+    /// Longest time one insert or query may take before it counts as failed and is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First wait before retrying a failed insert; doubles up to `retry_max_backoff`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    /// Longest wait between retries. Inserts are retried until they succeed.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// How long minute rows are kept (servers with TTL only); 0 keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention_minute: Duration,
+    /// How long hour rows are kept (servers with TTL only); 0 keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention_hour: Duration,
+    /// How long day rows are kept (servers with TTL only); 0 keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention_day: Duration,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_owned(),
+            database: "gallop".to_owned(),
+            user: "default".to_owned(),
+            password: None,
+            compression: true,
+            request_timeout: Duration::from_secs(60),
+            retry_initial_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(10),
+            retention_minute: Duration::from_secs(30 * 86_400),
+            retention_hour: Duration::from_secs(400 * 86_400),
+            retention_day: Duration::ZERO,
+        }
+    }
 }

@@ -103,8 +103,45 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
             &format!("processor.leaderboards[{i}].dimension"),
             "a field such as referrer",
         );
-        need((1..=10_000).contains(&board.k), &format!("processor.leaderboards[{i}].k"), "between 1 and 10000");
+        need(
+            (1..=100).contains(&board.k),
+            &format!("processor.leaderboards[{i}].k"),
+            "between 1 and 100 (ClickHouse stores leaderboards as topK(100) states)",
+        );
     }
+
+    let consumer = &config.consumer;
+    for (i, &partition) in consumer.partitions.iter().enumerate() {
+        need(
+            partition < config.broker.partitions,
+            &format!("consumer.partitions[{i}]"),
+            "a partition below broker.partitions",
+        );
+        need(!consumer.partitions[..i].contains(&partition), &format!("consumer.partitions[{i}]"), "listed once");
+    }
+    need(
+        is_stream_name(&consumer.durable_prefix),
+        "consumer.durable_prefix",
+        "letters, digits, '-' and '_' only, not empty",
+    );
+    need((1..=10_000).contains(&consumer.fetch_batch), "consumer.fetch_batch", "between 1 and 10000");
+    need(consumer.ack_wait.as_secs() >= 1, "consumer.ack_wait", "at least 1s");
+    need(consumer.max_ack_pending >= 1, "consumer.max_ack_pending", "at least 1");
+
+    let clickhouse = &config.clickhouse;
+    need(
+        clickhouse.url.starts_with("http://") || clickhouse.url.starts_with("https://"),
+        "clickhouse.url",
+        "an HTTP URL such as http://127.0.0.1:8123",
+    );
+    need(is_stream_name(&clickhouse.database), "clickhouse.database", "letters, digits, '-' and '_' only, not empty");
+    need(!clickhouse.request_timeout.is_zero(), "clickhouse.request_timeout", "greater than 0");
+    need(!clickhouse.retry_initial_backoff.is_zero(), "clickhouse.retry_initial_backoff", "greater than 0");
+    need(
+        clickhouse.retry_max_backoff >= clickhouse.retry_initial_backoff,
+        "clickhouse.retry_max_backoff",
+        "at least clickhouse.retry_initial_backoff",
+    );
 
     if problems.is_empty() {
         Ok(())

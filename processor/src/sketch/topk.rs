@@ -332,6 +332,17 @@ impl TopK {
     /// docs). Fails on truncation, more than `3k` counters, a repeated key, an error larger
     /// than its count, or an invalid `k`.
     pub fn read_state(k: usize, bytes: &[u8]) -> Result<Self, SketchError> {
+        let (sketch, used) = Self::read_state_prefix(k, bytes)?;
+        if used != bytes.len() {
+            return Err(SketchError::TrailingBytes { what: STATE_NAME, offset: used, extra: bytes.len() - used });
+        }
+        Ok(sketch)
+    }
+
+    /// Parses one `topK(k)` state at the start of `bytes`, which may go on with other data
+    /// (a column of states in RowBinary), and returns it with the number of bytes it took.
+    /// Same checks as [`TopK::read_state`].
+    pub fn read_state_prefix(k: usize, bytes: &[u8]) -> Result<(Self, usize), SketchError> {
         let mut sketch = Self::new(k)?;
         let mut reader = Reader::new(bytes, STATE_NAME);
         let n = reader.varuint()?;
@@ -385,8 +396,7 @@ impl TopK {
             let slot = &mut sketch.alpha[i & mask];
             *slot = (*slot).max(a);
         }
-        reader.finish()?;
-        Ok(sketch)
+        Ok((sketch, reader.offset()))
     }
 }
 

@@ -1,0 +1,365 @@
+//! The ClickHouse connection: version detection, migrations, schema check, positions,
+//! inserts. Every request has a deadline; errors carry the URL and the operation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clickhouse::{Client, Compression};
+use gallop_config::ClickHouseConfig;
+use serde::{de::DeserializeOwned, Deserialize};
+use tracing::info;
+
+use crate::{
+    encode::{parse_marker, EncodedFlush},
+    error::{classify, server_code, SinkError},
+    schema::{Schema, AGGREGATES_TABLE, MIGRATIONS_TABLE},
+    version::ServerVersion,
+};
+
+/// Server error codes meaning "someone else created it first" (two `gallop migrate` at once).
+const ALREADY_EXISTS_CODES: &[u32] = &[57, 82];
+
+/// A connection to one ClickHouse server and Gallop's database on it.
+#[derive(Clone)]
+pub struct ClickHouse {
+    client: Client,
+    url: String,
+    timeout: Duration,
+    version: ServerVersion,
+    schema: Schema,
+}
+
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse").field("url", &self.url).field("version", &self.version).finish()
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Server version the DDL was made for.
+    pub server: ServerVersion,
+    /// Schema version found before.
+    pub from: u32,
+    /// Schema version now.
+    pub to: u32,
+    /// Migrations applied by this call.
+    pub applied: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct VersionRow {
+    version: String,
+}
+
+impl ClickHouse {
+    /// Connects and asks the server for its version; the schema follows its features.
+    pub async fn connect(config: &ClickHouseConfig) -> Result<Self, SinkError> {
+        let mut client = Client::default()
+            .with_url(config.url.as_str())
+            .with_user(config.user.as_str())
+            .with_validation(false)
+            .with_compression(if config.compression { Compression::Lz4 } else { Compression::None })
+            .with_setting("output_format_json_quote_64bit_integers", "0");
+        if let Some(password) = &config.password {
+            client = client.with_password(password.expose());
+        }
+        let mut this = Self {
+            client,
+            url: config.url.clone(),
+            timeout: config.request_timeout,
+            version: ServerVersion { major: 0, minor: 0, patch: 0 },
+            schema: Schema::new(&config.database, Default::default()),
+        };
+        let rows: Vec<VersionRow> = this.fetch("SELECT version() AS version").await?;
+        let text = rows.into_iter().next().map(|r| r.version).unwrap_or_default();
+        this.version = ServerVersion::parse(&text)?;
+        this.schema = Schema::new(&config.database, this.version.features());
+        Ok(this)
+    }
+
+    /// The server's version.
+    pub fn version(&self) -> ServerVersion {
+        self.version
+    }
+
+    /// The schema for this server.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs `sql`, returning nothing.
+    pub async fn execute(&self, sql: &str) -> Result<(), SinkError> {
+        let query = self.client.query(sql).execute();
+        self.deadline(sql, query).await
+    }
+
+    /// Runs `sql` and parses each `JSONEachRow` line as a `T`.
+    pub async fn fetch<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, SinkError> {
+        let text = self.fetch_text(&format!("{sql} FORMAT JSONEachRow")).await?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|e| SinkError::Corrupt {
+                    what: format!("a row of `{sql}`"),
+                    reason: format!("{e}: {line}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `sql` (with its own `FORMAT`) and returns the response body as text.
+    pub async fn fetch_text(&self, sql: &str) -> Result<String, SinkError> {
+        let bytes = self.fetch_text_bytes(sql).await?;
+        String::from_utf8(bytes)
+            .map_err(|e| SinkError::Corrupt { what: format!("the result of `{sql}`"), reason: e.to_string() })
+    }
+
+    /// Runs `sql` (with its own `FORMAT`) and returns the response body.
+    pub async fn fetch_text_bytes(&self, sql: &str) -> Result<Vec<u8>, SinkError> {
+        let body = async {
+            let mut cursor = self.client.query(sql).fetch_bytes("TabSeparated")?;
+            let mut out = Vec::new();
+            while let Some(chunk) = cursor.next().await? {
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out)
+        };
+        self.deadline(sql, body).await
+    }
+
+    async fn deadline<T>(
+        &self,
+        operation: &str,
+        future: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.timeout, future).await {
+            Ok(result) => result.map_err(|e| classify(&self.url, short(operation), e)),
+            Err(_) => Err(SinkError::Unavailable {
+                url: self.url.clone(),
+                operation: short(operation),
+                reason: format!("no answer within {:?}", self.timeout),
+            }),
+        }
+    }
+
+    /// Creates or upgrades the database and tables. Safe to run again and from two
+    /// processes at once: every statement is `IF NOT EXISTS`, and a race on creation
+    /// counts as success.
+    pub async fn migrate(&self) -> Result<MigrationReport, SinkError> {
+        for statement in self.schema.bootstrap() {
+            self.execute_idempotent(&statement).await?;
+        }
+        let from = self.schema_version().await?;
+        let mut applied = Vec::new();
+        for migration in self.schema.migrations() {
+            if migration.version <= from {
+                continue;
+            }
+            for statement in &migration.statements {
+                self.execute_idempotent(statement).await?;
+            }
+            let record = format!(
+                "INSERT INTO {} (version, description, applied_at) SELECT {}, '{}', now()",
+                self.schema.table(MIGRATIONS_TABLE),
+                migration.version,
+                migration.description.replace('\'', "\\'")
+            );
+            self.execute(&record).await?;
+            info!(version = migration.version, description = migration.description, "migration applied");
+            applied.push(migration.version);
+        }
+        Ok(MigrationReport { server: self.version, from, to: from.max(self.schema.latest_version()), applied })
+    }
+
+    async fn execute_idempotent(&self, sql: &str) -> Result<(), SinkError> {
+        match self.execute(sql).await {
+            Err(SinkError::Rejected { reason, .. })
+                if server_code(&reason).is_some_and(|code| ALREADY_EXISTS_CODES.contains(&code)) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The highest migration recorded (0 when none or when the table is missing).
+    pub async fn schema_version(&self) -> Result<u32, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            version: u32,
+        }
+        let sql = format!("SELECT max(version) AS version FROM {}", self.schema.table(MIGRATIONS_TABLE));
+        match self.fetch::<Row>(&sql).await {
+            Ok(rows) => Ok(rows.first().map_or(0, |r| r.version)),
+            Err(SinkError::Rejected { reason, .. }) if matches!(server_code(&reason), Some(60 | 81)) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fails unless the database is migrated to this Gallop's schema and `aggregates` has
+    /// exactly the columns, in order and of the types, that inserts write.
+    pub async fn check_schema(&self) -> Result<(), SinkError> {
+        let table = format!("{}.{AGGREGATES_TABLE}", self.schema.database());
+        let found = self.schema_version().await?;
+        let latest = self.schema.latest_version();
+        if found < latest {
+            return Err(SinkError::SchemaMismatch {
+                table,
+                problem: format!("database is at schema version {found}, this Gallop needs {latest}"),
+            });
+        }
+        if found > latest {
+            return Err(SinkError::SchemaMismatch {
+                table,
+                problem: format!(
+                    "database is at schema version {found}, newer than this Gallop ({latest}); upgrade Gallop"
+                ),
+            });
+        }
+        #[derive(Deserialize)]
+        struct Column {
+            name: String,
+            r#type: String,
+        }
+        let sql = format!(
+            "SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{AGGREGATES_TABLE}'",
+            self.schema.database()
+        );
+        let columns: Vec<Column> = self.fetch(&sql).await?;
+        let expected = self.schema.aggregates_columns();
+        for (i, (name, ty)) in expected.iter().enumerate() {
+            let Some(column) = columns.get(i) else {
+                return Err(SinkError::SchemaMismatch { table, problem: format!("column {i} `{name}` is missing") });
+            };
+            // A table made before a server upgrade keeps String where LowCardinality(String)
+            // would be used now; both take the same RowBinary.
+            if column.name != *name || plain(&column.r#type) != plain(ty) {
+                return Err(SinkError::SchemaMismatch {
+                    table,
+                    problem: format!("column {i} is `{} {}`, expected `{name} {ty}`", column.name, column.r#type),
+                });
+            }
+        }
+        if columns.len() > expected.len() {
+            return Err(SinkError::SchemaMismatch {
+                table,
+                problem: format!("unexpected extra column `{}`", columns[expected.len()].name),
+            });
+        }
+        Ok(())
+    }
+
+    /// The newest stored position of each of `partitions` in `stream` (absent: none stored).
+    pub async fn positions(
+        &self,
+        stream: &str,
+        partitions: &[u32],
+    ) -> Result<std::collections::BTreeMap<u32, u64>, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            marker: String,
+        }
+        let sql = format!(
+            "SELECT max(value) AS marker FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+             AND dimension = '{}' GROUP BY substring(value, 1, 10)",
+            self.schema.table(AGGREGATES_TABLE),
+            escape(stream)
+        );
+        let mut positions = std::collections::BTreeMap::new();
+        for row in self.fetch::<Row>(&sql).await? {
+            let (partition, position) = parse_marker(&row.marker).ok_or_else(|| SinkError::Corrupt {
+                what: format!("position marker of stream {stream}"),
+                reason: format!("{:?} is not <partition>/<position>", row.marker),
+            })?;
+            if partitions.contains(&partition) {
+                positions.insert(partition, position);
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Whether the markers of `encoded` are stored, i.e. an insert of it landed.
+    pub async fn landed(&self, stream: &str, encoded: &EncodedFlush) -> Result<bool, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            n: u64,
+        }
+        let Some((_, marker)) = encoded.markers.first() else { return Ok(false) };
+        let sql = format!(
+            "SELECT count() AS n FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+             AND dimension = '{}' AND value = '{}'",
+            self.schema.table(AGGREGATES_TABLE),
+            escape(stream),
+            escape(marker)
+        );
+        Ok(self.fetch::<Row>(&sql).await?.first().is_some_and(|r| r.n > 0))
+    }
+
+    /// Whether the server is still running the query `query_id`.
+    pub async fn is_running(&self, query_id: &str) -> Result<bool, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            n: u64,
+        }
+        let sql = format!("SELECT count() AS n FROM system.processes WHERE query_id = '{}'", escape(query_id));
+        Ok(self.fetch::<Row>(&sql).await?.first().is_some_and(|r| r.n > 0))
+    }
+
+    /// One insert attempt of a whole flush, as one block (one data part).
+    pub async fn insert(
+        &self,
+        encoded: &EncodedFlush,
+        data: Bytes,
+        flush_id: &str,
+        query_id: &str,
+    ) -> Result<(), SinkError> {
+        let sql = format!("INSERT INTO {} FORMAT RowBinary", self.schema.table(AGGREGATES_TABLE));
+        let mut insert = self
+            .client
+            .insert_formatted_with(sql)
+            .with_timeouts(Some(self.timeout), Some(self.timeout))
+            // One block, hence one part: the rows and their position markers are atomic.
+            .with_setting("max_insert_block_size", (encoded.rows + 1).to_string())
+            .with_setting("query_id", query_id);
+        if self.schema.features().dedup_token {
+            insert = insert.with_setting("insert_deduplication_token", flush_id);
+        }
+        let operation = format!("insert of {} rows ({} bytes)", encoded.rows, data.len());
+        let result = async {
+            insert.send(data).await?;
+            insert.end().await
+        };
+        self.deadline(&operation, result).await
+    }
+}
+
+/// A type without its `LowCardinality(..)` wrapper.
+fn plain(ty: &str) -> &str {
+    ty.strip_prefix("LowCardinality(").and_then(|t| t.strip_suffix(')')).unwrap_or(ty)
+}
+
+/// Escapes a string for a single-quoted SQL literal.
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// The first line of `sql`, shortened, for error messages.
+fn short(sql: &str) -> String {
+    let line = sql.lines().next().unwrap_or_default();
+    if line.len() > 160 {
+        let mut end = 160;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    } else {
+        line.to_owned()
+    }
+}

@@ -1,0 +1,365 @@
+//! One flush as one RowBinary insert: minute rows, the hour and day rows derived from them,
+//! leaderboards, and the position markers. Pure: no I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use gallop_processor::{
+    sketch::{SumF64, SumU64, TopK, UniqHll12},
+    Delta,
+};
+
+use crate::schema::{Granularity, Kind};
+
+/// How long position markers are kept where the server has TTL. A restart reads the newest
+/// marker; only a crash between an insert and its acknowledgement needs it, so a month is
+/// far more than enough.
+const MARKER_RETENTION_SECS: i64 = 30 * 86_400;
+
+/// How long rows of each granularity live (`None`: forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Minute rows.
+    pub minute: Option<i64>,
+    /// Hour rows.
+    pub hour: Option<i64>,
+    /// Day rows.
+    pub day: Option<i64>,
+}
+
+impl Retention {
+    fn of(&self, granularity: Granularity) -> Option<i64> {
+        match granularity {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        }
+    }
+}
+
+/// What an insert needs to know besides the delta.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushContext<'a> {
+    /// Stream (or topic) the positions belong to.
+    pub stream: &'a str,
+    /// Unique id of this flush: the `value` of its leaderboard rows, the dedup token.
+    pub flush_id: &'a str,
+    /// Wall-clock seconds, for the markers' `bucket` and expiry.
+    pub now: i64,
+    /// Row lifetimes.
+    pub retention: Retention,
+}
+
+/// A flush encoded for `INSERT INTO aggregates FORMAT RowBinary`.
+#[derive(Debug, Clone)]
+pub struct EncodedFlush {
+    /// RowBinary bytes, columns in table order.
+    pub bytes: Vec<u8>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Breakdown of `rows`: minute, hour and day rollup rows.
+    pub rollup_rows: [usize; 3],
+    /// Leaderboard rows, all granularities.
+    pub leaderboard_rows: usize,
+    /// The position markers' values, `(partition, value)`.
+    pub markers: Vec<(u32, String)>,
+}
+
+/// The `value` of the position marker of `partition` at `position`: fixed-width so that
+/// the lexicographic maximum is the numeric one.
+pub fn marker_value(partition: u32, position: u64) -> String {
+    format!("{partition:010}/{position:020}")
+}
+
+/// Parses a marker value back into `(partition, position)`.
+pub fn parse_marker(value: &str) -> Option<(u32, u64)> {
+    let (partition, position) = value.split_once('/')?;
+    Some((partition.parse().ok()?, position.parse().ok()?))
+}
+
+#[derive(Default)]
+struct Acc {
+    events: u64,
+    visitors: UniqHll12,
+    value_sum: f64,
+    value_count: u64,
+}
+
+/// Encodes `delta` as one insert: every rollup row at minute, hour and day; every
+/// leaderboard at minute, hour and day; one position marker per partition.
+pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
+    let mut out = Vec::with_capacity(delta.rows.len() * 160 + delta.leaderboards.len() * 1024);
+    let mut rows = 0;
+    let mut rollup_rows = [0; 3];
+
+    // Coarser rollups: the delta's minute rows merged per hour and per day.
+    let mut coarse: [BTreeMap<(&str, &str, &str, i64), Acc>; 2] = Default::default();
+    for row in &delta.rows {
+        write_rollup(&mut out, context, Granularity::Minute, row.bucket, &row.site, &row.dimension, &row.value, |o| {
+            write_states(o, row.events, &row.visitors, row.value_sum, row.value_count)
+        });
+        rollup_rows[0] += 1;
+        for (map, granularity) in coarse.iter_mut().zip([Granularity::Hour, Granularity::Day]) {
+            let bucket = row.bucket - row.bucket.rem_euclid(granularity.seconds());
+            let acc = map.entry((&row.site, &row.dimension, &row.value, bucket)).or_default();
+            acc.events += row.events;
+            acc.visitors.merge(&row.visitors);
+            acc.value_sum += row.value_sum;
+            acc.value_count += row.value_count;
+        }
+    }
+    for (map, (granularity, count)) in
+        coarse.iter().zip([Granularity::Hour, Granularity::Day].into_iter().zip(&mut rollup_rows[1..]))
+    {
+        for ((site, dimension, value, bucket), acc) in map {
+            write_rollup(&mut out, context, granularity, *bucket, site, dimension, value, |o| {
+                write_states(o, acc.events, &acc.visitors, acc.value_sum, acc.value_count)
+            });
+            *count += 1;
+        }
+    }
+    rows += rollup_rows.iter().sum::<usize>();
+
+    let mut leaderboard_rows = 0;
+    let mut boards: [BTreeMap<(&str, &str, i64), TopK>; 2] = Default::default();
+    for board in &delta.leaderboards {
+        write_leaderboard(
+            &mut out,
+            context,
+            Granularity::Minute,
+            board.bucket,
+            &board.site,
+            &board.dimension,
+            &board.top,
+        );
+        leaderboard_rows += 1;
+        for (map, granularity) in boards.iter_mut().zip([Granularity::Hour, Granularity::Day]) {
+            let bucket = board.bucket - board.bucket.rem_euclid(granularity.seconds());
+            map.entry((&board.site, &board.dimension, bucket))
+                .and_modify(|top| top.merge(&board.top))
+                .or_insert_with(|| board.top.clone());
+        }
+    }
+    for (map, granularity) in boards.iter().zip([Granularity::Hour, Granularity::Day]) {
+        for ((site, dimension, bucket), top) in map {
+            write_leaderboard(&mut out, context, granularity, *bucket, site, dimension, top);
+            leaderboard_rows += 1;
+        }
+    }
+    rows += leaderboard_rows;
+
+    let mut markers = Vec::with_capacity(delta.positions.len());
+    for (&partition, &position) in &delta.positions {
+        let value = marker_value(partition, position);
+        write_key(&mut out, "", Kind::Position, Granularity::Minute, context.now, context.stream, &value);
+        write_empty_states(&mut out);
+        write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
+        markers.push((partition, value));
+        rows += 1;
+    }
+
+    EncodedFlush { bytes: out, rows, rollup_rows, leaderboard_rows, markers }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_rollup(
+    out: &mut Vec<u8>,
+    context: &FlushContext<'_>,
+    granularity: Granularity,
+    bucket: i64,
+    site: &str,
+    dimension: &str,
+    value: &str,
+    states: impl FnOnce(&mut Vec<u8>),
+) {
+    write_key(out, site, Kind::Rollup, granularity, bucket, dimension, value);
+    states(out);
+    write_empty_top(out);
+    write_expiry(out, context, granularity, bucket);
+}
+
+fn write_leaderboard(
+    out: &mut Vec<u8>,
+    context: &FlushContext<'_>,
+    granularity: Granularity,
+    bucket: i64,
+    site: &str,
+    dimension: &str,
+    top: &TopK,
+) {
+    write_key(out, site, Kind::Leaderboard, granularity, bucket, dimension, context.flush_id);
+    write_states(out, 0, &UniqHll12::new(), 0.0, 0);
+    top.write_state(out);
+    write_expiry(out, context, granularity, bucket);
+}
+
+fn write_key(
+    out: &mut Vec<u8>,
+    site: &str,
+    kind: Kind,
+    granularity: Granularity,
+    bucket: i64,
+    dimension: &str,
+    value: &str,
+) {
+    write_string(out, site);
+    out.push(kind as u8);
+    out.push(granularity as u8);
+    write_datetime(out, bucket);
+    write_string(out, dimension);
+    write_string(out, value);
+}
+
+fn write_states(out: &mut Vec<u8>, events: u64, visitors: &UniqHll12, value_sum: f64, value_count: u64) {
+    let mut sum = SumU64::new();
+    sum.add(events);
+    sum.write_state(out);
+    visitors.write_state(out);
+    let mut float = SumF64::new();
+    float.add(value_sum);
+    float.write_state(out);
+    let mut count = SumU64::new();
+    count.add(value_count);
+    count.write_state(out);
+}
+
+fn write_empty_states(out: &mut Vec<u8>) {
+    write_states(out, 0, &UniqHll12::new(), 0.0, 0);
+    write_empty_top(out);
+}
+
+/// An empty `topK` state: no counters, an empty alpha map. ClickHouse reads it as an
+/// empty sketch (its own empty state carries a zeroed alpha map, which changes nothing).
+fn write_empty_top(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0, 0]);
+}
+
+fn write_expiry(out: &mut Vec<u8>, context: &FlushContext<'_>, granularity: Granularity, bucket: i64) {
+    let expires = match context.retention.of(granularity) {
+        Some(seconds) => bucket.saturating_add(seconds),
+        None => i64::from(u32::MAX),
+    };
+    write_datetime(out, expires);
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    let mut len = s.len() as u64;
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `DateTime` is seconds since the epoch as `UInt32`; times outside it are clamped (the
+/// processor never produces them: it rejects events far in the future).
+fn write_datetime(out: &mut Vec<u8>, seconds: i64) {
+    let clamped = seconds.clamp(0, i64::from(u32::MAX)) as u32;
+    out.extend_from_slice(&clamped.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gallop_processor::{Delta, LeaderboardRow, RollupRow};
+
+    use super::*;
+
+    fn row(bucket: i64, dimension: &str, value: &str, events: u64, visitor: u64) -> RollupRow {
+        let mut visitors = UniqHll12::new();
+        visitors.insert_u64(visitor);
+        RollupRow {
+            site: "s".to_owned(),
+            bucket,
+            dimension: dimension.to_owned(),
+            value: value.to_owned(),
+            events,
+            visitors,
+            value_sum: 1.5 * events as f64,
+            value_count: events,
+        }
+    }
+
+    fn context() -> FlushContext<'static> {
+        FlushContext {
+            stream: "EVENTS",
+            flush_id: "f1",
+            now: 1_800_000_000,
+            retention: Retention { minute: Some(60), hour: None, day: None },
+        }
+    }
+
+    #[test]
+    fn minute_rows_roll_up_into_hours_and_days() {
+        // 10:00 and 10:01 share an hour; 11:00 is another hour of the same day.
+        let day = 1_799_971_200; // a UTC midnight
+        let delta = Delta {
+            rows: vec![
+                row(day + 36_000, "path", "/", 2, 1),
+                row(day + 36_060, "path", "/", 3, 2),
+                row(day + 39_600, "path", "/", 4, 3),
+                row(day + 36_000, "path", "/a", 1, 1),
+            ],
+            leaderboards: vec![],
+            positions: BTreeMap::from([(3, 17), (5, 2)]),
+        };
+        let encoded = encode_flush(&delta, &context());
+        // minute: 4 rows; hour: (10h, /), (11h, /), (10h, /a); day: (/), (/a).
+        assert_eq!(encoded.rollup_rows, [4, 3, 2]);
+        assert_eq!(encoded.rows, 4 + 3 + 2 + 2);
+        assert_eq!(encoded.markers, vec![(3, marker_value(3, 17)), (5, marker_value(5, 2))]);
+    }
+
+    #[test]
+    fn a_rollup_row_is_encoded_column_by_column() {
+        let delta =
+            Delta { rows: vec![row(120, "path", "/x", 2, 7)], leaderboards: vec![], positions: BTreeMap::new() };
+        let encoded = encode_flush(&delta, &context());
+        let mut expect = vec![1, b's', 1, 1];
+        expect.extend_from_slice(&120u32.to_le_bytes());
+        expect.extend_from_slice(b"\x04path\x02/x");
+        expect.extend_from_slice(&2u64.to_le_bytes());
+        expect.extend_from_slice(&[0, 1]);
+        expect.extend_from_slice(&7u64.to_le_bytes());
+        expect.extend_from_slice(&3.0f64.to_le_bytes());
+        expect.extend_from_slice(&2u64.to_le_bytes());
+        expect.extend_from_slice(&[0, 0]);
+        expect.extend_from_slice(&180u32.to_le_bytes());
+        assert_eq!(&encoded.bytes[..expect.len()], &expect[..]);
+    }
+
+    #[test]
+    fn leaderboards_carry_the_flush_id_and_merge_per_hour() {
+        let top = |keys: &[&str]| {
+            let mut top = TopK::new(2).expect("k = 2 is valid");
+            for key in keys {
+                top.insert(key.as_bytes());
+            }
+            top
+        };
+        let board = |bucket: i64, keys: &[&str]| LeaderboardRow {
+            site: "s".to_owned(),
+            bucket,
+            dimension: "referrer".to_owned(),
+            top: top(keys),
+        };
+        let delta = Delta {
+            rows: vec![],
+            leaderboards: vec![board(0, &["a", "b"]), board(60, &["a"])],
+            positions: BTreeMap::from([(0, 1)]),
+        };
+        let encoded = encode_flush(&delta, &context());
+        assert_eq!(encoded.leaderboard_rows, 2 + 1 + 1);
+        let needle = b"\x08referrer\x02f1";
+        assert_eq!(encoded.bytes.windows(needle.len()).filter(|w| w == needle).count(), 4);
+    }
+
+    #[test]
+    fn marker_values_sort_numerically_and_parse_back() {
+        assert!(marker_value(2, 9) < marker_value(2, 10));
+        assert!(marker_value(2, u64::MAX) < marker_value(10, 0));
+        assert_eq!(parse_marker(&marker_value(7, 12345)), Some((7, 12345)));
+        assert_eq!(parse_marker("x/1"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! Reading aggregates back: the headline numbers, a breakdown by any dimension, and
+//! leaderboards, over any time range.
+//!
+//! A range `[from, to)` is cut into the coarsest buckets that fit: whole UTC days from the
+//! day rows, whole hours around them from the hour rows, and minutes at the edges from the
+//! minute rows. The pieces are disjoint in time, so counters add up and visitor sketches
+//! merge into the visitors of the whole range. A range in a time zone with a 30- or
+//! 45-minute offset simply uses more minute rows.
+
+use std::collections::BTreeMap;
+
+use gallop_processor::sketch::TopK;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    client::{escape, ClickHouse},
+    error::SinkError,
+    schema::{Granularity, AGGREGATES_TABLE, MAX_LEADERBOARD_K},
+};
+
+/// A half-open time range `[from, to)`, seconds since the epoch, minute-aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeRange {
+    /// First second inside the range.
+    pub from: i64,
+    /// First second after the range.
+    pub to: i64,
+}
+
+impl TimeRange {
+    /// A range; both ends must be whole minutes and `from < to`.
+    pub fn new(from: i64, to: i64) -> Result<Self, SinkError> {
+        let invalid = |reason: String| SinkError::Invalid { what: "time range".to_owned(), reason };
+        if from.rem_euclid(60) != 0 || to.rem_euclid(60) != 0 {
+            return Err(invalid(format!("[{from}, {to}) must start and end on whole minutes")));
+        }
+        if from >= to {
+            return Err(invalid(format!("from ({from}) must be before to ({to})")));
+        }
+        Ok(Self { from, to })
+    }
+
+    /// The range as disjoint `(granularity, from, to)` pieces, coarsest buckets first.
+    pub fn pieces(self) -> Vec<(Granularity, i64, i64)> {
+        let up = |t: i64, step: i64| t + (step - t.rem_euclid(step)) % step;
+        let down = |t: i64, step: i64| t - t.rem_euclid(step);
+        let (day, hour) = (Granularity::Day.seconds(), Granularity::Hour.seconds());
+        let mut pieces = Vec::new();
+        let (day_from, day_to) = (up(self.from, day), down(self.to, day));
+        let (hour_from, hour_to) = (up(self.from, hour), down(self.to, hour));
+        if day_from < day_to {
+            pieces.push((Granularity::Day, day_from, day_to));
+            pieces.push((Granularity::Hour, hour_from, day_from));
+            pieces.push((Granularity::Hour, day_to, hour_to));
+        } else if hour_from < hour_to {
+            pieces.push((Granularity::Hour, hour_from, hour_to));
+        }
+        if hour_from < hour_to {
+            pieces.push((Granularity::Minute, self.from, hour_from));
+            pieces.push((Granularity::Minute, hour_to, self.to));
+        } else {
+            pieces.push((Granularity::Minute, self.from, self.to));
+        }
+        pieces.retain(|(_, from, to)| from < to);
+        pieces
+    }
+
+    /// A SQL condition selecting exactly the buckets of [`TimeRange::pieces`].
+    pub fn condition(self) -> String {
+        let parts: Vec<String> = self
+            .pieces()
+            .into_iter()
+            .map(|(granularity, from, to)| {
+                format!(
+                    "(granularity = '{}' AND bucket >= toDateTime({from}, 'UTC') AND bucket < toDateTime({to}, 'UTC'))",
+                    granularity.name()
+                )
+            })
+            .collect();
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+/// The numbers at the top of a dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Headline {
+    /// Unique visitors in the range (uniqHLL12 estimate).
+    pub visitors: u64,
+    /// `pageview` events.
+    pub pageviews: u64,
+    /// All events.
+    pub events: u64,
+    /// Sum of event values (revenue).
+    pub value: f64,
+    /// Events that carried a value.
+    pub value_events: u64,
+}
+
+/// One value of a breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakdownRow {
+    /// Dimension value.
+    pub value: String,
+    /// Unique visitors with that value.
+    pub visitors: u64,
+    /// Events with that value.
+    pub events: u64,
+    /// Sum of their event values.
+    pub value_sum: f64,
+}
+
+/// Events, visitors and value per value of one dimension, most events first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// The dimension.
+    pub dimension: String,
+    /// Rows, most events first (ties by value).
+    pub rows: Vec<BreakdownRow>,
+}
+
+/// One leaderboard entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leader {
+    /// The value.
+    pub value: String,
+    /// Estimated count (an upper bound).
+    pub count: u64,
+    /// Most the count may overestimate: the true count is in `[count - error, count]`.
+    pub error: u64,
+}
+
+/// Answers questions about one database.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    clickhouse: ClickHouse,
+}
+
+impl Reader {
+    /// A reader over `clickhouse`.
+    pub fn new(clickhouse: ClickHouse) -> Self {
+        Self { clickhouse }
+    }
+
+    /// Seconds since the epoch of the local wall-clock time `local` (`YYYY-MM-DD` or
+    /// `YYYY-MM-DD HH:MM:SS`) in the IANA time zone `tz`, as the server's time zone database
+    /// sees it (daylight saving included).
+    pub async fn local_to_epoch(&self, local: &str, tz: &str) -> Result<i64, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            t: i64,
+        }
+        let invalid =
+            |reason: &str| SinkError::Invalid { what: format!("time {local:?} in {tz:?}"), reason: reason.into() };
+        let well_formed = local.len() == 10 || local.len() == 19;
+        if !well_formed || !local.bytes().all(|b| b.is_ascii_digit() || b"-: ".contains(&b)) {
+            return Err(invalid("expected YYYY-MM-DD or YYYY-MM-DD HH:MM:SS"));
+        }
+        if tz.is_empty() || !tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)) {
+            return Err(invalid("expected an IANA time zone such as Europe/Berlin or UTC"));
+        }
+        let full = if local.len() == 10 { format!("{local} 00:00:00") } else { local.to_owned() };
+        let sql = format!("SELECT toInt64(toUnixTimestamp(toDateTime('{full}', '{tz}'))) AS t");
+        match self.clickhouse.fetch::<Row>(&sql).await {
+            Ok(rows) => rows.first().map(|r| r.t).ok_or_else(|| invalid("the server returned nothing")),
+            Err(SinkError::Rejected { reason, .. }) => Err(invalid(&reason)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn table(&self) -> String {
+        self.clickhouse.schema().table(AGGREGATES_TABLE)
+    }
+
+    /// Visitors, pageviews, events and value of `site` in `range`.
+    pub async fn headline(&self, site: &str, range: TimeRange) -> Result<Headline, SinkError> {
+        #[derive(Deserialize)]
+        struct Totals {
+            visitors: u64,
+            events: u64,
+            value: f64,
+            value_events: u64,
+        }
+        let totals_sql = format!(
+            "SELECT uniqHLL12Merge(visitors) AS visitors, sumMerge(events) AS events, sumMerge(value_sum) AS value, \
+             sumMerge(value_count) AS value_events FROM {} \
+             WHERE site = '{}' AND kind = 'rollup' AND dimension = 'total' AND {}",
+            self.table(),
+            escape(site),
+            range.condition()
+        );
+        let totals = self.clickhouse.fetch::<Totals>(&totals_sql).await?;
+        let totals =
+            totals.into_iter().next().unwrap_or(Totals { visitors: 0, events: 0, value: 0.0, value_events: 0 });
+        let pageviews = self
+            .breakdown_where(site, range, "name", "AND value = 'pageview'", 1)
+            .await?
+            .into_iter()
+            .next()
+            .map_or(0, |r| r.events);
+        Ok(Headline {
+            visitors: totals.visitors,
+            pageviews,
+            events: totals.events,
+            value: totals.value,
+            value_events: totals.value_events,
+        })
+    }
+
+    /// Events, visitors and value per value of `dimension` (e.g. `path`, `country`,
+    /// `name~props.plan`) of `site` in `range`, the `limit` values with most events.
+    pub async fn breakdown(
+        &self,
+        site: &str,
+        range: TimeRange,
+        dimension: &str,
+        limit: usize,
+    ) -> Result<Breakdown, SinkError> {
+        let rows = self.breakdown_where(site, range, dimension, "", limit).await?;
+        Ok(Breakdown { dimension: dimension.to_owned(), rows })
+    }
+
+    async fn breakdown_where(
+        &self,
+        site: &str,
+        range: TimeRange,
+        dimension: &str,
+        extra: &str,
+        limit: usize,
+    ) -> Result<Vec<BreakdownRow>, SinkError> {
+        let sql = format!(
+            "SELECT value, uniqHLL12Merge(visitors) AS visitors, sumMerge(events) AS events, \
+             sumMerge(value_sum) AS value_sum FROM {} \
+             WHERE site = '{}' AND kind = 'rollup' AND dimension = '{}' {extra} AND {} \
+             GROUP BY value ORDER BY events DESC, value LIMIT {limit}",
+            self.table(),
+            escape(site),
+            escape(dimension),
+            range.condition()
+        );
+        self.clickhouse.fetch(&sql).await
+    }
+
+    /// The `k` most frequent values of the leaderboard `dimension` (e.g. `referrer`) of
+    /// `site` in `range`. Stored sketches are merged here, not in ClickHouse, because the
+    /// server's `topKMerge` is unreliable on older releases (see ARCHITECTURE.md).
+    pub async fn leaderboard(
+        &self,
+        site: &str,
+        range: TimeRange,
+        dimension: &str,
+        k: usize,
+    ) -> Result<Vec<Leader>, SinkError> {
+        let sql = format!(
+            "SELECT `top` FROM {} WHERE site = '{}' AND kind = 'leaderboard' AND dimension = '{}' AND {} FORMAT RowBinary",
+            self.table(),
+            escape(site),
+            escape(dimension),
+            range.condition()
+        );
+        let bytes = self.clickhouse.fetch_text_bytes(&sql).await?;
+        let corrupt =
+            |reason: String| SinkError::Corrupt { what: format!("leaderboard {dimension} of {site}"), reason };
+        let mut merged = TopK::new(MAX_LEADERBOARD_K).map_err(|e| corrupt(e.to_string()))?;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (top, used) = TopK::read_state_prefix(MAX_LEADERBOARD_K, rest).map_err(|e| corrupt(e.to_string()))?;
+            merged.merge(&top);
+            rest = &rest[used..];
+        }
+        let mut leaders: BTreeMap<(std::cmp::Reverse<u64>, String), u64> = BTreeMap::new();
+        for (key, count, error) in merged.top() {
+            leaders.insert((std::cmp::Reverse(count), String::from_utf8_lossy(&key).into_owned()), error);
+        }
+        Ok(leaders
+            .into_iter()
+            .take(k)
+            .map(|((std::cmp::Reverse(count), value), error)| Leader { value, count, error })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(from: i64, to: i64, expect: &[(Granularity, i64, i64)]) {
+        let range = TimeRange::new(from, to).expect("valid range");
+        let pieces = range.pieces();
+        assert_eq!(pieces, expect);
+        // The pieces tile the range exactly.
+        let mut covered: Vec<(i64, i64)> = pieces.iter().map(|&(_, a, b)| (a, b)).collect();
+        covered.sort();
+        assert_eq!(covered.first().map(|c| c.0), Some(from));
+        assert_eq!(covered.last().map(|c| c.1), Some(to));
+        assert!(covered.windows(2).all(|w| w[0].1 == w[1].0), "{covered:?}");
+    }
+
+    #[test]
+    fn ranges_use_the_coarsest_buckets_that_fit() {
+        use Granularity::{Day, Hour, Minute};
+        const D: i64 = 86_400;
+        const H: i64 = 3600;
+        check(0, 60, &[(Minute, 0, 60)]);
+        check(0, H, &[(Hour, 0, H)]);
+        check(0, D, &[(Day, 0, D)]);
+        check(0, 2 * D, &[(Day, 0, 2 * D)]);
+        // Europe/Berlin in winter: a local day is 23:00..23:00 UTC.
+        check(D - H, 2 * D - H, &[(Hour, D - H, 2 * D - H)]);
+        // Asia/Kolkata (+5:30): half-hour edges come from minute rows.
+        check(
+            D - 5 * H - 1800,
+            2 * D - 5 * H - 1800,
+            &[
+                (Hour, D - 5 * H, 2 * D - 6 * H),
+                (Minute, D - 5 * H - 1800, D - 5 * H),
+                (Minute, 2 * D - 6 * H, 2 * D - 5 * H - 1800),
+            ],
+        );
+        check(120, 3 * D + 60, &[(Day, D, 3 * D), (Hour, H, D), (Minute, 120, H), (Minute, 3 * D, 3 * D + 60)]);
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        assert!(TimeRange::new(0, 0).is_err());
+        assert!(TimeRange::new(60, 0).is_err());
+        assert!(TimeRange::new(1, 60).is_err());
+    }
+}

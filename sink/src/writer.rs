@@ -1,0 +1,174 @@
+//! The flush writer: one delta → one insert, retried with exponential backoff and jitter
+//! until it lands. Before each retry it settles whether the previous attempt landed after
+//! all: it waits until the server no longer runs that attempt's query id, then looks for the
+//! attempt's position markers. An insert whose answer was lost is therefore not repeated.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use gallop_config::ClickHouseConfig;
+use gallop_processor::Delta;
+use rand::Rng;
+use tracing::{info, warn};
+
+use crate::{
+    client::ClickHouse,
+    encode::{encode_flush, FlushContext, Retention},
+    error::SinkError,
+};
+
+/// Health and counters of a [`Writer`], shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct WriterStatus {
+    /// False while the last attempt failed and retries are going on.
+    pub healthy: AtomicBool,
+    /// Inserts that landed.
+    pub inserts: AtomicU64,
+    /// Failed attempts that were retried.
+    pub retries: AtomicU64,
+    /// Rows written.
+    pub rows: AtomicU64,
+    /// Bytes written (uncompressed RowBinary).
+    pub bytes: AtomicU64,
+}
+
+/// What one successful write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Rows inserted (0 when an earlier attempt had landed).
+    pub rows: usize,
+    /// Uncompressed bytes.
+    pub bytes: usize,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Time from first attempt to success.
+    pub elapsed: Duration,
+}
+
+/// Writes deltas of one stream's partitions to ClickHouse.
+#[derive(Debug)]
+pub struct Writer {
+    clickhouse: ClickHouse,
+    stream: String,
+    retention: Retention,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    instance: String,
+    sequence: AtomicU64,
+    status: Arc<WriterStatus>,
+}
+
+impl Writer {
+    /// A writer for positions of `stream`, with retry and retention from `config`.
+    pub fn new(clickhouse: ClickHouse, stream: &str, config: &ClickHouseConfig) -> Self {
+        let seconds = |d: Duration| (!d.is_zero()).then(|| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let status = WriterStatus { healthy: AtomicBool::new(true), ..Default::default() };
+        Self {
+            clickhouse,
+            stream: stream.to_owned(),
+            retention: Retention {
+                minute: seconds(config.retention_minute),
+                hour: seconds(config.retention_hour),
+                day: seconds(config.retention_day),
+            },
+            initial_backoff: config.retry_initial_backoff,
+            max_backoff: config.retry_max_backoff,
+            instance: format!("{:016x}", rand::rng().random::<u64>()),
+            sequence: AtomicU64::new(0),
+            status: Arc::new(status),
+        }
+    }
+
+    /// Whether the attempt `query_id` landed: `None` while the server still runs it.
+    async fn settle(&self, query_id: &str, encoded: &crate::encode::EncodedFlush) -> Result<Option<bool>, SinkError> {
+        if self.clickhouse.is_running(query_id).await? {
+            return Ok(None);
+        }
+        self.clickhouse.landed(&self.stream, encoded).await.map(Some)
+    }
+
+    /// Shared status for metrics and readiness.
+    pub fn status(&self) -> Arc<WriterStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// The connection.
+    pub fn clickhouse(&self) -> &ClickHouse {
+        &self.clickhouse
+    }
+
+    /// Writes `delta` (rows, leaderboards and its positions) as one insert, retrying
+    /// transient failures until it lands. `now` is wall-clock seconds. A rejection (schema
+    /// mismatch, bad data) is returned at once: retrying cannot fix it.
+    pub async fn write(&self, delta: &Delta, now: i64) -> Result<WriteReport, SinkError> {
+        let flush_id = format!("{}-{}", self.instance, self.sequence.fetch_add(1, Ordering::Relaxed));
+        let context = FlushContext { stream: &self.stream, flush_id: &flush_id, now, retention: self.retention };
+        let mut encoded = encode_flush(delta, &context);
+        let data = Bytes::from(std::mem::take(&mut encoded.bytes));
+        let started = Instant::now();
+        let mut backoff = self.initial_backoff;
+        let mut attempts = 0;
+        'attempts: loop {
+            attempts += 1;
+            let query_id = format!("gallop-{flush_id}-{attempts}");
+            match self.clickhouse.insert(&encoded, data.clone(), &flush_id, &query_id).await {
+                Ok(()) => break,
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    self.status.healthy.store(false, Ordering::Relaxed);
+                    self.status.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, attempt = attempts, rows = encoded.rows, "insert failed; retrying");
+                }
+            }
+            // Before sending again, settle whether the failed attempt landed after all (its
+            // answer may have been lost): wait until the server no longer runs it, then look
+            // for its markers. Until both questions get an answer, nothing is re-sent.
+            loop {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(self.max_backoff);
+                match self.settle(&query_id, &encoded).await {
+                    Ok(Some(true)) => {
+                        info!(flush = %flush_id, "an earlier insert attempt had landed");
+                        self.status.healthy.store(true, Ordering::Relaxed);
+                        return Ok(WriteReport { rows: 0, bytes: 0, attempts, elapsed: started.elapsed() });
+                    }
+                    Ok(Some(false)) => continue 'attempts,
+                    Ok(None) => {}
+                    Err(e) if !e.is_transient() => return Err(e),
+                    Err(e) => warn!(error = %e, "ClickHouse still unavailable"),
+                }
+            }
+        }
+        self.status.healthy.store(true, Ordering::Relaxed);
+        self.status.inserts.fetch_add(1, Ordering::Relaxed);
+        self.status.rows.fetch_add(encoded.rows as u64, Ordering::Relaxed);
+        self.status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(WriteReport { rows: encoded.rows, bytes: data.len(), attempts, elapsed: started.elapsed() })
+    }
+}
+
+/// A wait drawn uniformly from `[backoff / 2, backoff]`, so that many writers retrying
+/// together spread out.
+fn jitter(backoff: Duration) -> Duration {
+    let nanos = backoff.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(nanos / 2 + rand::rng().random_range(0..=nanos / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_full_backoff() {
+        for _ in 0..1000 {
+            let wait = jitter(Duration::from_millis(200));
+            assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200), "{wait:?}");
+        }
+    }
+}
