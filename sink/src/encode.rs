@@ -76,6 +76,9 @@ pub fn parse_marker(value: &str) -> Option<(u32, u64)> {
     Some((partition.parse().ok()?, position.parse().ok()?))
 }
 
+/// (site, dimension, value, bucket) of a coarser rollup row.
+type RowKey<'a> = (&'a str, &'a str, &'a str, i64);
+
 #[derive(Default)]
 struct Acc {
     events: u64,
@@ -92,7 +95,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     let mut rollup_rows = [0; 3];
 
     // Coarser rollups: the delta's minute rows merged per hour and per day.
-    let mut coarse: [BTreeMap<(&str, &str, &str, i64), Acc>; 2] = Default::default();
+    let mut coarse: [BTreeMap<RowKey<'_>, Acc>; 2] = Default::default();
     for row in &delta.rows {
         write_rollup(&mut out, context, Granularity::Minute, row.bucket, &row.site, &row.dimension, &row.value, |o| {
             write_states(o, row.events, &row.visitors, row.value_sum, row.value_count)
