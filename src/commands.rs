@@ -37,6 +37,86 @@ pub(crate) fn ingest(config: Config) -> anyhow::Result<()> {
     })
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the Tokio runtime")
+}
+
+async fn nats(config: &Config) -> anyhow::Result<NatsBroker> {
+    match config.broker.kind {
+        BrokerKind::Nats => {
+            Ok(NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?)
+        }
+    }
+}
+
+async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await.with_context(|| format!("binding {key} = {address}"))?;
+    info!(address = %listener.local_addr()?, key, "listening");
+    Ok(listener)
+}
+
+/// `gallop process`: consume the owned partitions into ClickHouse until SIGTERM or Ctrl-C.
+pub(crate) fn process(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let broker = nats(&config).await?;
+        let listener = bind(config.consumer.listen, "consumer.listen").await?;
+        crate::process::run(config, broker, listener, shutdown_signal()).await
+    })
+}
+
+/// `gallop run`: the gateway and the processor in one process, sharing one NATS
+/// connection; one signal stops both (the gateway first, so the processor's last flush
+/// includes what the gateway accepted).
+pub(crate) fn run(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let broker = nats(&config).await?;
+        let salts = broker.salt_store(&config.nats).await?;
+        let ingest_listener = bind(config.ingest.listen, "ingest.listen").await?;
+        let process_listener = bind(config.consumer.listen, "consumer.listen").await?;
+        let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_processor, processor_stopped) = tokio::sync::oneshot::channel::<()>();
+        let gateway = gallop_ingest::Gateway::new(config.clone(), Arc::new(broker.clone()), Arc::new(salts)).await?;
+        let gateway = tokio::spawn(gallop_ingest::run(gateway, ingest_listener, async move {
+            let _ = gateway_stopped.await;
+        }));
+        let processor = tokio::spawn(crate::process::run(config, broker, process_listener, async move {
+            let _ = processor_stopped.await;
+        }));
+        tokio::pin!(processor);
+        tokio::select! {
+            () = shutdown_signal() => {}
+            result = &mut processor => {
+                let _ = stop_gateway.send(());
+                let _ = gateway.await;
+                return result.context("processor task panicked")?;
+            }
+        }
+        let _ = stop_gateway.send(());
+        gateway.await.context("gateway task panicked")??;
+        let _ = stop_processor.send(());
+        processor.await.context("processor task panicked")?
+    })
+}
+
+/// `gallop migrate`: create or upgrade the ClickHouse schema, then check it.
+pub(crate) fn migrate(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let clickhouse = gallop_sink::ClickHouse::connect(&config.clickhouse).await?;
+        let report = clickhouse.migrate().await?;
+        clickhouse.check_schema().await?;
+        println!(
+            "ClickHouse {} at {}: database {} at schema version {} (was {}; applied {:?})",
+            report.server,
+            clickhouse.url(),
+            clickhouse.schema().database(),
+            report.to,
+            report.from,
+            report.applied
+        );
+        Ok(())
+    })
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -4,6 +4,8 @@
 mod bench;
 mod commands;
 mod logging;
+mod process;
+mod query;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -32,6 +34,14 @@ struct Cli {
 enum Command {
     /// Run the ingest gateway: HTTP in, NATS JetStream out.
     Ingest,
+    /// Run the processor: NATS JetStream in, aggregates into ClickHouse.
+    Process,
+    /// Run gateway and processor in one process (the quick start).
+    Run,
+    /// Create or upgrade the ClickHouse database and tables.
+    Migrate,
+    /// Print a site's numbers for a time range.
+    Query(query::QueryArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
     /// Benchmarks that print their numbers.
@@ -66,6 +76,19 @@ fn main() -> ExitCode {
             logging::init(&config.log, cli.log_json);
             commands::ingest(config)
         }
+        Command::Process => {
+            logging::init(&config.log, cli.log_json);
+            commands::process(config)
+        }
+        Command::Run => {
+            logging::init(&config.log, cli.log_json);
+            commands::run(config)
+        }
+        Command::Migrate => {
+            logging::init(&config.log, cli.log_json);
+            commands::migrate(config)
+        }
+        Command::Query(args) => query::run(&config, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
