@@ -184,7 +184,7 @@ pub(crate) async fn run(
     let durable = clickhouse.positions(broker.stream(), &partitions).await?;
     info!(?partitions, stored_positions = ?durable, "resuming after the stored positions");
     let mut processor = Processor::new(&config.processor, &config.time)?;
-    let mut consumer = NatsConsumer::open(&broker, &partitions, &config.consumer).await?;
+    let mut consumer = NatsConsumer::open(&broker, &partitions, &durable, &config.consumer).await?;
     let writer = Arc::new(Writer::new(clickhouse, broker.stream(), &config.clickhouse));
     let metrics = Arc::new(ProcessMetrics::new()?);
     let http = Arc::new(HttpState { metrics: Arc::clone(&metrics), writer: writer.status(), broker: broker.clone() });
@@ -312,10 +312,7 @@ impl Loop {
         })
     }
 
-    async fn landed(
-        &mut self,
-        (result, acks, started): Written,
-    ) -> anyhow::Result<()> {
+    async fn landed(&mut self, (result, acks, started): Written) -> anyhow::Result<()> {
         let report = match result {
             Ok(report) => report,
             Err(e) => {

@@ -1,11 +1,14 @@
 //! NATS JetStream consumption: one durable pull consumer per owned partition, merged into one
 //! bounded channel of [`Delivery`]s.
 //!
-//! Consumers use `AckPolicy::All`: acknowledging a message acknowledges every earlier message
-//! of its partition, so the processor acks once per partition and flush. Messages are
-//! redelivered after `ack_wait` if not acknowledged (a crash, a slow ClickHouse); the caller
-//! recognises redeliveries by their position. The channel's bound is the backpressure: when
-//! the processor stops taking deliveries, the pull tasks stop pulling.
+//! Delivery is in stream order per partition, which the exactly-once scheme relies on (a
+//! stored position P must mean "everything up to P is in"). JetStream redelivers unacked
+//! messages out of order, so a consumer is (re)created at start *after the position the
+//! caller stored* (`DeliverPolicy::ByStartSequence`), never resuming a broker-side ack floor;
+//! and a pull that sees a gap in the consumer sequence (a batch lost with a connection)
+//! recreates the consumer after the last message it forwarded. Acknowledgements
+//! (`AckPolicy::All`) then only release retention and stop redelivery. The channel's bound is
+//! the backpressure: when the processor stops taking deliveries, the pull tasks stop pulling.
 
 use std::time::Duration;
 
@@ -82,9 +85,16 @@ impl Drop for NatsConsumer {
 }
 
 impl NatsConsumer {
-    /// Creates (or finds) the durable consumer of each of `partitions` on `broker`'s
-    /// stream and starts pulling. Pulls restart by themselves after a broker outage.
-    pub async fn open(broker: &NatsBroker, partitions: &[u32], config: &ConsumerConfig) -> Result<Self, NatsError> {
+    /// (Re)creates the durable consumer of each of `partitions` on `broker`'s stream so that
+    /// it delivers, in order, the messages after `after[partition]` (all when absent), and
+    /// starts pulling. Pulls restart by themselves after a broker outage. A partition must
+    /// have one owner: opening recreates its consumer.
+    pub async fn open(
+        broker: &NatsBroker,
+        partitions: &[u32],
+        after: &std::collections::BTreeMap<u32, u64>,
+        config: &ConsumerConfig,
+    ) -> Result<Self, NatsError> {
         let stream = broker
             .jetstream()
             .get_stream(broker.stream())
@@ -100,22 +110,21 @@ impl NatsConsumer {
                 reason: format!("partition {partition} is not one of the stream's partitions"),
             })?;
             let name = format!("{}-{partition}", config.durable_prefix);
-            let consumer_config = pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: subject.to_owned(),
-                ack_policy: AckPolicy::All,
-                deliver_policy: DeliverPolicy::All,
+            let source = Source {
+                stream: stream.clone(),
+                name,
+                subject: subject.to_owned(),
+                partition,
                 ack_wait: config.ack_wait,
                 max_ack_pending: config.max_ack_pending,
-                description: Some(format!("Gallop processor, partition {partition}")),
-                ..Default::default()
+                batch: config.fetch_batch,
             };
-            let consumer =
-                stream.get_or_create_consumer(&name, consumer_config).await.map_err(|e| NatsError::Stream {
-                    stream: broker.stream().to_owned(),
-                    reason: format!("cannot create durable consumer {name}: {e}"),
-                })?;
-            tasks.push(tokio::spawn(pull_forever(consumer, partition, config.fetch_batch, sender.clone())));
+            let start = after.get(&partition).copied().unwrap_or(0);
+            let consumer = source
+                .recreate(start)
+                .await
+                .map_err(|reason| NatsError::Stream { stream: broker.stream().to_owned(), reason })?;
+            tasks.push(tokio::spawn(pull_forever(source, consumer, start, sender.clone())));
         }
         Ok(Self { deliveries, tasks })
     }
@@ -126,16 +135,52 @@ impl NatsConsumer {
     }
 }
 
-async fn pull_forever(
-    consumer: jetstream::consumer::PullConsumer,
+/// Where one partition's deliveries come from.
+struct Source {
+    stream: jetstream::stream::Stream,
+    name: String,
+    subject: String,
     partition: u32,
+    ack_wait: Duration,
+    max_ack_pending: i64,
     batch: usize,
+}
+
+impl Source {
+    /// Deletes the durable consumer (if any) and creates it anew, delivering the messages
+    /// after stream sequence `after`.
+    async fn recreate(&self, after: u64) -> Result<jetstream::consumer::PullConsumer, String> {
+        // Not found is fine; any other failure shows up in the create below.
+        let _ = self.stream.delete_consumer(&self.name).await;
+        let config = pull::Config {
+            durable_name: Some(self.name.clone()),
+            filter_subject: self.subject.clone(),
+            ack_policy: AckPolicy::All,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ack_wait: self.ack_wait,
+            max_ack_pending: self.max_ack_pending,
+            description: Some(format!("Gallop processor, partition {}", self.partition)),
+            ..Default::default()
+        };
+        self.stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| format!("cannot create durable consumer {}: {e}", self.name))
+    }
+}
+
+async fn pull_forever(
+    source: Source,
+    mut consumer: jetstream::consumer::PullConsumer,
+    mut forwarded: u64,
     sender: mpsc::Sender<Delivery>,
 ) {
+    let partition = source.partition;
     let mut backoff = Duration::from_millis(100);
+    let mut last_consumer_sequence: Option<u64> = None;
     loop {
         let messages =
-            consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).messages().await;
+            consumer.stream().max_messages_per_batch(source.batch).heartbeat(Duration::from_secs(5)).messages().await;
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(e) => {
@@ -145,6 +190,7 @@ async fn pull_forever(
                 continue;
             }
         };
+        let mut gap = false;
         while let Some(next) = messages.next().await {
             let message = match next {
                 Ok(message) => message,
@@ -155,18 +201,37 @@ async fn pull_forever(
                 }
             };
             backoff = Duration::from_millis(100);
-            let (position, delivered, pending) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered, info.pending),
+            let (position, consumer_sequence, delivered, pending) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.consumer_sequence, info.delivered, info.pending),
                 Err(e) => {
                     warn!(partition, error = %e, "message without JetStream metadata; skipped");
                     continue;
                 }
             };
+            if last_consumer_sequence.is_some_and(|last| consumer_sequence != last + 1) {
+                // Deliveries went missing (a batch lost with a connection): start over right
+                // after what was forwarded, so the order stays intact.
+                warn!(partition, forwarded, consumer_sequence, "gap in deliveries; recreating the consumer");
+                gap = true;
+                break;
+            }
+            last_consumer_sequence = Some(consumer_sequence);
             let payload = message.message.payload.clone();
             let delivery = Delivery { partition, position, payload, delivered, pending, acker: Acker(message) };
+            forwarded = forwarded.max(position);
             if sender.send(delivery).await.is_err() {
                 debug!(partition, "consumer closed; pull task ends");
                 return;
+            }
+        }
+        if gap {
+            drop(messages);
+            match source.recreate(forwarded).await {
+                Ok(fresh) => {
+                    consumer = fresh;
+                    last_consumer_sequence = None;
+                }
+                Err(reason) => warn!(partition, %reason, "cannot recreate the consumer; retrying"),
             }
         }
         tokio::time::sleep(backoff).await;

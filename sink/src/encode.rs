@@ -47,6 +47,9 @@ pub struct FlushContext<'a> {
     pub now: i64,
     /// Row lifetimes.
     pub retention: Retention,
+    /// The `top` column is a `String` of raw state bytes (length-prefixed in RowBinary)
+    /// rather than an `AggregateFunction` column.
+    pub top_as_string: bool,
 }
 
 /// A flush encoded for `INSERT INTO aggregates FORMAT RowBinary`.
@@ -154,7 +157,8 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     for (&partition, &position) in &delta.positions {
         let value = marker_value(partition, position);
         write_key(&mut out, "", Kind::Position, Granularity::Minute, context.now, context.stream, &value);
-        write_empty_states(&mut out);
+        write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
+        write_empty_top(&mut out, context.top_as_string);
         write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
         markers.push((partition, value));
         rows += 1;
@@ -176,7 +180,7 @@ fn write_rollup(
 ) {
     write_key(out, site, Kind::Rollup, granularity, bucket, dimension, value);
     states(out);
-    write_empty_top(out);
+    write_empty_top(out, context.top_as_string);
     write_expiry(out, context, granularity, bucket);
 }
 
@@ -191,7 +195,12 @@ fn write_leaderboard(
 ) {
     write_key(out, site, Kind::Leaderboard, granularity, bucket, dimension, context.flush_id);
     write_states(out, 0, &UniqHll12::new(), 0.0, 0);
-    top.write_state(out);
+    if context.top_as_string {
+        let state = top.to_state();
+        write_bytes(out, &state);
+    } else {
+        top.write_state(out);
+    }
     write_expiry(out, context, granularity, bucket);
 }
 
@@ -225,15 +234,15 @@ fn write_states(out: &mut Vec<u8>, events: u64, visitors: &UniqHll12, value_sum:
     count.write_state(out);
 }
 
-fn write_empty_states(out: &mut Vec<u8>) {
-    write_states(out, 0, &UniqHll12::new(), 0.0, 0);
-    write_empty_top(out);
-}
-
 /// An empty `topK` state: no counters, an empty alpha map. ClickHouse reads it as an
 /// empty sketch (its own empty state carries a zeroed alpha map, which changes nothing).
-fn write_empty_top(out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0, 0]);
+/// As a `String` column: the empty string.
+fn write_empty_top(out: &mut Vec<u8>, as_string: bool) {
+    if as_string {
+        out.push(0);
+    } else {
+        out.extend_from_slice(&[0, 0]);
+    }
 }
 
 fn write_expiry(out: &mut Vec<u8>, context: &FlushContext<'_>, granularity: Granularity, bucket: i64) {
@@ -245,13 +254,17 @@ fn write_expiry(out: &mut Vec<u8>, context: &FlushContext<'_>, granularity: Gran
 }
 
 fn write_string(out: &mut Vec<u8>, s: &str) {
-    let mut len = s.len() as u64;
+    write_bytes(out, s.as_bytes());
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = bytes.len() as u64;
     while len >= 0x80 {
         out.push((len as u8) | 0x80);
         len >>= 7;
     }
     out.push(len as u8);
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// `DateTime` is seconds since the epoch as `UInt32`; times outside it are clamped (the
@@ -290,6 +303,7 @@ mod tests {
             flush_id: "f1",
             now: 1_800_000_000,
             retention: Retention { minute: Some(60), hour: None, day: None },
+            top_as_string: false,
         }
     }
 

@@ -261,11 +261,25 @@ impl Reader {
         let corrupt =
             |reason: String| SinkError::Corrupt { what: format!("leaderboard {dimension} of {site}"), reason };
         let mut merged = TopK::new(MAX_LEADERBOARD_K).map_err(|e| corrupt(e.to_string()))?;
+        let as_string = !self.clickhouse.schema().features().topk_states;
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            let (top, used) = TopK::read_state_prefix(MAX_LEADERBOARD_K, rest).map_err(|e| corrupt(e.to_string()))?;
-            merged.merge(&top);
-            rest = &rest[used..];
+            if as_string {
+                // A String column: varuint length, then the state bytes.
+                let (len, header) = read_varuint(rest).ok_or_else(|| corrupt("truncated length".to_owned()))?;
+                let end = usize::try_from(len).ok().and_then(|l| header.checked_add(l)).filter(|&e| e <= rest.len());
+                let end = end.ok_or_else(|| corrupt(format!("state of {len} bytes past the end")))?;
+                let state = &rest[header..end];
+                if !state.is_empty() {
+                    merged.merge(&TopK::read_state(MAX_LEADERBOARD_K, state).map_err(|e| corrupt(e.to_string()))?);
+                }
+                rest = &rest[end..];
+            } else {
+                let (top, used) =
+                    TopK::read_state_prefix(MAX_LEADERBOARD_K, rest).map_err(|e| corrupt(e.to_string()))?;
+                merged.merge(&top);
+                rest = &rest[used..];
+            }
         }
         let mut leaders: BTreeMap<(std::cmp::Reverse<u64>, String), u64> = BTreeMap::new();
         for (key, count, error) in merged.top() {
@@ -277,6 +291,18 @@ impl Reader {
             .map(|((std::cmp::Reverse(count), value), error)| Leader { value, count, error })
             .collect())
     }
+}
+
+/// A varuint at the start of `bytes`: (value, bytes it took).
+fn read_varuint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! - `kind = 'leaderboard'`: one `top` state per (site, bucket, dimension) and flush, with the
 //!   flush id as `value` so that the server never merges two of them (ClickHouse 18.16's
 //!   `topKMerge` loses items; readers merge leaderboards themselves or with `topKMerge` on a
-//!   current server);
+//!   current server). Below 22.8 `top` is a `String` of raw state bytes: 18.16 truncates
+//!   stored topK states to 10 counters;
 //! - `kind = 'position'`: one marker per partition and flush, `dimension` = stream,
 //!   `value` = `<partition:010>/<position:020>`: the consumed stream position.
 //!
@@ -177,6 +178,16 @@ impl Schema {
         }
     }
 
+    /// Type of the `top` column: topK states where the server keeps them intact, raw state
+    /// bytes in a `String` elsewhere (see [`Features::topk_states`]).
+    pub fn top_type(&self) -> String {
+        if self.features.topk_states {
+            format!("AggregateFunction(topK({MAX_LEADERBOARD_K}), String)")
+        } else {
+            "String".to_owned()
+        }
+    }
+
     /// The columns of `aggregates` as `system.columns` reports them, in order.
     pub fn aggregates_columns(&self) -> Vec<(&'static str, String)> {
         let low = self.string_type().to_owned();
@@ -191,7 +202,7 @@ impl Schema {
             ("visitors", "AggregateFunction(uniqHLL12, UInt64)".to_owned()),
             ("value_sum", "AggregateFunction(sum, Float64)".to_owned()),
             ("value_count", "AggregateFunction(sum, UInt64)".to_owned()),
-            ("top", format!("AggregateFunction(topK({MAX_LEADERBOARD_K}), String)")),
+            ("top", self.top_type()),
             ("expires", "DateTime('UTC')".to_owned()),
         ]
     }
@@ -220,13 +231,15 @@ mod tests {
         let sql = old.migrations()[0].statements[0].clone();
         assert!(sql.contains("site String") && !sql.contains("LowCardinality"), "{sql}");
         assert!(!sql.contains("TTL") && !sql.contains("deduplication"), "{sql}");
+        assert!(sql.contains("top String"), "{sql}");
         assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS `g`.`aggregates`"), "{sql}");
         assert!(sql.contains("PARTITION BY tuple()"), "{sql}");
 
-        let new = Schema::new("g", Features { low_cardinality: true, ttl: true, dedup_token: true });
+        let new = Schema::new("g", Features { low_cardinality: true, ttl: true, dedup_token: true, topk_states: true });
         let sql = new.migrations()[0].statements[0].clone();
         assert!(sql.contains("site LowCardinality(String)") && sql.contains("dimension LowCardinality(String)"));
         assert!(sql.contains(" TTL expires ") && sql.contains("non_replicated_deduplication_window"), "{sql}");
+        assert!(sql.contains("top AggregateFunction(topK(100), String)"), "{sql}");
     }
 
     #[test]

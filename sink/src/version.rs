@@ -40,6 +40,10 @@ impl ServerVersion {
             ttl: at_least(19, 6),
             // `insert_deduplication_token` (22.2) with `non_replicated_deduplication_window`.
             dedup_token: at_least(22, 2),
+            // 18.16 re-reads stored topK states with its default capacity of 10 counters and
+            // drops the rest (measured: 58 counters in, 10 out). 26.9 keeps them (chDB check).
+            // 22.8 LTS is the oldest release Gallop trusts with topK state columns.
+            topk_states: at_least(22, 8),
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct Features {
     /// Insert deduplication by token on a non-replicated table: a retried insert whose
     /// first attempt landed is dropped by the server as well.
     pub dedup_token: bool,
+    /// Leaderboards in an `AggregateFunction(topK(..), String)` column. Without it they are
+    /// kept as raw state bytes in a `String` column, which the server leaves alone.
+    pub topk_states: bool,
 }
 
 #[cfg(test)]
@@ -80,12 +87,12 @@ mod tests {
     #[test]
     fn versions_and_their_features() {
         let none = Features::default();
-        let all = Features { low_cardinality: true, ttl: true, dedup_token: true };
+        let all = Features { low_cardinality: true, ttl: true, dedup_token: true, topk_states: true };
         check("18.16.1", Some((18, 16, 1)), none);
         check("19.6.0", Some((19, 6, 0)), Features { ttl: true, ..none });
         check("20.1.2.4", Some((20, 1, 2)), Features { ttl: true, low_cardinality: true, ..none });
         check("22.1.3", Some((22, 1, 3)), Features { ttl: true, low_cardinality: true, ..none });
-        check("22.2", Some((22, 2, 0)), all);
+        check("22.2", Some((22, 2, 0)), Features { topk_states: false, ..all });
         check("26.9.2.17", Some((26, 9, 2)), all);
         check("", None, none);
         check("abc", None, none);

@@ -108,7 +108,13 @@ impl Writer {
     /// mismatch, bad data) is returned at once: retrying cannot fix it.
     pub async fn write(&self, delta: &Delta, now: i64) -> Result<WriteReport, SinkError> {
         let flush_id = format!("{}-{}", self.instance, self.sequence.fetch_add(1, Ordering::Relaxed));
-        let context = FlushContext { stream: &self.stream, flush_id: &flush_id, now, retention: self.retention };
+        let context = FlushContext {
+            stream: &self.stream,
+            flush_id: &flush_id,
+            now,
+            retention: self.retention,
+            top_as_string: !self.clickhouse.schema().features().topk_states,
+        };
         let mut encoded = encode_flush(delta, &context);
         let data = Bytes::from(std::mem::take(&mut encoded.bytes));
         let started = Instant::now();

@@ -1,0 +1,745 @@
+//! The whole pipeline as users run it: `gallop ingest` and `gallop process` processes,
+//! real NATS JetStream, real ClickHouse. A seeded generator sends events over HTTP; the
+//! test computes the truth itself and compares every (site, minute, dimension, value) cell
+//! with what ClickHouse holds — also across SIGKILLed processors and a crashed ClickHouse.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use gallop_config::ClickHouseConfig;
+use gallop_sink::{ClickHouse, Reader, TimeRange};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+fn nats_url() -> String {
+    std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn clickhouse_url() -> String {
+    std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
+}
+
+/// Dimensions whose every cell the test checks (values it can compute from what it sent).
+const CHECKED: &[&str] = &["total", "name", "host", "path", "name~props.plan"];
+
+/// One generated event, as sent.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: String,
+    site: &'static str,
+    name: &'static str,
+    path: String,
+    referrer: String,
+    plan: Option<&'static str>,
+    value: Option<f64>,
+    visitor: String,
+    ts: i64,
+}
+
+impl Sent {
+    fn json(&self) -> serde_json::Value {
+        let mut event = serde_json::json!({
+            "id": self.id,
+            "site": self.site,
+            "name": self.name,
+            "url": format!("https://{}{}?utm_campaign=x", self.site, self.path),
+            "timestamp": self.ts,
+            "visitor": self.visitor,
+        });
+        if !self.referrer.is_empty() {
+            event["referrer"] = self.referrer.clone().into();
+        }
+        if let Some(plan) = self.plan {
+            event["props"] = serde_json::json!({ "plan": plan });
+        }
+        if let Some(value) = self.value {
+            event["value"] = value.into();
+        }
+        event
+    }
+
+    /// The rows of the checked dimensions this event counts in: (dimension, value).
+    fn cells(&self) -> Vec<(&'static str, String)> {
+        let mut cells = vec![
+            ("total", String::new()),
+            ("name", self.name.to_owned()),
+            ("host", self.site.to_owned()),
+            ("path", self.path.clone()),
+        ];
+        if let Some(plan) = self.plan {
+            cells.push(("name~props.plan", format!("{}~{plan}", self.name)));
+        }
+        cells
+    }
+}
+
+/// A Zipf-like pick in `0..n`: small numbers much more often.
+fn skewed(rng: &mut StdRng, n: u32) -> u32 {
+    let x: f64 = rng.random();
+    ((n as f64).powf(x) - 1.0) as u32 % n
+}
+
+/// `n` events over the last `span_minutes` minutes, out of order, from ~30 000 visitors.
+fn generate(seed: u64, n: usize, now_ms: i64, span_minutes: i64) -> Vec<Sent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let site = if rng.random_ratio(2, 3) { "a.test" } else { "b.test" };
+            let kind = rng.random_range(0..10);
+            let (name, plan, value) = match kind {
+                0 => ("signup", Some(["free", "pro", "team"][rng.random_range(0..3)]), None),
+                1 => (
+                    "purchase",
+                    Some(["pro", "team"][rng.random_range(0..2)]),
+                    Some(rng.random_range(1..200) as f64 * 0.5),
+                ),
+                _ => ("pageview", None, None),
+            };
+            let referrer = match skewed(&mut rng, 60) {
+                0 => String::new(),
+                r => format!("https://r{r}.example/page"),
+            };
+            Sent {
+                id: format!("e{seed}-{i}"),
+                site,
+                name,
+                path: format!("/p{}", skewed(&mut rng, 300)),
+                referrer,
+                plan,
+                value,
+                visitor: format!("v{}", rng.random_range(0..30_000)),
+                ts: now_ms - rng.random_range(0..span_minutes * 60_000),
+            }
+        })
+        .collect()
+}
+
+/// Sends `events` to the gateway at `address` over HTTP, in JSON batches of 500, four
+/// requests at a time; a 503 is retried (the events carry ids, so a retry is stored once).
+async fn send(address: &str, events: &[Sent]) {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/v1/events");
+    futures::stream::iter(events.chunks(500))
+        .for_each_concurrent(4, |chunk| {
+            let batch = serde_json::Value::Array(chunk.iter().map(Sent::json).collect());
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                loop {
+                    let response = client
+                        .post(&url)
+                        .header("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0")
+                        .json(&batch)
+                        .send()
+                        .await
+                        .expect("gateway answers");
+                    match response.status().as_u16() {
+                        202 => return,
+                        503 => tokio::time::sleep(Duration::from_millis(200)).await,
+                        status => panic!("gateway answered {status}: {}", response.text().await.unwrap_or_default()),
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Runs `sql` against `url`, panicking with the server's message.
+async fn sql(url: &str, query: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/?output_format_json_quote_64bit_integers=0"))
+        .body(query.to_owned())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{query}\n→ {e}"));
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{query}\n→ {status}: {body}");
+    body
+}
+
+/// A private ClickHouse server (own data directory and ports) that a test may crash.
+struct PrivateClickHouse {
+    dir: PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateClickHouse {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("gallop-ch-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><size>10M</size><count>1</count></logger>
+    <http_port>{port}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/tmp/</tmp_path>
+    <user_files_path>{d}/user_files/</user_files_path>
+    <format_schema_path>{d}/format_schemas/</format_schema_path>
+    <users_config>/etc/clickhouse-server/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>5368709</mark_cache_size>
+</yandex>
+"#,
+            d = dir.display(),
+            tcp = free_port()
+        );
+        std::fs::write(dir.join("config.xml"), config).expect("write config");
+        let mut this = Self { dir, port, child: None };
+        this.restart();
+        this
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and waits until it answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", self.dir.join("config.xml").display()))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server must be installed (scripts/services.sh up)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if ping(self.port).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private ClickHouse did not start; see {}", self.dir.display());
+    }
+
+    /// SIGKILL: the server dies as in a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a ClickHouse HTTP server answers `GET /ping` on `port`.
+fn ping(port: u16) -> std::io::Result<bool> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.ends_with("Ok.\n"))
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One pipeline: its own stream, subjects, salt bucket, durable consumers and database.
+struct Pipeline {
+    tag: String,
+    stream: String,
+    bucket: String,
+    database: String,
+    clickhouse_url: String,
+    gateway: Option<Child>,
+    address: String,
+    processors: Vec<Option<Child>>,
+}
+
+impl Pipeline {
+    async fn start(clickhouse_url: String) -> Self {
+        let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let mut this = Self {
+            stream: format!("GALLOP_E2E_{tag}"),
+            bucket: format!("gallop_e2e_{tag}"),
+            database: format!("gallop_e2e_{tag}"),
+            tag,
+            clickhouse_url,
+            gateway: None,
+            address: String::new(),
+            processors: Vec::new(),
+        };
+        let (child, address) = this.spawn(&["ingest"], &[], Some("gateway listening")).await;
+        this.gateway = Some(child);
+        this.address = address.expect("gateway address");
+        this
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gallop"));
+        command
+            .arg("--log-json")
+            .args(args)
+            .env_remove("GALLOP_CONFIG")
+            .env("RUST_LOG", "info")
+            .env("GALLOP_NATS__URL", nats_url())
+            .env("GALLOP_NATS__STREAM", &self.stream)
+            .env("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-e2e-{}", self.tag))
+            .env("GALLOP_NATS__SALT_BUCKET", &self.bucket)
+            .env("GALLOP_INGEST__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_CONSUMER__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_CONSUMER__DURABLE_PREFIX", format!("e2e-{}", self.tag))
+            .env("GALLOP_CONSUMER__ACK_WAIT", "5s")
+            .env("GALLOP_CLICKHOUSE__URL", &self.clickhouse_url)
+            .env("GALLOP_CLICKHOUSE__DATABASE", &self.database)
+            .env("GALLOP_CLICKHOUSE__REQUEST_TIMEOUT", "10s")
+            .env("GALLOP_CLICKHOUSE__RETRY_MAX_BACKOFF", "500ms")
+            .env("GALLOP_PROCESSOR__FLUSH_INTERVAL", "500ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Spawns `gallop <args>`; with `wait_for`, waits for that log message and returns its
+    /// `address` field.
+    async fn spawn(&self, args: &[&str], env: &[(&str, String)], wait_for: Option<&str>) -> (Child, Option<String>) {
+        let mut child = self.command(args, env).spawn().expect("gallop starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut address = None;
+        if let Some(message) = wait_for {
+            address = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(line) = lines.next_line().await.expect("read log") {
+                    let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                    if entry["fields"]["message"] == message {
+                        return entry["fields"]["address"].as_str().map(str::to_owned);
+                    }
+                }
+                None
+            })
+            .await
+            .unwrap_or_else(|_| panic!("`gallop {args:?}` did not log {message:?} within 30 s"));
+        }
+        let label = args.join(" ");
+        let mut log = std::env::var("E2E_LOG_DIR").ok().and_then(|dir| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(format!("{dir}/{}-{}.log", self.tag, args.join("_")))
+                .ok()
+        });
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+                if line.contains("\"ERROR\"") || line.contains("\"WARN\"") {
+                    eprintln!("[gallop {label}] {line}");
+                }
+            }
+        });
+        (child, address)
+    }
+
+    /// Starts a processor owning `partitions` (all when empty); returns its index.
+    async fn start_processor(&mut self, partitions: &[u32]) -> usize {
+        let list = format!("[{}]", partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        let (child, _) = self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await;
+        self.processors.push(Some(child));
+        self.processors.len() - 1
+    }
+
+    async fn restart_processor(&mut self, index: usize, partitions: &[u32]) {
+        let list = format!("[{}]", partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        let (child, _) = self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await;
+        self.processors[index] = Some(child);
+    }
+
+    /// SIGKILL.
+    async fn kill_processor(&mut self, index: usize) {
+        if let Some(mut child) = self.processors[index].take() {
+            child.kill().await.expect("SIGKILL the processor");
+        }
+    }
+
+    fn table(&self) -> String {
+        format!("`{}`.`aggregates`", self.database)
+    }
+
+    /// Waits until ClickHouse holds `n` events and nothing more arrives for 2 s.
+    async fn wait_for(&self, n: usize) {
+        let started = Instant::now();
+        let mut stable_since: Option<(u64, Instant)> = None;
+        loop {
+            let got = sql(
+                &self.clickhouse_url,
+                &format!(
+                    "SELECT sumMerge(events) FROM {} WHERE kind = 'rollup' AND granularity = 'minute' \
+                     AND dimension = 'total' FORMAT TSV",
+                    self.table()
+                ),
+            )
+            .await;
+            let got: u64 = got.trim().parse().unwrap_or(0);
+            match stable_since {
+                Some((value, since)) if value == got => {
+                    if got >= n as u64 && since.elapsed() > Duration::from_secs(2) {
+                        return;
+                    }
+                }
+                _ => stable_since = Some((got, Instant::now())),
+            }
+            assert!(got <= n as u64, "counted {got} of {n} events: something was counted twice");
+            if started.elapsed() > Duration::from_secs(180) {
+                panic!("only {got} of {n} events arrived in 180 s; consumers: {}", self.consumer_states().await);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Delivery state of every durable consumer, for failure messages.
+    async fn consumer_states(&self) -> String {
+        let Ok(client) = async_nats::connect(nats_url()).await else { return "NATS unreachable".to_owned() };
+        let js = async_nats::jetstream::new(client);
+        let Ok(stream) = js.get_stream(&self.stream).await else { return "no stream".to_owned() };
+        let mut out = String::new();
+        for p in 0..8 {
+            let name = format!("e2e-{}-{p}", self.tag);
+            if let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await
+            {
+                if let Ok(info) = consumer.info().await {
+                    out.push_str(&format!(
+                        "\n{name}: ack floor {:?}, delivered {:?}, ack pending {}, redelivered {}, pending {}, waiting {}",
+                        info.ack_floor.stream_sequence, info.delivered.stream_sequence, info.num_ack_pending,
+                        info.num_redelivered, info.num_pending, info.num_waiting
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every event's visitor id as it travelled on the stream (hashed by the gateway).
+    async fn visitor_ids(&self) -> HashMap<String, u64> {
+        use futures::StreamExt;
+        let client = async_nats::connect(nats_url()).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(&self.stream).await.expect("stream");
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("ordered consumer");
+        let total = stream.get_info().await.expect("info").state.messages;
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut ids = HashMap::new();
+        for _ in 0..total {
+            let message = messages.next().await.expect("a message").expect("no error");
+            for record in gallop_event::decode_message(&message.payload) {
+                let record = record.expect("valid record");
+                ids.insert(record.id, record.visitor);
+            }
+        }
+        ids
+    }
+
+    /// Compares ClickHouse with the truth computed from `sent`.
+    async fn check(&self, sent: &[Sent]) {
+        let ids = self.visitor_ids().await;
+        assert_eq!(ids.len(), sent.len(), "every event is on the stream exactly once");
+
+        // Counters and sums per cell, computed here.
+        type Cell = (String, i64, String, String);
+        let mut truth: BTreeMap<Cell, (u64, f64, u64)> = BTreeMap::new();
+        let mut raw = String::new();
+        for event in sent {
+            let minute = event.ts.div_euclid(60_000) * 60;
+            let visitor = ids[&event.id];
+            for (dimension, value) in event.cells() {
+                let cell =
+                    truth.entry((event.site.to_owned(), minute, dimension.to_owned(), value.clone())).or_default();
+                cell.0 += 1;
+                if let Some(v) = event.value {
+                    cell.1 += v;
+                    cell.2 += 1;
+                }
+                raw.push_str(&format!("{}\t{minute}\t{dimension}\t{value}\t{visitor}\n", event.site));
+            }
+        }
+        // Visitors per cell: ClickHouse's own uniqHLL12 over the raw ids.
+        let scratch = format!("`{}`.`truth_visitors`", self.database);
+        sql(
+            &self.clickhouse_url,
+            &format!(
+                "CREATE TABLE {scratch} (site String, minute UInt32, dimension String, value String, visitor UInt64) \
+                 ENGINE = Memory"
+            ),
+        )
+        .await;
+        sql(&self.clickhouse_url, &format!("INSERT INTO {scratch} FORMAT TabSeparated\n{raw}")).await;
+
+        #[derive(Deserialize)]
+        struct Row {
+            site: String,
+            minute: i64,
+            dimension: String,
+            value: String,
+            events: u64,
+            value_sum: f64,
+            value_count: u64,
+            visitors: u64,
+        }
+        let dimensions = CHECKED.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
+        let stored: Vec<Row> = sql(
+            &self.clickhouse_url,
+            &format!(
+                "SELECT site, toUInt32(bucket) AS minute, dimension, value, sumMerge(events) AS events, \
+                 sumMerge(value_sum) AS value_sum, sumMerge(value_count) AS value_count, \
+                 uniqHLL12Merge(visitors) AS visitors FROM {} \
+                 WHERE kind = 'rollup' AND granularity = 'minute' AND dimension IN ({dimensions}) \
+                 GROUP BY site, minute, dimension, value FORMAT JSONEachRow",
+                self.table()
+            ),
+        )
+        .await
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("row"))
+        .collect();
+        let expected_visitors: HashMap<Cell, u64> = sql(
+            &self.clickhouse_url,
+            &format!(
+                "SELECT site, minute, dimension, value, uniqHLL12(visitor) AS visitors FROM {scratch} \
+                 GROUP BY site, minute, dimension, value FORMAT JSONEachRow"
+            ),
+        )
+        .await
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("row");
+            let key = (
+                v["site"].as_str().unwrap_or_default().to_owned(),
+                v["minute"].as_i64().unwrap_or_default(),
+                v["dimension"].as_str().unwrap_or_default().to_owned(),
+                v["value"].as_str().unwrap_or_default().to_owned(),
+            );
+            (key, v["visitors"].as_u64().unwrap_or_default())
+        })
+        .collect();
+
+        let got: BTreeMap<Cell, (u64, f64, u64, u64)> = stored
+            .into_iter()
+            .map(|r| ((r.site, r.minute, r.dimension, r.value), (r.events, r.value_sum, r.value_count, r.visitors)))
+            .collect();
+        let want: BTreeMap<Cell, (u64, f64, u64, u64)> = truth
+            .iter()
+            .map(|(cell, &(events, sum, count))| (cell.clone(), (events, sum, count, expected_visitors[cell])))
+            .collect();
+        let differences: Vec<String> = want
+            .iter()
+            .filter(|(cell, w)| got.get(*cell) != Some(*w))
+            .map(|(cell, w)| format!("{cell:?}: want {w:?}, got {:?}", got.get(cell)))
+            .chain(got.keys().filter(|c| !want.contains_key(*c)).map(|c| format!("{c:?}: unexpected")))
+            .take(10)
+            .collect();
+        assert!(differences.is_empty(), "{} cells checked; differences:\n{}", want.len(), differences.join("\n"));
+
+        // Hour and day rows hold the same totals as the minutes.
+        let per_granularity = sql(
+            &self.clickhouse_url,
+            &format!(
+                "SELECT granularity, sumMerge(events) FROM {} WHERE kind = 'rollup' AND dimension = 'total' \
+                 GROUP BY granularity ORDER BY granularity FORMAT TSV",
+                self.table()
+            ),
+        )
+        .await;
+        let n = sent.len();
+        assert_eq!(per_granularity, format!("minute\t{n}\nhour\t{n}\nday\t{n}\n"));
+
+        // Leaderboards: the true top referrers of each site over the whole run.
+        let clickhouse = ClickHouse::connect(&ClickHouseConfig {
+            url: self.clickhouse_url.clone(),
+            database: self.database.clone(),
+            ..ClickHouseConfig::default()
+        })
+        .await
+        .expect("connect");
+        let reader = Reader::new(clickhouse);
+        let from = sent.iter().map(|e| e.ts).min().unwrap_or(0).div_euclid(60_000) * 60;
+        let to = sent.iter().map(|e| e.ts).max().unwrap_or(0).div_euclid(60_000) * 60 + 60;
+        let range = TimeRange::new(from, to).expect("range");
+        for site in ["a.test", "b.test"] {
+            let mut counts: HashMap<&str, u64> = HashMap::new();
+            for e in sent.iter().filter(|e| e.site == site && !e.referrer.is_empty()) {
+                *counts.entry(&e.referrer).or_default() += 1;
+            }
+            let mut exact: Vec<(&str, u64)> = counts.into_iter().collect();
+            exact.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let leaders = reader.leaderboard(site, range, "referrer", 5).await.expect("leaderboard");
+            let got: Vec<&str> = leaders.iter().map(|l| l.value.as_str()).collect();
+            let want: Vec<&str> = exact.iter().take(5).map(|e| e.0).collect();
+            assert_eq!(got, want, "top referrers of {site}; exact counts {:?}", &exact[..8.min(exact.len())]);
+            for leader in &leaders {
+                let true_count = exact.iter().find(|e| e.0 == leader.value).map_or(0, |e| e.1);
+                assert!(
+                    leader.count - leader.error <= true_count && true_count <= leader.count,
+                    "{leader:?} vs {true_count}"
+                );
+            }
+            // Headline visitors: ClickHouse's uniqHLL12 over every raw id of the site.
+            let headline = reader.headline(site, range).await.expect("headline");
+            let all = sql(
+                &self.clickhouse_url,
+                &format!(
+                    "SELECT uniqHLL12(visitor) FROM {scratch} WHERE site = '{site}' AND dimension = 'total' FORMAT TSV"
+                ),
+            )
+            .await;
+            assert_eq!(headline.visitors.to_string(), all.trim(), "visitors of {site}");
+            assert_eq!(headline.events, sent.iter().filter(|e| e.site == site).count() as u64);
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for child in self.processors.iter_mut().flatten().chain(self.gateway.as_mut()) {
+            let _ = child.start_kill();
+        }
+        let streams = [self.stream.clone(), format!("KV_{}", self.bucket)];
+        let database = self.database.clone();
+        let url = self.clickhouse_url.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let js = async_nats::jetstream::new(client);
+                    for s in streams {
+                        let _ = js.delete_stream(&s).await;
+                    }
+                }
+                if std::env::var("E2E_KEEP_DB").is_err() {
+                    let _ = reqwest::Client::new()
+                        .post(&url)
+                        .body(format!("DROP DATABASE IF EXISTS `{database}`"))
+                        .send()
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+const EVENTS: usize = 200_000;
+
+/// Events in the last 50 minutes, then a late batch 40 to 45 minutes old (inside the
+/// hour of allowed lateness): every one lands in its own minute.
+fn workload(seed: u64) -> (Vec<Sent>, Vec<Sent>) {
+    let now = now_ms();
+    let main = generate(seed, EVENTS - 2_000, now, 50);
+    let mut late = generate(seed + 1, 2_000, now - 40 * 60_000, 5);
+    for (i, e) in late.iter_mut().enumerate() {
+        e.id = format!("late{seed}-{i}");
+    }
+    (main, late)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_thousand_events_land_exactly() {
+    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+    pipeline.start_processor(&[]).await;
+    let (main, late) = workload(1);
+    send(&pipeline.address, &main).await;
+    send(&pipeline.address, &late).await;
+    let all: Vec<Sent> = main.into_iter().chain(late).collect();
+    pipeline.wait_for(all.len()).await;
+    pipeline.check(&all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processors_on_disjoint_partitions_add_up() {
+    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+    pipeline.start_processor(&[0, 1, 2, 3]).await;
+    pipeline.start_processor(&[4, 5, 6, 7]).await;
+    let (main, late) = workload(2);
+    send(&pipeline.address, &main).await;
+    send(&pipeline.address, &late).await;
+    let all: Vec<Sent> = main.into_iter().chain(late).collect();
+    pipeline.wait_for(all.len()).await;
+    pipeline.check(&all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_processors_lose_nothing_and_count_nothing_twice() {
+    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+    let index = pipeline.start_processor(&[]).await;
+    let (main, late) = workload(3);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
+    let address = pipeline.address.clone();
+    let sender = tokio::spawn(async move {
+        send(&address, &main).await;
+        send(&address, &late).await;
+    });
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut kills = 0;
+    while kills < 6 {
+        // Long enough for flushes to land between kills, short enough to kill mid-flush too.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1200..3500))).await;
+        pipeline.kill_processor(index).await;
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        pipeline.restart_processor(index, &[]).await;
+    }
+    sender.await.expect("sending finished");
+    pipeline.wait_for(all.len()).await;
+    pipeline.check(&all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice() {
+    let mut clickhouse = PrivateClickHouse::start();
+    let mut pipeline = Pipeline::start(clickhouse.url()).await;
+    pipeline.start_processor(&[]).await;
+    let (main, late) = workload(4);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
+    let address = pipeline.address.clone();
+    let sender = tokio::spawn(async move {
+        send(&address, &main).await;
+        send(&address, &late).await;
+    });
+    let mut rng = StdRng::seed_from_u64(4);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        clickhouse.kill();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+        clickhouse.restart();
+    }
+    sender.await.expect("sending finished");
+    pipeline.wait_for(all.len()).await;
+    pipeline.check(&all).await;
+}
