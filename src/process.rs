@@ -137,8 +137,8 @@ fn now_ms() -> i64 {
 }
 
 /// Connects to ClickHouse, waiting out transient failures (the server may start after us)
-/// until `deadline`; migrates (idempotent) and checks the schema.
-pub(crate) async fn open_clickhouse(config: &Config, wait: Duration) -> anyhow::Result<ClickHouse> {
+/// for up to `wait`; migrates (idempotent) and checks the schema.
+async fn open_clickhouse(config: &Config, wait: Duration) -> anyhow::Result<ClickHouse> {
     let started = Instant::now();
     let mut backoff = config.clickhouse.retry_initial_backoff;
     let clickhouse = loop {
@@ -187,7 +187,9 @@ pub(crate) async fn run(
     let mut consumer = NatsConsumer::open(&broker, &partitions, &durable, &config.consumer).await?;
     let writer = Arc::new(Writer::new(clickhouse, broker.stream(), &config.clickhouse));
     let metrics = Arc::new(ProcessMetrics::new()?);
-    let http = Arc::new(HttpState { metrics: Arc::clone(&metrics), writer: writer.status(), broker: broker.clone() });
+    let status = writer.status();
+    let http =
+        Arc::new(HttpState { metrics: Arc::clone(&metrics), writer: Arc::clone(&status), broker: broker.clone() });
     let server = tokio::spawn(async move { axum::serve(listener, router(http)).await });
 
     let mut state = Loop {
@@ -216,7 +218,7 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {}
         }
-        state.observe(&processor, writer.status().retries.load(Ordering::Relaxed));
+        state.observe(&processor, status.retries.load(Ordering::Relaxed));
         // Also flush deliveries that added no keys (only late or invalid records), so that
         // they are acknowledged too.
         let idle_acks = !state.unacked.is_empty() && last_flush.elapsed() >= config.processor.flush_interval;

@@ -287,10 +287,6 @@ impl ClickHouse {
 
     /// Whether the markers of `encoded` are stored, i.e. an insert of it landed.
     pub async fn landed(&self, stream: &str, encoded: &EncodedFlush) -> Result<bool, SinkError> {
-        #[derive(Deserialize)]
-        struct Row {
-            n: u64,
-        }
         let Some((_, marker)) = encoded.markers.first() else { return Ok(false) };
         let sql = format!(
             "SELECT count() AS n FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
@@ -299,17 +295,22 @@ impl ClickHouse {
             escape(stream),
             escape(marker)
         );
-        Ok(self.fetch::<Row>(&sql).await?.first().is_some_and(|r| r.n > 0))
+        Ok(self.count(&sql).await? > 0)
     }
 
-    /// Whether the server is still running the query `query_id`.
-    pub async fn is_running(&self, query_id: &str) -> Result<bool, SinkError> {
+    /// Runs `sql`, a `SELECT count() AS n …`, and returns `n`.
+    async fn count(&self, sql: &str) -> Result<u64, SinkError> {
         #[derive(Deserialize)]
         struct Row {
             n: u64,
         }
+        Ok(self.fetch::<Row>(sql).await?.first().map_or(0, |r| r.n))
+    }
+
+    /// Whether the server is still running the query `query_id`.
+    pub async fn is_running(&self, query_id: &str) -> Result<bool, SinkError> {
         let sql = format!("SELECT count() AS n FROM system.processes WHERE query_id = '{}'", escape(query_id));
-        Ok(self.fetch::<Row>(&sql).await?.first().is_some_and(|r| r.n > 0))
+        Ok(self.count(&sql).await? > 0)
     }
 
     /// One insert attempt of a whole flush, as one block (one data part).

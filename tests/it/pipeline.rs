@@ -368,16 +368,19 @@ impl Pipeline {
 
     /// Starts a processor owning `partitions` (all when empty); returns its index.
     async fn start_processor(&mut self, partitions: &[u32]) -> usize {
-        let list = format!("[{}]", partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-        let (child, _) = self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await;
+        let child = self.spawn_processor(partitions).await;
         self.processors.push(Some(child));
         self.processors.len() - 1
     }
 
     async fn restart_processor(&mut self, index: usize, partitions: &[u32]) {
+        self.processors[index] = Some(self.spawn_processor(partitions).await);
+    }
+
+    /// `gallop process` owning `partitions` (all when empty).
+    async fn spawn_processor(&self, partitions: &[u32]) -> Child {
         let list = format!("[{}]", partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-        let (child, _) = self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await;
-        self.processors[index] = Some(child);
+        self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await.0
     }
 
     /// SIGKILL.
@@ -669,14 +672,25 @@ fn workload(seed: u64) -> (Vec<Sent>, Vec<Sent>) {
     (main, late)
 }
 
+/// Starts sending [`workload`]`(seed)` to the gateway of `pipeline` (the main events, then
+/// the late ones); returns every event sent and the sending task.
+fn send_workload(pipeline: &Pipeline, seed: u64) -> (Vec<Sent>, tokio::task::JoinHandle<()>) {
+    let (main, late) = workload(seed);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
+    let address = pipeline.address.clone();
+    let sender = tokio::spawn(async move {
+        send(&address, &main).await;
+        send(&address, &late).await;
+    });
+    (all, sender)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_thousand_events_land_exactly() {
     let mut pipeline = Pipeline::start(clickhouse_url()).await;
     pipeline.start_processor(&[]).await;
-    let (main, late) = workload(1);
-    send(&pipeline.address, &main).await;
-    send(&pipeline.address, &late).await;
-    let all: Vec<Sent> = main.into_iter().chain(late).collect();
+    let (all, sender) = send_workload(&pipeline, 1);
+    sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
@@ -686,10 +700,8 @@ async fn two_processors_on_disjoint_partitions_add_up() {
     let mut pipeline = Pipeline::start(clickhouse_url()).await;
     pipeline.start_processor(&[0, 1, 2, 3]).await;
     pipeline.start_processor(&[4, 5, 6, 7]).await;
-    let (main, late) = workload(2);
-    send(&pipeline.address, &main).await;
-    send(&pipeline.address, &late).await;
-    let all: Vec<Sent> = main.into_iter().chain(late).collect();
+    let (all, sender) = send_workload(&pipeline, 2);
+    sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
@@ -698,13 +710,7 @@ async fn two_processors_on_disjoint_partitions_add_up() {
 async fn sigkilled_processors_lose_nothing_and_count_nothing_twice() {
     let mut pipeline = Pipeline::start(clickhouse_url()).await;
     let index = pipeline.start_processor(&[]).await;
-    let (main, late) = workload(3);
-    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
-    let address = pipeline.address.clone();
-    let sender = tokio::spawn(async move {
-        send(&address, &main).await;
-        send(&address, &late).await;
-    });
+    let (all, sender) = send_workload(&pipeline, 3);
     let mut rng = StdRng::seed_from_u64(3);
     let mut kills = 0;
     while kills < 6 {
@@ -725,13 +731,7 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice() {
     let mut clickhouse = PrivateClickHouse::start();
     let mut pipeline = Pipeline::start(clickhouse.url()).await;
     pipeline.start_processor(&[]).await;
-    let (main, late) = workload(4);
-    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
-    let address = pipeline.address.clone();
-    let sender = tokio::spawn(async move {
-        send(&address, &main).await;
-        send(&address, &late).await;
-    });
+    let (all, sender) = send_workload(&pipeline, 4);
     let mut rng = StdRng::seed_from_u64(4);
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
