@@ -2,6 +2,8 @@
 # Installs (when missing) and starts the services Gallop's tests and quick start need:
 #   - NATS server with JetStream on 127.0.0.1:4222 (Debian `nats-server`)
 #   - ClickHouse server, HTTP on 127.0.0.1:8123 (Debian `clickhouse-server`)
+#   - chDB (PyPI `chdb-core`, a current ClickHouse as a Python library) and `lz4`, which
+#     sink/tests/chdb_server.py needs to serve ClickHouse's HTTP interface from it
 # Idempotent: a service that already answers is left alone. Fails loudly when one cannot start.
 set -euo pipefail
 
@@ -69,9 +71,23 @@ start_clickhouse() {
   return 1
 }
 
+CHDB_PACKAGES=(chdb-core==26.9.0 lz4==4.4.5)
+
+install_chdb() {
+  if python3 -c 'import chdb, lz4' 2>/dev/null; then
+    log "chDB $(python3 -c 'import chdb; print(chdb.__version__)') is installed"
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install python3 python3-pip
+  log "pip install ${CHDB_PACKAGES[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${CHDB_PACKAGES[@]}" 2>&1 | grep -v 'Running pip as' >&2 || true
+  python3 -c 'import chdb, lz4' || { log "FATAL: chDB could not be installed"; return 1; }
+}
+
 case "${1:-up}" in
-  up) start_nats; start_clickhouse ;;
+  up) start_nats; start_clickhouse; install_chdb ;;
   nats) start_nats ;;
   clickhouse) start_clickhouse ;;
-  *) echo "usage: $0 [up|nats|clickhouse]" >&2; exit 2 ;;
+  chdb) install_chdb ;;
+  *) echo "usage: $0 [up|nats|clickhouse|chdb]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ use gallop_processor::{
     Delta,
 };
 
-use crate::schema::{Granularity, Kind};
+use crate::schema::{Granularity, Kind, MAX_LEADERBOARD_K};
 
 /// How long position markers are kept where the server has TTL. A restart reads the newest
 /// marker; only a crash between an insert and its acknowledgement needs it, so a month is
@@ -198,7 +198,10 @@ fn write_leaderboard(
     if context.top_as_string {
         let state = top.to_state();
         write_bytes(out, &state);
-    } else {
+    } else if top.write_state_for(MAX_LEADERBOARD_K, out).is_err() {
+        // Unreachable: configured leaderboards have k ≤ MAX_LEADERBOARD_K (validated at
+        // start), so their counters always fit the column's topK. Were it reached, the
+        // server would refuse this state and the writer stop with its named error.
         top.write_state(out);
     }
     write_expiry(out, context, granularity, bucket);

@@ -188,6 +188,19 @@ impl Schema {
         }
     }
 
+    /// Type of the `expires` column. Current servers refuse a plain column outside the
+    /// sorting key of an `AggregatingMergeTree` (merges would keep an arbitrary value), so
+    /// where TTL is used it is a `SimpleAggregateFunction(max, …)`: rows merged from flushes
+    /// written under different retention settings keep the longest. Older servers take the
+    /// plain type, which has no TTL to feed there.
+    pub fn expires_type(&self) -> &'static str {
+        if self.features.ttl {
+            "SimpleAggregateFunction(max, DateTime('UTC'))"
+        } else {
+            "DateTime('UTC')"
+        }
+    }
+
     /// The columns of `aggregates` as `system.columns` reports them, in order.
     pub fn aggregates_columns(&self) -> Vec<(&'static str, String)> {
         let low = self.string_type().to_owned();
@@ -203,7 +216,7 @@ impl Schema {
             ("value_sum", "AggregateFunction(sum, Float64)".to_owned()),
             ("value_count", "AggregateFunction(sum, UInt64)".to_owned()),
             ("top", self.top_type()),
-            ("expires", "DateTime('UTC')".to_owned()),
+            ("expires", self.expires_type().to_owned()),
         ]
     }
 
@@ -231,6 +244,7 @@ mod tests {
         let sql = old.migrations()[0].statements[0].clone();
         assert!(sql.contains("site String") && !sql.contains("LowCardinality"), "{sql}");
         assert!(!sql.contains("TTL") && !sql.contains("deduplication"), "{sql}");
+        assert!(sql.contains("expires DateTime('UTC')"), "{sql}");
         assert!(sql.contains("top String"), "{sql}");
         assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS `g`.`aggregates`"), "{sql}");
         assert!(sql.contains("PARTITION BY tuple()"), "{sql}");
@@ -240,6 +254,7 @@ mod tests {
         assert!(sql.contains("site LowCardinality(String)") && sql.contains("dimension LowCardinality(String)"));
         assert!(sql.contains(" TTL expires ") && sql.contains("non_replicated_deduplication_window"), "{sql}");
         assert!(sql.contains("top AggregateFunction(topK(100), String)"), "{sql}");
+        assert!(sql.contains("expires SimpleAggregateFunction(max, DateTime('UTC'))"), "{sql}");
     }
 
     #[test]

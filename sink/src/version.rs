@@ -36,8 +36,9 @@ impl ServerVersion {
             // LowCardinality left its experimental flag in 19.x; 20.1 is the first release
             // line where it is on by default everywhere.
             low_cardinality: at_least(20, 1),
-            // Table TTL arrived in 19.6.
-            ttl: at_least(19, 6),
+            // Table TTL arrived in 19.6, SimpleAggregateFunction (the type of `expires`
+            // wherever TTL is used) in 19.8; 20.1 is the first release line with both for sure.
+            ttl: at_least(20, 1),
             // `insert_deduplication_token` (22.2) with `non_replicated_deduplication_window`.
             dedup_token: at_least(22, 2),
             // 18.16 re-reads stored topK states with its default capacity of 10 counters and
@@ -89,7 +90,7 @@ mod tests {
         let none = Features::default();
         let all = Features { low_cardinality: true, ttl: true, dedup_token: true, topk_states: true };
         check("18.16.1", Some((18, 16, 1)), none);
-        check("19.6.0", Some((19, 6, 0)), Features { ttl: true, ..none });
+        check("19.6.0", Some((19, 6, 0)), none);
         check("20.1.2.4", Some((20, 1, 2)), Features { ttl: true, low_cardinality: true, ..none });
         check("22.1.3", Some((22, 1, 3)), Features { ttl: true, low_cardinality: true, ..none });
         check("22.2", Some((22, 2, 0)), Features { topk_states: false, ..all });

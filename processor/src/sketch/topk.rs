@@ -306,6 +306,14 @@ impl TopK {
     /// Appends the raw state bytes (the value of an `AggregateFunction(topK(k), String)`
     /// column in RowBinary).
     pub fn write_state(&self, out: &mut Vec<u8>) {
+        self.write_counters(out);
+        write_varuint(self.alpha.len() as u64, out);
+        for &a in &self.alpha {
+            write_varuint(a, out);
+        }
+    }
+
+    fn write_counters(&self, out: &mut Vec<u8>) {
         write_varuint(self.order.len() as u64, out);
         for &id in &self.order {
             let c = &self.counters[id];
@@ -314,10 +322,39 @@ impl TopK {
             write_varuint(c.count, out);
             write_varuint(c.error, out);
         }
-        write_varuint(self.alpha.len() as u64, out);
-        for &a in &self.alpha {
+    }
+
+    /// Appends the state as a `topK(k)` state, for a column declared with another `k` than
+    /// this sketch's (Gallop's `top` column is `topK(100)` whatever each leaderboard's `k`).
+    /// Current servers (26.x) refuse a state whose alpha map is not sized for the column's
+    /// `k`, so the map is resized: a larger map gives slot `i` the alpha of slot
+    /// `i mod own size`, a smaller one keeps the maximum of the slots folded onto it, so every
+    /// key hash still sees at least the alpha it saw here. Fails when the counters do not fit
+    /// `topK(k)`.
+    pub fn write_state_for(&self, k: usize, out: &mut Vec<u8>) -> Result<(), SketchError> {
+        if k == 0 || k > MAX_K {
+            return Err(SketchError::TopKBadK { k, max: MAX_K });
+        }
+        let capacity = LOAD_FACTOR * k;
+        if self.order.len() > capacity {
+            return Err(SketchError::TopKTooManyCounters { count: self.order.len() as u64, capacity, k });
+        }
+        let size = next_alpha_size(capacity);
+        let mut alpha = vec![0u64; size];
+        for (i, &a) in self.alpha.iter().enumerate() {
+            let slot = &mut alpha[i & (size - 1)];
+            *slot = (*slot).max(a);
+        }
+        // Both sizes are powers of two; spreading repeats the own map across the larger one.
+        for i in self.alpha.len()..size {
+            alpha[i] = self.alpha[i & (self.alpha.len() - 1)];
+        }
+        self.write_counters(out);
+        write_varuint(size as u64, out);
+        for a in alpha {
             write_varuint(a, out);
         }
+        Ok(())
     }
 
     /// The raw state bytes as a new vector.
@@ -488,5 +525,30 @@ mod tests {
         let mut expected = vec![0u8, 64];
         expected.extend_from_slice(&stored);
         assert_eq!(t.to_state(), expected);
+    }
+
+    #[test]
+    fn a_state_resized_for_another_k_keeps_counters_and_alphas() {
+        let mut small = TopK::new(3).expect("valid k");
+        for i in 0..200u32 {
+            small.insert(format!("key{}", i % 40).as_bytes());
+        }
+        assert!(small.alpha.iter().any(|&a| a > 0), "evictions filled the alpha map");
+        let mut wide = Vec::new();
+        small.write_state_for(100, &mut wide).expect("9 counters fit topK(100)");
+        let read = TopK::read_state(100, &wide).expect("a valid topK(100) state");
+        assert_eq!(read.alpha.len(), next_alpha_size(300));
+        assert_eq!(read.len(), small.len());
+        assert_eq!(read.top()[..3], small.top()[..]);
+        // Every slot of the wide map holds the alpha its hash saw in the small one.
+        let mask = small.alpha.len() - 1;
+        assert!(read.alpha.iter().enumerate().all(|(i, &a)| a == small.alpha[i & mask]));
+        // Folding back onto the small size gives the original state.
+        assert_eq!(TopK::read_state(3, &wide).expect("folds").to_state(), small.to_state());
+        let mut same = Vec::new();
+        small.write_state_for(3, &mut same).expect("same k");
+        assert_eq!(same, small.to_state());
+        // Narrower: 9 counters do not fit topK(2).
+        assert!(matches!(small.write_state_for(2, &mut Vec::new()), Err(SketchError::TopKTooManyCounters { .. })));
     }
 }

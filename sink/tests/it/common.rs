@@ -6,7 +6,7 @@ use std::{
 };
 
 use gallop_config::{ClickHouseConfig, ProcessorConfig, TimeConfig};
-use gallop_event::EventRecord;
+use gallop_event::{encode_into, EventRecord};
 use gallop_processor::Processor;
 use gallop_sink::ClickHouse;
 
@@ -91,4 +91,13 @@ pub(crate) fn event(site: &str, ts: i64, name: &str, path: &str, visitor: u64) -
         visitor,
         ..EventRecord::default()
     }
+}
+
+/// `events` as one broker message (NDJSON).
+pub(crate) fn message(events: &[EventRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        encode_into(e, &mut out);
+    }
+    out
 }

@@ -3,5 +3,6 @@
 //! starts one). Each test works in a database of its own, dropped at the end.
 
 mod common;
+mod docs;
 mod migrate;
 mod write;

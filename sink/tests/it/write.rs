@@ -10,22 +10,14 @@ use std::{
     time::Duration,
 };
 
-use gallop_event::{encode_into, EventRecord};
+use gallop_event::EventRecord;
 use gallop_sink::{Reader, TimeRange, Writer, AGGREGATES_TABLE};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{event, processor, query, TestDb};
+use crate::common::{event, message, processor, query, TestDb};
 
 /// 2026-11-23 10:58:00 UTC, in ms.
 const T0: i64 = 1_795_431_480_000;
-
-fn message(events: &[EventRecord]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        encode_into(e, &mut out);
-    }
-    out
-}
 
 /// Events over four minutes across an hour boundary, on two partitions.
 fn sample() -> Vec<(u32, u64, Vec<EventRecord>)> {
@@ -244,7 +236,7 @@ async fn a_rejected_insert_is_a_fatal_error_not_a_retry_loop() {
     let db = TestDb::new("reject");
     let ch = db.migrated().await;
     let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
-    query(&format!("ALTER TABLE {table} DROP COLUMN expires"));
+    query(&format!("ALTER TABLE {table} DROP COLUMN `top`"));
     let writer = Writer::new(ch, "EVENTS", &db.config);
     let mut processor = processor();
     processor.process_message(0, 1, &message(&[event("r.test", T0, "pageview", "/", 1)]), T0).expect("not full");
