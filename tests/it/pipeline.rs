@@ -277,7 +277,14 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline whose front is `gallop ingest`; processors are started separately.
     async fn start(clickhouse_url: String) -> Self {
+        Self::start_as(clickhouse_url, &["ingest"], "gateway listening").await
+    }
+
+    /// A pipeline whose front is `gallop <args>`, ready once it logs `ready` with the
+    /// gateway's address.
+    async fn start_as(clickhouse_url: String, args: &[&str], ready: &str) -> Self {
         let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let mut this = Self {
             stream: format!("GALLOP_E2E_{tag}"),
@@ -289,7 +296,7 @@ impl Pipeline {
             address: String::new(),
             processors: Vec::new(),
         };
-        let (child, address) = this.spawn(&["ingest"], &[], Some("gateway listening")).await;
+        let (child, address) = this.spawn(args, &[], Some(ready)).await;
         this.gateway = Some(child);
         this.address = address.expect("gateway address");
         this
@@ -423,6 +430,26 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// Messages of every durable consumer not yet acknowledged: (ack pending, not yet
+    /// delivered), summed over the partitions; panics if a partition has no consumer.
+    async fn unacknowledged(&self) -> (u64, u64) {
+        let client = async_nats::connect(nats_url()).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(&self.stream).await.expect("stream");
+        let mut total = (0, 0);
+        for p in 0..8 {
+            let name = format!("e2e-{}-{p}", self.tag);
+            let mut consumer = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await
+                .unwrap_or_else(|e| panic!("consumer {name}: {e}"));
+            let info = consumer.info().await.expect("consumer info");
+            total.0 += info.num_ack_pending as u64;
+            total.1 += info.num_pending;
+        }
+        total
     }
 
     /// Delivery state of every durable consumer, for failure messages.
@@ -742,4 +769,63 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice() {
     sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
+}
+
+/// Sends SIGTERM to `child` and returns its exit code once it exits (at most 30 s).
+async fn terminate(child: &mut Child) -> Option<i32> {
+    let pid = child.id().expect("still running").to_string();
+    let signalled = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(signalled.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s of SIGTERM")
+        .expect("wait");
+    status.code()
+}
+
+/// The value of the Prometheus sample `name` (with its labels) at `address`'s /metrics.
+async fn metric(address: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_flushes_acknowledges_and_exits_zero() {
+    let pipeline = Pipeline::start(clickhouse_url()).await;
+    // Nothing would flush for an hour: whatever lands, lands because of SIGTERM.
+    let never = [
+        ("GALLOP_PROCESSOR__FLUSH_INTERVAL", "1h".to_owned()),
+        ("GALLOP_PROCESSOR__FLUSH_KEYS", "100000000".to_owned()),
+        ("GALLOP_PROCESSOR__MAX_LIVE_KEYS", "100000000".to_owned()),
+        ("GALLOP_CONSUMER__ACK_WAIT", "60s".to_owned()),
+    ];
+    let (mut processor, metrics) = pipeline.spawn(&["process"], &never, Some("listening")).await;
+    let metrics = metrics.expect("metrics address");
+    let sent = generate(5, 20_000, now_ms(), 10);
+    send(&pipeline.address, &sent).await;
+    let counted = r#"gallop_events_total{outcome="counted"}"#;
+    let started = Instant::now();
+    while metric(&metrics, counted).await != Some(sent.len() as f64) {
+        assert!(started.elapsed() < Duration::from_secs(60), "processor counted {:?}", metric(&metrics, counted).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&metrics, "gallop_flushes_total").await, Some(0.0), "nothing flushed before SIGTERM");
+    assert_eq!(pipeline.unacknowledged().await.1, 0, "every message delivered");
+    assert!(pipeline.unacknowledged().await.0 > 0, "and held unacknowledged until stored");
+
+    assert_eq!(terminate(&mut processor).await, Some(0), "SIGTERM is a clean stop");
+    assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
+    pipeline.check(&sent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gallop_run_ingests_processes_and_stops_cleanly() {
+    let mut pipeline = Pipeline::start_as(clickhouse_url(), &["run"], "listening").await;
+    let sent = generate(6, 20_000, now_ms(), 10);
+    send(&pipeline.address, &sent).await;
+    pipeline.wait_for(sent.len()).await;
+    let mut run = pipeline.gateway.take().expect("gallop run");
+    assert_eq!(terminate(&mut run).await, Some(0), "SIGTERM is a clean stop");
+    assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
+    pipeline.check(&sent).await;
 }
