@@ -2,6 +2,7 @@
 //! the same configuration (defaults < `gallop.toml` < `GALLOP_*` environment).
 
 mod bench;
+mod bench_pipeline;
 mod commands;
 mod logging;
 mod process;
@@ -53,6 +54,8 @@ enum Command {
 enum BenchCommand {
     /// The processor core and traqq 0.2.0 side by side on one synthetic stream.
     Process(bench::ProcessBench),
+    /// The whole pipeline on this machine (gateway, NATS, processor, ClickHouse) end to end.
+    Pipeline(bench_pipeline::PipelineBench),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
         Command::Bench(BenchCommand::Process(options)) => bench::process(&options, &config.processor, &config.time),
+        Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
         Command::Ingest => {
             logging::init(&config.log, cli.log_json);
             commands::ingest(config)

@@ -1,0 +1,587 @@
+//! `gallop bench pipeline`: the whole pipeline on this machine, measured end to end.
+//!
+//! `gallop ingest` and `gallop process` run as child processes (so each one's CPU time can
+//! be read from /proc) against the configured NATS and ClickHouse, in a stream and a
+//! database of their own. This process sends the synthetic stream of `gallop bench process`
+//! over HTTP (`POST /v1/events`) as fast as the gateway takes it, and watches ClickHouse
+//! until every event has landed. It prints the sustained rate, the lag behind real time,
+//! the CPU split between gateway, NATS, processor, ClickHouse and itself, and the rows and
+//! bytes ClickHouse holds per million events.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _};
+use gallop_bench::synth::{generate, SynthConfig};
+use gallop_config::Config;
+use gallop_event::EventRecord;
+use gallop_sink::{ClickHouse, AGGREGATES_TABLE};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// Options of `gallop bench pipeline`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PipelineBench {
+    /// Events to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// HTTP requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seed of the synthetic stream.
+    #[arg(long, default_value_t = 0x006a_110b)]
+    seed: u64,
+    /// Give up when not every event has landed this many seconds after the start.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Keep the bench's stream and database afterwards (for a look in ClickHouse).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// User-Agents the load rotates through (the gateway derives browser, OS and device).
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+];
+/// Countries the load sends in the gateway's country header.
+const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "GB", "NL"];
+/// HitKeep's published storage per million raw hits, the reference of the storage figure.
+const HITKEEP_BYTES_PER_MILLION: f64 = 120.0 * 1_000_000.0;
+
+/// One HTTP request's worth of events, ready to send.
+struct Request {
+    body: Vec<u8>,
+    events: u64,
+    user_agent: &'static str,
+    country: &'static str,
+}
+
+/// Runs the benchmark with the loaded `config` (`config_path` is passed on to the children).
+pub(crate) fn pipeline(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    if options.events == 0 || options.batch == 0 || options.concurrency == 0 {
+        bail!("--events, --batch and --concurrency must be at least 1");
+    }
+    if options.batch > config.ingest.limits.max_batch_events {
+        bail!(
+            "--batch {} is above ingest.limits.max_batch_events ({})",
+            options.batch,
+            config.ingest.limits.max_batch_events
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?
+        .block_on(run(options, config, config_path))
+}
+
+async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let tag = format!("{:x}{:x}", std::process::id(), now % 1_000_000_000);
+    let bench = Bench::new(&tag, config, config_path);
+
+    // Events of the last five minutes: on time for the processor, however long the run.
+    let synth = SynthConfig {
+        seed: options.seed,
+        events: options.events,
+        start_ms: now - 300_000,
+        span_ms: 300_000,
+        ..SynthConfig::default()
+    };
+    let requests = requests(&synth, options.batch);
+    let body_bytes: usize = requests.iter().map(|r| r.body.len()).sum();
+    println!(
+        "gallop bench pipeline: {} events ({} visitors, {} pages, {} referrers, {} sites) in {} requests of {} \
+         ({:.0} bytes/event of JSON), {} in flight",
+        options.events,
+        synth.visitors,
+        synth.pages,
+        synth.referrers,
+        synth.sites,
+        requests.len(),
+        options.batch,
+        body_bytes as f64 / options.events as f64,
+        options.concurrency
+    );
+    println!(
+        "processor: flush every {:?} or {} keys; ClickHouse {}; NATS {}",
+        config.processor.flush_interval, config.processor.flush_keys, config.clickhouse.url, config.nats.url
+    );
+
+    let result = bench.measure(options, config, requests).await;
+    bench.clean_up(options.keep).await;
+    result
+}
+
+/// The children, names and services of one run.
+struct Bench {
+    tag: String,
+    stream: String,
+    bucket: String,
+    database: String,
+    nats_url: String,
+    clickhouse: gallop_config::ClickHouseConfig,
+    config_path: Option<PathBuf>,
+}
+
+impl Bench {
+    fn new(tag: &str, config: &Config, config_path: Option<PathBuf>) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            stream: format!("GALLOP_BENCH_{tag}"),
+            bucket: format!("gallop_bench_{tag}"),
+            database: format!("gallop_bench_{tag}"),
+            nats_url: config.nats.url.clone(),
+            clickhouse: gallop_config::ClickHouseConfig {
+                database: format!("gallop_bench_{tag}"),
+                ..config.clickhouse.clone()
+            },
+            config_path,
+        }
+    }
+
+    /// `gallop <command>` on this bench's stream and database; returns the child and the
+    /// address it logged as listening.
+    async fn spawn(&self, command: &str) -> anyhow::Result<(Child, String)> {
+        let exe = std::env::current_exe().context("finding the gallop binary")?;
+        let mut cmd = Command::new(exe);
+        if let Some(path) = &self.config_path {
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("--log-json")
+            .arg(command)
+            .env("GALLOP_LOG__FILTER", "info")
+            .env_remove("RUST_LOG")
+            .env("GALLOP_NATS__STREAM", &self.stream)
+            .env("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-bench-{}", self.tag))
+            .env("GALLOP_NATS__SALT_BUCKET", &self.bucket)
+            .env("GALLOP_NATS__MAX_AGE", "1h")
+            .env("GALLOP_INGEST__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_INGEST__COUNTRY_HEADER", "X-Country")
+            .env("GALLOP_CONSUMER__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_CONSUMER__DURABLE_PREFIX", format!("bench-{}", self.tag))
+            .env("GALLOP_CLICKHOUSE__DATABASE", &self.database)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting gallop {command}"))?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let message = entry["fields"]["message"].as_str().unwrap_or_default();
+                if message == "listening" || message == "gateway listening" {
+                    return Ok(entry["fields"]["address"].as_str().unwrap_or_default().to_owned());
+                }
+                if entry["level"] == "ERROR" {
+                    bail!("gallop {command}: {line}");
+                }
+            }
+            bail!("gallop {command} exited before listening")
+        })
+        .await
+        .with_context(|| format!("gallop {command} did not start within 60 s"))??;
+        let label = command.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
+                    eprintln!("[gallop {label}] {line}");
+                }
+            }
+        });
+        Ok((child, address))
+    }
+
+    async fn measure(&self, options: &PipelineBench, config: &Config, requests: Vec<Request>) -> anyhow::Result<()> {
+        let ticks = clock_ticks_per_second();
+        let (mut processor, _) = self.spawn("process").await?;
+        let (mut gateway, address) = self.spawn("ingest").await?;
+        let clickhouse = ClickHouse::connect(&self.clickhouse).await?;
+        let table = clickhouse.schema().table(AGGREGATES_TABLE);
+        let landed_sql = format!(
+            "SELECT sumMerge(events) AS n FROM {table} WHERE kind = 'rollup' AND granularity = 'minute' AND dimension = 'total'"
+        );
+
+        let pids = Pids {
+            gateway: gateway.id().context("gateway running")?,
+            processor: processor.id().context("processor running")?,
+            nats: find_process("nats-server"),
+            clickhouse: find_process("clickhouse-serv"),
+            this: std::process::id(),
+        };
+        let cpu_before = pids.cpu(ticks);
+        let started = Instant::now();
+        let total = requests.len();
+        let accepted = Arc::new(Mutex::new(vec![(0.0f64, 0u64)]));
+        let sender = send_all(address, requests, options.concurrency, started, accepted.clone());
+
+        // Sample the landed count until everything is there.
+        let mut samples: Vec<(f64, u64)> = Vec::new();
+        let mut sender = Some(tokio::spawn(sender));
+        let mut sent_at = None;
+        let deadline = Duration::from_secs(options.timeout_secs);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let landed = landed(&clickhouse, &landed_sql).await;
+            samples.push((started.elapsed().as_secs_f64(), landed));
+            if sender.as_ref().is_some_and(|s| s.is_finished()) {
+                if let Some(finished) = sender.take() {
+                    finished.await.context("sender task")??;
+                    sent_at = accepted.lock().ok().and_then(|a| a.last().map(|l| l.0));
+                }
+            }
+            if sent_at.is_some() && landed >= options.events as u64 {
+                break;
+            }
+            if started.elapsed() > deadline {
+                bail!("only {landed} of {} events landed in {} s", options.events, options.timeout_secs);
+            }
+            if let Some(status) = processor.try_wait()? {
+                bail!("gallop process exited: {status}");
+            }
+            if let Some(status) = gateway.try_wait()? {
+                bail!("gallop ingest exited: {status}");
+            }
+        }
+        let sent_at = sent_at.unwrap_or_default();
+        let (done_at, landed_total) = *samples.last().unwrap_or(&(0.0, 0));
+        let cpu_after = pids.cpu(ticks);
+        if landed_total != options.events as u64 {
+            bail!("ClickHouse holds {landed_total} events, {} were sent", options.events);
+        }
+
+        // Lag: how long ago the landed events had been accepted by the gateway.
+        let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut lags: Vec<f64> = samples
+            .iter()
+            .filter(|&&(t, landed)| landed > 0 && t <= sent_at)
+            .map(|&(t, landed)| t - accepted_at(&accepted, landed))
+            .collect();
+        lags.sort_by(f64::total_cmp);
+
+        let n = options.events as f64;
+        println!();
+        println!(
+            "sent:   {} events in {:.2} s → {:.0} events/s accepted by the gateway ({} requests)",
+            options.events,
+            sent_at,
+            n / sent_at,
+            total
+        );
+        println!(
+            "landed: all {} in ClickHouse {:.2} s after the first request → {:.0} events/s end to end",
+            options.events,
+            done_at,
+            n / done_at
+        );
+        if let (Some(median), Some(max)) = (lags.get(lags.len() / 2), lags.last()) {
+            println!(
+                "lag behind the gateway while sending: median {median:.1} s, max {max:.1} s; last event landed {:.1} s \
+                 after the last request (sampled every 0.5 s; flush interval {:?})",
+                done_at - sent_at,
+                config.processor.flush_interval
+            );
+        }
+        let used = |f: fn(&Cpu) -> Option<f64>| match (f(&cpu_before), f(&cpu_after)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let parts: [(&str, Option<f64>); 5] = [
+            ("gateway (gallop ingest)", used(|c| c.gateway)),
+            ("NATS (nats-server)", used(|c| c.nats)),
+            ("processor (gallop process)", used(|c| c.processor)),
+            ("ClickHouse (clickhouse-server)", used(|c| c.clickhouse)),
+            ("load generator (this process)", used(|c| c.this)),
+        ];
+        let busy: f64 = parts.iter().filter_map(|p| p.1).sum();
+        println!(
+            "CPU over the {done_at:.1} s run: {busy:.1} CPU-seconds = {:.2} cores busy of {}",
+            busy / done_at,
+            std::thread::available_parallelism().map_or(0, |p| p.get())
+        );
+        for (name, seconds) in parts {
+            match seconds {
+                Some(s) => {
+                    println!("  {name:<32} {s:>7.2} s  {:>5.1} %  {:>8.2} µs/event", 100.0 * s / busy, s * 1e6 / n)
+                }
+                None => println!("  {name:<32} (process not found on this machine)"),
+            }
+        }
+        self.storage(&clickhouse, n).await?;
+
+        let _ = terminate(&mut gateway).await;
+        let _ = terminate(&mut processor).await;
+        Ok(())
+    }
+
+    /// Rows and bytes in ClickHouse and in the stream, per million events.
+    async fn storage(&self, clickhouse: &ClickHouse, events: f64) -> anyhow::Result<()> {
+        #[derive(Deserialize)]
+        struct Parts {
+            rows: u64,
+            parts: u64,
+            compressed: u64,
+            uncompressed: u64,
+        }
+        let parts_sql = format!(
+            "SELECT sum(rows) AS rows, count() AS parts, sum(data_compressed_bytes) AS compressed, \
+             sum(data_uncompressed_bytes) AS uncompressed FROM system.parts \
+             WHERE database = '{}' AND table = '{AGGREGATES_TABLE}' AND active",
+            self.database
+        );
+        let per_million = events / 1_000_000.0;
+        let show = |label: &str, p: &Parts| {
+            println!(
+                "  {label:<24} {:>9.0} rows/M events, {:>7.2} MB/M compressed ({:.2} MB/M uncompressed), {} parts; \
+                 HitKeep's raw hits: 120 MB/M → {:.0}× smaller",
+                p.rows as f64 / per_million,
+                p.compressed as f64 / per_million / 1e6,
+                p.uncompressed as f64 / per_million / 1e6,
+                p.parts,
+                HITKEEP_BYTES_PER_MILLION / (p.compressed as f64 / per_million).max(1.0)
+            )
+        };
+        println!("ClickHouse storage (table aggregates, rollups at minute + hour + day, leaderboards, markers):");
+        let written = clickhouse.fetch::<Parts>(&parts_sql).await?;
+        if let Some(p) = written.first() {
+            show("as written:", p);
+        }
+        clickhouse.execute(&format!("OPTIMIZE TABLE {} FINAL", clickhouse.schema().table(AGGREGATES_TABLE))).await?;
+        let merged = clickhouse.fetch::<Parts>(&parts_sql).await?;
+        if let Some(p) = merged.first() {
+            show("after OPTIMIZE FINAL:", p);
+        }
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let js = async_nats::jetstream::new(client);
+            if let Ok(mut stream) = js.get_stream(&self.stream).await {
+                if let Ok(info) = stream.info().await {
+                    println!(
+                        "NATS stream (the raw events, kept for nats.max_age): {:.1} MB/M events in {} messages",
+                        info.state.bytes as f64 / per_million / 1e6,
+                        info.state.messages
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn clean_up(&self, keep: bool) {
+        if keep {
+            println!("kept: stream {} and database {}", self.stream, self.database);
+            return;
+        }
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(&self.stream).await;
+            let _ = js.delete_stream(format!("KV_{}", self.bucket)).await;
+        }
+        if let Ok(clickhouse) = ClickHouse::connect(&self.clickhouse).await {
+            let _ = clickhouse.execute(&format!("DROP DATABASE IF EXISTS `{}`", self.database)).await;
+        }
+    }
+}
+
+/// The events of `synth` as `/v1/events` request bodies of `batch` events each.
+fn requests(synth: &SynthConfig, batch: usize) -> Vec<Request> {
+    let records: Vec<EventRecord> = generate(synth).collect();
+    records
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let events: Vec<serde_json::Value> = chunk.iter().map(raw_event).collect();
+            Request {
+                // Serializing plain JSON values cannot fail.
+                body: serde_json::to_vec(&events).unwrap_or_default(),
+                events: chunk.len() as u64,
+                user_agent: USER_AGENTS[i % USER_AGENTS.len()],
+                country: COUNTRIES[i % COUNTRIES.len()],
+            }
+        })
+        .collect()
+}
+
+/// A synthetic record as a client sends it to `/v1/events`.
+fn raw_event(r: &EventRecord) -> serde_json::Value {
+    let mut url = format!("https://{}{}", r.host, r.path);
+    if !r.utm_source.is_empty() {
+        url.push_str(&format!(
+            "?utm_source={}&utm_medium={}&utm_campaign={}",
+            r.utm_source, r.utm_medium, r.utm_campaign
+        ));
+    }
+    let mut event = serde_json::json!({
+        "id": r.id,
+        "site": r.site,
+        "name": r.name,
+        "url": url,
+        "timestamp": r.ts,
+        "visitor": format!("{:016x}", r.visitor),
+    });
+    if !r.referrer.is_empty() {
+        event["referrer"] = r.referrer.clone().into();
+    }
+    if !r.props.is_empty() {
+        event["props"] = serde_json::json!(r.props);
+    }
+    if let Some(value) = r.value {
+        event["value"] = value.into();
+        event["currency"] = r.currency.clone().into();
+    }
+    event
+}
+
+/// Sends every request, `concurrency` at a time, retrying 503s; records the cumulative
+/// accepted events with their time.
+async fn send_all(
+    address: String,
+    requests: Vec<Request>,
+    concurrency: usize,
+    started: Instant,
+    accepted: Arc<Mutex<Vec<(f64, u64)>>>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/v1/events");
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, requests, next, count, accepted) =
+            (client.clone(), url.clone(), requests.clone(), next.clone(), count.clone(), accepted.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(request) = requests.get(i) else { return Ok::<(), anyhow::Error>(()) };
+                loop {
+                    let response = client
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .header("User-Agent", request.user_agent)
+                        .header("X-Country", request.country)
+                        .body(request.body.clone())
+                        .send()
+                        .await
+                        .context("sending to the gateway")?;
+                    match response.status().as_u16() {
+                        202 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        status => bail!("gateway answered {status}: {}", response.text().await.unwrap_or_default()),
+                    }
+                }
+                let total = count.fetch_add(request.events, Ordering::Relaxed) + request.events;
+                if let Ok(mut a) = accepted.lock() {
+                    a.push((started.elapsed().as_secs_f64(), total));
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.context("sender worker")??;
+    }
+    Ok(())
+}
+
+/// Events ClickHouse holds (0 while the table does not exist yet).
+async fn landed(clickhouse: &ClickHouse, sql: &str) -> u64 {
+    #[derive(Deserialize)]
+    struct Row {
+        n: u64,
+    }
+    clickhouse.fetch::<Row>(sql).await.ok().and_then(|rows| rows.first().map(|r| r.n)).unwrap_or(0)
+}
+
+/// When the gateway had accepted at least `events` (seconds since the start).
+fn accepted_at(accepted: &[(f64, u64)], events: u64) -> f64 {
+    let i = accepted.partition_point(|&(_, n)| n < events);
+    accepted.get(i).or(accepted.last()).map_or(0.0, |a| a.0)
+}
+
+/// Processes whose CPU time is measured.
+struct Pids {
+    gateway: u32,
+    processor: u32,
+    nats: Option<u32>,
+    clickhouse: Option<u32>,
+    this: u32,
+}
+
+/// CPU seconds (user + system) of each measured process.
+struct Cpu {
+    gateway: Option<f64>,
+    processor: Option<f64>,
+    nats: Option<f64>,
+    clickhouse: Option<f64>,
+    this: Option<f64>,
+}
+
+impl Pids {
+    fn cpu(&self, ticks: f64) -> Cpu {
+        let of = |pid: Option<u32>| pid.and_then(|p| cpu_seconds(p, ticks));
+        Cpu {
+            gateway: of(Some(self.gateway)),
+            processor: of(Some(self.processor)),
+            nats: of(self.nats),
+            clickhouse: of(self.clickhouse),
+            this: of(Some(self.this)),
+        }
+    }
+}
+
+/// utime + stime of `pid` and all its threads, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (`state`).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// The oldest process whose command name is `comm` (as /proc shows it, at most 15 bytes).
+fn find_process(comm: &str) -> Option<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .collect();
+    pids.sort_unstable();
+    pids.first().copied()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 where that fails).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// SIGTERM, then wait up to 30 s.
+async fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    }
+    Ok(())
+}
