@@ -39,8 +39,16 @@ pub(crate) struct PipelineBench {
     #[arg(long, default_value_t = 1000)]
     batch: usize,
     /// HTTP requests in flight.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Offered load in events per second (0: as fast as the gateway accepts). At a fixed
+    /// rate the lag shows whether the pipeline keeps up with it.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Event-time span of the stream in minutes, ending now; must stay inside
+    /// `time.allowed_lateness`. Fewer events per minute means more rows per event.
+    #[arg(long, default_value_t = 5)]
+    span_minutes: i64,
     /// Seed of the synthetic stream.
     #[arg(long, default_value_t = 0x006a_110b)]
     seed: u64,
@@ -77,6 +85,14 @@ pub(crate) fn pipeline(options: &PipelineBench, config: &Config, config_path: Op
     if options.events == 0 || options.batch == 0 || options.concurrency == 0 {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
+    let span = Duration::from_secs(u64::try_from(options.span_minutes).unwrap_or(0) * 60);
+    if span.is_zero() || span >= config.time.allowed_lateness {
+        bail!(
+            "--span-minutes {} must be at least 1 and below time.allowed_lateness ({:?})",
+            options.span_minutes,
+            config.time.allowed_lateness
+        );
+    }
     if options.batch > config.ingest.limits.max_batch_events {
         bail!(
             "--batch {} is above ingest.limits.max_batch_events ({})",
@@ -96,20 +112,24 @@ async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathB
     let tag = format!("{:x}{:x}", std::process::id(), now % 1_000_000_000);
     let bench = Bench::new(&tag, config, config_path);
 
-    // Events of the last five minutes: on time for the processor, however long the run.
+    // Events of the last minutes: on time for the processor, however long the run.
+    let span_ms = options.span_minutes * 60_000;
     let synth = SynthConfig {
         seed: options.seed,
         events: options.events,
-        start_ms: now - 300_000,
-        span_ms: 300_000,
+        start_ms: now - span_ms,
+        span_ms,
         ..SynthConfig::default()
     };
     let requests = requests(&synth, options.batch);
     let body_bytes: usize = requests.iter().map(|r| r.body.len()).sum();
+    let offered =
+        if options.rate > 0 { format!("{} events/s offered", options.rate) } else { "as fast as accepted".to_owned() };
     println!(
-        "gallop bench pipeline: {} events ({} visitors, {} pages, {} referrers, {} sites) in {} requests of {} \
-         ({:.0} bytes/event of JSON), {} in flight",
+        "gallop bench pipeline: {} events over the last {} minutes ({} visitors, {} pages, {} referrers, {} sites) in {} requests of {} \
+         ({:.0} bytes/event of JSON), {} in flight, {offered}",
         options.events,
+        options.span_minutes,
         synth.visitors,
         synth.pages,
         synth.referrers,
@@ -230,7 +250,8 @@ impl Bench {
         let started = Instant::now();
         let total = requests.len();
         let accepted = Arc::new(Mutex::new(vec![(0.0f64, 0u64)]));
-        let sender = send_all(address, requests, options.concurrency, started, accepted.clone());
+        let pace = (options.rate > 0).then(|| Duration::from_secs_f64(options.batch as f64 / options.rate as f64));
+        let sender = send_all(address, requests, options.concurrency, pace, started, accepted.clone());
 
         // Sample the landed count until everything is there.
         let mut samples: Vec<(f64, u64)> = Vec::new();
@@ -291,6 +312,21 @@ impl Bench {
             done_at,
             n / done_at
         );
+        // Sustained rate: events that landed between the first and the last flush seen
+        // while the gateway was still accepting, over the time between them (the run's
+        // start-up and final flush interval left out).
+        let steps: Vec<(f64, u64)> =
+            samples.windows(2).filter(|w| w[1].1 > w[0].1 && w[1].0 <= sent_at + 0.5).map(|w| w[1]).collect();
+        if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
+            if last.0 > first.0 {
+                println!(
+                    "sustained: {:.0} events/s landed between the flushes at {:.1} s and {:.1} s",
+                    (last.1 - first.1) as f64 / (last.0 - first.0),
+                    first.0,
+                    last.0
+                );
+            }
+        }
         if let (Some(median), Some(max)) = (lags.get(lags.len() / 2), lags.last()) {
             println!(
                 "lag behind the gateway while sending: median {median:.1} s, max {max:.1} s; last event landed {:.1} s \
@@ -401,21 +437,22 @@ impl Bench {
 
 /// The events of `synth` as `/v1/events` request bodies of `batch` events each.
 fn requests(synth: &SynthConfig, batch: usize) -> Vec<Request> {
-    let records: Vec<EventRecord> = generate(synth).collect();
-    records
-        .chunks(batch)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let events: Vec<serde_json::Value> = chunk.iter().map(raw_event).collect();
-            Request {
-                // Serializing plain JSON values cannot fail.
-                body: serde_json::to_vec(&events).unwrap_or_default(),
-                events: chunk.len() as u64,
-                user_agent: USER_AGENTS[i % USER_AGENTS.len()],
-                country: COUNTRIES[i % COUNTRIES.len()],
-            }
-        })
-        .collect()
+    let mut records = generate(synth);
+    let mut requests = Vec::with_capacity(synth.events.div_ceil(batch));
+    loop {
+        let events: Vec<serde_json::Value> = records.by_ref().take(batch).map(|r| raw_event(&r)).collect();
+        if events.is_empty() {
+            return requests;
+        }
+        let i = requests.len();
+        requests.push(Request {
+            // Serializing plain JSON values cannot fail.
+            body: serde_json::to_vec(&events).unwrap_or_default(),
+            events: events.len() as u64,
+            user_agent: USER_AGENTS[i % USER_AGENTS.len()],
+            country: COUNTRIES[i % COUNTRIES.len()],
+        });
+    }
 }
 
 /// A synthetic record as a client sends it to `/v1/events`.
@@ -448,12 +485,13 @@ fn raw_event(r: &EventRecord) -> serde_json::Value {
     event
 }
 
-/// Sends every request, `concurrency` at a time, retrying 503s; records the cumulative
-/// accepted events with their time.
+/// Sends every request, `concurrency` at a time (request `i` not before `i · pace` when
+/// paced), retrying 503s; records the cumulative accepted events with their time.
 async fn send_all(
     address: String,
     requests: Vec<Request>,
     concurrency: usize,
+    pace: Option<Duration>,
     started: Instant,
     accepted: Arc<Mutex<Vec<(f64, u64)>>>,
 ) -> anyhow::Result<()> {
@@ -470,6 +508,9 @@ async fn send_all(
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(request) = requests.get(i) else { return Ok::<(), anyhow::Error>(()) };
+                if let Some(pace) = pace {
+                    tokio::time::sleep_until((started + pace * i as u32).into()).await;
+                }
                 loop {
                     let response = client
                         .post(&url)
