@@ -292,8 +292,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
 /// Decodes every record of a message as a borrowed view; a bad line yields an error and
 /// decoding goes on (the same rules as [`crate::decode_message`]).
 pub fn decode_message_view(payload: &[u8]) -> impl Iterator<Item = Result<EventView<'_>, DecodeError>> + '_ {
-    non_blank_lines(payload).map(|(index, line)| {
-        let view: EventView<'_> = serde_json::from_slice(line).map_err(|source| DecodeError::Json { index, source })?;
+    // One vectorized UTF-8 check of the whole message instead of one per string; a message
+    // that fails it is decoded line by line from bytes, so only the bad line is refused.
+    let text = std::str::from_utf8(payload).ok();
+    non_blank_lines(payload).map(move |(index, line)| {
+        // A line is a sub-slice of the payload cut at b'\n' (ASCII): in valid UTF-8 text its
+        // ends are char boundaries, so slicing the text there yields exactly its bytes.
+        let start = line.as_ptr() as usize - payload.as_ptr() as usize;
+        let parsed = match text.and_then(|text| text.get(start..start + line.len())) {
+            Some(line) => serde_json::from_str::<EventView<'_>>(line),
+            None => serde_json::from_slice::<EventView<'_>>(line),
+        };
+        let view = parsed.map_err(|source| DecodeError::Json { index, source })?;
         check_version(index, view.v)?;
         Ok(view)
     })
@@ -344,6 +354,23 @@ mod tests {
                 (Err(DecodeError::Json { index: a, .. }), Err(DecodeError::Json { index: b, .. })) => assert_eq!(a, b),
                 other => panic!("decoders disagree: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_line_of_invalid_utf8_is_refused_alone() {
+        let mut r = EventRecord::new();
+        r.site = "caf\u{e9}.example".into();
+        r.name = "pageview".into();
+        let mut payload = Vec::new();
+        encode_into(&r, &mut payload);
+        payload.extend_from_slice(b"{\"v\":1,\"site\":\"\xff\"}\n");
+        encode_into(&r, &mut payload);
+        let views: Vec<_> = decode_message_view(&payload).collect();
+        assert_eq!(views.len(), 3);
+        assert!(matches!(views[1], Err(DecodeError::Json { index: 1, .. })), "{:?}", views[1]);
+        for view in [&views[0], &views[2]] {
+            assert_eq!(view.as_ref().map(|v| v.site.as_ref()).ok(), Some("caf\u{e9}.example"));
         }
     }
 
