@@ -54,7 +54,9 @@ pub struct UniqHll12 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Repr {
-    Small(Small),
+    // Both boxed: a sketch is one pointer wide, so a cell holds it inline and reaches
+    // either form in one hop.
+    Small(Box<Small>),
     Large(Box<Large>),
 }
 
@@ -192,7 +194,7 @@ impl Large {
 impl UniqHll12 {
     /// An empty sketch (the state of `uniqHLL12State` over no rows: bytes `00 00`).
     pub fn new() -> Self {
-        Self { repr: Repr::Small(Small { len: 0, keys: [0; SMALL_CAPACITY] }) }
+        Self { repr: Repr::Small(Box::new(Small { len: 0, keys: [0; SMALL_CAPACITY] })) }
     }
 
     /// Adds a `UInt64` argument, as `uniqHLL12(x)` does for a `UInt64` column.
@@ -307,7 +309,7 @@ impl UniqHll12 {
                     small.keys[small.len] = key;
                     small.len += 1;
                 }
-                Self { repr: Repr::Small(small) }
+                Self { repr: Repr::Small(Box::new(small)) }
             }
             1 => {
                 let mut large = Box::new(Large::new());
