@@ -177,7 +177,10 @@ async fn pull_forever(
 ) {
     let partition = source.partition;
     let mut backoff = Duration::from_millis(100);
-    let mut last_consumer_sequence: Option<u64> = None;
+    // The consumer was just created (`open` recreates it), so its deliveries are numbered
+    // from 1 and even the first one is checked: deliveries lost before it must not be
+    // skipped over, or acknowledging a later message would acknowledge them too.
+    let mut sequence = DeliverySequence::fresh();
     loop {
         let messages =
             consumer.stream().max_messages_per_batch(source.batch).heartbeat(Duration::from_secs(5)).messages().await;
@@ -208,14 +211,13 @@ async fn pull_forever(
                     continue;
                 }
             };
-            if last_consumer_sequence.is_some_and(|last| consumer_sequence != last + 1) {
+            if !sequence.follows(consumer_sequence) {
                 // Deliveries went missing (a batch lost with a connection): start over right
                 // after what was forwarded, so the order stays intact.
                 warn!(partition, forwarded, consumer_sequence, "gap in deliveries; recreating the consumer");
                 gap = true;
                 break;
             }
-            last_consumer_sequence = Some(consumer_sequence);
             let payload = message.message.payload.clone();
             let delivery = Delivery { partition, position, payload, delivered, pending, acker: Acker(message) };
             forwarded = forwarded.max(position);
@@ -229,12 +231,54 @@ async fn pull_forever(
             match source.recreate(forwarded).await {
                 Ok(fresh) => {
                     consumer = fresh;
-                    last_consumer_sequence = None;
+                    sequence = DeliverySequence::fresh();
                 }
                 Err(reason) => warn!(partition, %reason, "cannot recreate the consumer; retrying"),
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The consumer sequence numbers of one durable consumer's deliveries, which must go up by
+/// one: a skip means deliveries went missing on the way (a pull's batch lost with its
+/// subscription or dropped by the client while the processor applied backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeliverySequence {
+    last: u64,
+}
+
+impl DeliverySequence {
+    /// For a consumer just created: its first delivery is number 1.
+    fn fresh() -> Self {
+        Self { last: 0 }
+    }
+
+    /// Whether delivery number `sequence` comes right after the last one; if so it becomes
+    /// the last one.
+    fn follows(&mut self, sequence: u64) -> bool {
+        if sequence == self.last + 1 {
+            self.last = sequence;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliverySequence;
+
+    #[test]
+    fn deliveries_must_come_one_after_another_from_the_first() {
+        let mut sequence = DeliverySequence::fresh();
+        assert!(sequence.follows(1));
+        assert!(sequence.follows(2));
+        assert!(!sequence.follows(4), "3 went missing");
+        assert!(!sequence.follows(2), "a repeat is no successor either");
+        // A new consumer whose first deliveries were lost: the first one seen is 3.
+        assert!(!DeliverySequence::fresh().follows(3));
     }
 }
