@@ -118,6 +118,7 @@ impl NatsConsumer {
                 ack_wait: config.ack_wait,
                 max_ack_pending: config.max_ack_pending,
                 batch: config.fetch_batch,
+                max_bytes: config.fetch_max_bytes,
             };
             let start = after.get(&partition).copied().unwrap_or(0);
             let consumer = source
@@ -144,6 +145,7 @@ struct Source {
     ack_wait: Duration,
     max_ack_pending: i64,
     batch: usize,
+    max_bytes: usize,
 }
 
 impl Source {
@@ -182,8 +184,13 @@ async fn pull_forever(
     // skipped over, or acknowledging a later message would acknowledge them too.
     let mut sequence = DeliverySequence::fresh();
     loop {
-        let messages =
-            consumer.stream().max_messages_per_batch(source.batch).heartbeat(Duration::from_secs(5)).messages().await;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(source.batch)
+            .max_bytes_per_batch(source.max_bytes)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(e) => {

@@ -425,6 +425,11 @@ pub struct ConsumerConfig {
     pub durable_prefix: String,
     /// Most messages asked for in one pull.
     pub fetch_batch: usize,
+    /// Most bytes asked for in one pull. Bounds what the broker pushes at a processor that
+    /// is applying backpressure: keep `fetch_max_bytes` × owned partitions well below the
+    /// NATS server's `max_pending` (64 MiB by default), or the server cuts the connection
+    /// as a slow consumer. Must hold the largest message (at least 1 MiB).
+    pub fetch_max_bytes: usize,
     /// How long the broker waits for an acknowledgement before redelivering. Redelivered
     /// messages already folded into memory are recognised and skipped.
     #[serde(with = "humantime_serde")]
@@ -444,6 +449,7 @@ impl Default for ConsumerConfig {
             partitions: Vec::new(),
             durable_prefix: "gallop-processor".to_owned(),
             fetch_batch: 512,
+            fetch_max_bytes: 4 << 20,
             ack_wait: Duration::from_secs(120),
             max_ack_pending: 20_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
