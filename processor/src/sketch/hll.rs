@@ -54,8 +54,8 @@ pub struct UniqHll12 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Repr {
-    // Both boxed: a sketch is one pointer wide, so a cell holds it inline and reaches
-    // either form in one hop.
+    // Both boxed: a sketch is two words (tag and pointer), so a cell holds it inline and
+    // reaches either form in one hop.
     Small(Box<Small>),
     Large(Box<Large>),
 }
