@@ -160,6 +160,12 @@ mod tests {
         );
         check_err("[nats]\nuser = \"u\"\n", &[], &["nats.password: set together with nats.user"]);
         check_err("[ingest]\ncors_allowed_origins = [\"example.com\"]\n", &[], &["ingest.cors_allowed_origins[0]"]);
+        check_err("[consumer]\nfetch_max_bytes = 65536\n", &[], &["consumer.fetch_max_bytes: at least 1 MiB"]);
+        check_err(
+            "[consumer]\nfetch_max_bytes = 2000000\n[ingest.batching]\nmax_bytes = 1500000\n",
+            &[],
+            &["consumer.fetch_max_bytes", "twice ingest.batching.max_bytes"],
+        );
     }
 
     #[test]

@@ -428,7 +428,8 @@ pub struct ConsumerConfig {
     /// Most bytes asked for in one pull. Bounds what the broker pushes at a processor that
     /// is applying backpressure: keep `fetch_max_bytes` × owned partitions well below the
     /// NATS server's `max_pending` (64 MiB by default), or the server cuts the connection
-    /// as a slow consumer. Must hold the largest message (at least 1 MiB).
+    /// as a slow consumer. Must hold the largest message: at least 1 MiB and twice
+    /// `ingest.batching.max_bytes`.
     pub fetch_max_bytes: usize,
     /// How long the broker waits for an acknowledgement before redelivering. Redelivered
     /// messages already folded into memory are recognised and skipped.

@@ -126,9 +126,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     );
     need((1..=10_000).contains(&consumer.fetch_batch), "consumer.fetch_batch", "between 1 and 10000");
     need(
-        consumer.fetch_max_bytes >= (1 << 20).max(config.ingest.batching.max_bytes),
+        consumer.fetch_max_bytes >= (1 << 20).max(config.ingest.batching.max_bytes.saturating_mul(2)),
         "consumer.fetch_max_bytes",
-        "at least 1 MiB and at least ingest.batching.max_bytes (a pull must hold the largest message)",
+        "at least 1 MiB and at least twice ingest.batching.max_bytes (a pull must hold the largest message)",
     );
     need(consumer.ack_wait.as_secs() >= 1, "consumer.ack_wait", "at least 1s");
     need(consumer.max_ack_pending >= 1, "consumer.max_ack_pending", "at least 1");
