@@ -2,8 +2,9 @@
 # Installs (when missing) and starts the services Gallop's tests and quick start need:
 #   - NATS server with JetStream on 127.0.0.1:4222 (Debian `nats-server`)
 #   - ClickHouse server, HTTP on 127.0.0.1:8123 (Debian `clickhouse-server`)
-#   - chDB (PyPI `chdb-core`, a current ClickHouse as a Python library) and `lz4`, which
-#     sink/tests/chdb_server.py needs to serve ClickHouse's HTTP interface from it
+#   - with `chdb` (the tests only): chDB (PyPI `chdb-core`, a current ClickHouse as a Python
+#     library) and `lz4`, which sink/tests/chdb_server.py needs to serve ClickHouse's HTTP
+#     interface from it
 # Idempotent: a service that already answers is left alone. Fails loudly when one cannot start.
 set -euo pipefail
 
@@ -85,7 +86,7 @@ install_chdb() {
 }
 
 case "${1:-up}" in
-  up) start_nats; start_clickhouse; install_chdb ;;
+  up) start_nats; start_clickhouse ;;
   nats) start_nats ;;
   clickhouse) start_clickhouse ;;
   chdb) install_chdb ;;

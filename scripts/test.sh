@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
+scripts/services.sh chdb
 cargo test --workspace --locked "$@"
 
 echo "== sink integration tests against a current ClickHouse (chDB)"

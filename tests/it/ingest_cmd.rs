@@ -8,6 +8,8 @@ use tokio::{
     process::{Child, Command},
 };
 
+use crate::terminate;
+
 fn nats_url() -> String {
     std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -95,12 +97,5 @@ async fn serves_publishes_and_exits_zero_on_sigterm() {
     let info = js.get_stream(&gallop.stream).await.expect("stream created by gallop").get_info().await.expect("info");
     assert_eq!(info.state.messages, 1);
 
-    let pid = gallop.child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), gallop.child.wait())
-        .await
-        .expect("exits within 20 s of SIGTERM")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert_eq!(terminate(&mut gallop.child, Duration::from_secs(20)).await, Some(0), "SIGTERM is a clean stop");
 }

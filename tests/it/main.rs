@@ -4,3 +4,16 @@
 mod config_cmd;
 mod ingest_cmd;
 mod pipeline;
+
+/// Sends SIGTERM to `child` and returns its exit code once it exits (panics if it takes
+/// longer than `within`).
+async fn terminate(child: &mut tokio::process::Child, within: std::time::Duration) -> Option<i32> {
+    let pid = child.id().expect("still running").to_string();
+    let signalled = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(signalled.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("exits within {within:?} of SIGTERM"))
+        .expect("wait");
+    status.code()
+}

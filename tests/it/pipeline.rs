@@ -20,6 +20,8 @@ use tokio::{
     process::{Child, Command},
 };
 
+use crate::terminate;
+
 fn nats_url() -> String {
     std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -771,18 +773,6 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice() {
     pipeline.check(&all).await;
 }
 
-/// Sends SIGTERM to `child` and returns its exit code once it exits (at most 30 s).
-async fn terminate(child: &mut Child) -> Option<i32> {
-    let pid = child.id().expect("still running").to_string();
-    let signalled = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-    assert!(signalled.success(), "kill -TERM {pid}");
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits within 30 s of SIGTERM")
-        .expect("wait");
-    status.code()
-}
-
 /// The value of the Prometheus sample `name` (with its labels) at `address`'s /metrics.
 async fn metric(address: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
@@ -810,10 +800,11 @@ async fn sigterm_flushes_acknowledges_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(metric(&metrics, "gallop_flushes_total").await, Some(0.0), "nothing flushed before SIGTERM");
-    assert_eq!(pipeline.unacknowledged().await.1, 0, "every message delivered");
-    assert!(pipeline.unacknowledged().await.0 > 0, "and held unacknowledged until stored");
+    let (ack_pending, undelivered) = pipeline.unacknowledged().await;
+    assert_eq!(undelivered, 0, "every message delivered");
+    assert!(ack_pending > 0, "and held unacknowledged until stored");
 
-    assert_eq!(terminate(&mut processor).await, Some(0), "SIGTERM is a clean stop");
+    assert_eq!(terminate(&mut processor, Duration::from_secs(30)).await, Some(0), "SIGTERM is a clean stop");
     assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
     pipeline.check(&sent).await;
 }
@@ -825,7 +816,7 @@ async fn gallop_run_ingests_processes_and_stops_cleanly() {
     send(&pipeline.address, &sent).await;
     pipeline.wait_for(sent.len()).await;
     let mut run = pipeline.gateway.take().expect("gallop run");
-    assert_eq!(terminate(&mut run).await, Some(0), "SIGTERM is a clean stop");
+    assert_eq!(terminate(&mut run, Duration::from_secs(30)).await, Some(0), "SIGTERM is a clean stop");
     assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
     pipeline.check(&sent).await;
 }

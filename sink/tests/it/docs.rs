@@ -127,18 +127,17 @@ async fn every_documented_query_answers_with_the_truth() {
     assert!(queries.len() >= 6, "docs/queries.md lost its queries: {queries:?}");
     for (heading, sql) in &queries {
         let sql = runnable(sql, &db.config.database);
-        let got = |sql: &str| rows(sql);
         match heading.as_str() {
             "Visitors, events, value for a range" => {
-                let r = &got(&sql)[0];
+                let r = &rows(&sql)[0];
                 assert_eq!(number(&r["visitors"]) as usize, visitors(&mut events.iter()), "{sql}");
                 assert_eq!(number(&r["events"]) as usize, events.len(), "{sql}");
                 assert!((number(&r["value"]) - value).abs() < 1e-9, "{sql}: {r}");
                 assert_eq!(number(&r["value_events"]) as usize, priced, "{sql}");
             }
-            "Pageviews" => assert_eq!(number(&got(&sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
+            "Pageviews" => assert_eq!(number(&rows(&sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
             "Time series (visitors and pageviews per hour)" => {
-                let series: Vec<(String, usize, usize)> = got(&sql)
+                let series: Vec<(String, usize, usize)> = rows(&sql)
                     .iter()
                     .map(|r| {
                         (
@@ -157,7 +156,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(series, want, "{sql}");
             }
             "Breakdown (top pages, sources, countries, browsers, UTM, props)" => {
-                let got: BTreeMap<String, (usize, usize)> = got(&sql)
+                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
                     .iter()
                     .map(|r| {
                         let page = r["page"].as_str().unwrap_or_default().to_owned();
@@ -171,7 +170,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, want, "{sql}");
             }
             "Revenue by event" => {
-                let got: BTreeMap<String, (f64, usize)> = got(&sql)
+                let got: BTreeMap<String, (f64, usize)> = rows(&sql)
                     .iter()
                     .map(|r| {
                         let name = r["event"].as_str().unwrap_or_default().to_owned();
@@ -186,7 +185,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 // The document says this query is for servers with topK state columns;
                 // older ones are answered by `gallop query --top` (covered in write.rs).
                 if ch.schema().features().topk_states {
-                    let top = &got(&sql)[0]["top_referrers"];
+                    let top = &rows(&sql)[0]["top_referrers"];
                     let mut want: Vec<(&str, usize)> = per_referrer.iter().map(|(r, n)| (*r, *n)).collect();
                     want.sort_by_key(|&(r, n)| (std::cmp::Reverse(n), r));
                     let want: Vec<Value> = want.iter().map(|(r, _)| Value::from(*r)).collect();
