@@ -2,7 +2,7 @@
 //!
 //! `gallop ingest` and `gallop process` run as child processes (so each one's CPU time can
 //! be read from /proc) against the configured NATS and ClickHouse, in a stream and a
-//! database of their own. This process sends the synthetic stream of `gallop bench process`
+//! database of their own. This process sends the synthetic stream of `gallop-bench process`
 //! over HTTP (`POST /v1/events`) as fast as the gateway takes it, and watches ClickHouse
 //! until every event has landed. It prints the sustained rate, the lag behind real time,
 //! the CPU split between gateway, NATS, processor, ClickHouse and itself, and the rows and

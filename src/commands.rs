@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gallop_broker::{NatsBroker, Publisher, SaltStore};
+use gallop_broker::{NatsBroker, NatsSource, Publisher, SaltStore};
 use gallop_config::{BrokerKind, Config};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -60,8 +60,21 @@ pub(crate) fn process(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let broker = nats(&config).await?;
         let listener = bind(config.consumer.listen, "consumer.listen").await?;
-        crate::process::run(config, broker, listener, shutdown_signal()).await
+        run_processor(config, broker, listener, shutdown_signal()).await
     })
+}
+
+/// Opens ClickHouse and the source of the owned partitions, then runs the processor.
+async fn run_processor(
+    config: Config,
+    broker: NatsBroker,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let clickhouse = crate::process::open_clickhouse(&config, config.consumer.shutdown_timeout).await?;
+    let partitions = crate::process::owned_partitions(&config);
+    let source = NatsSource::open(&broker, &partitions, &config.consumer).await?;
+    crate::process::run(config, clickhouse, source, broker.stream(), listener, shutdown).await
 }
 
 /// `gallop run`: the gateway and the processor in one process, sharing one NATS
@@ -79,7 +92,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         let gateway = tokio::spawn(gallop_ingest::run(gateway, ingest_listener, async move {
             let _ = gateway_stopped.await;
         }));
-        let processor = tokio::spawn(crate::process::run(config, broker, process_listener, async move {
+        let processor = tokio::spawn(run_processor(config, broker, process_listener, async move {
             let _ = processor_stopped.await;
         }));
         tokio::pin!(processor);

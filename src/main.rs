@@ -1,7 +1,6 @@
 //! `gallop`: the one binary. Subcommands run the pieces of the pipeline; all of them read
 //! the same configuration (defaults < `gallop.toml` < `GALLOP_*` environment).
 
-mod bench;
 mod bench_pipeline;
 mod commands;
 mod logging;
@@ -50,10 +49,10 @@ enum Command {
     Bench(BenchCommand),
 }
 
+/// Benchmarks of the pipeline as it runs. The side-by-side comparisons with traqq and
+/// other JSON decoders are in the separate `gallop-bench` binary.
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// The processor core and traqq 0.2.0 side by side on one synthetic stream.
-    Process(bench::ProcessBench),
     /// The whole pipeline on this machine (gateway, NATS, processor, ClickHouse) end to end.
     Pipeline(bench_pipeline::PipelineBench),
 }
@@ -74,7 +73,6 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
-        Command::Bench(BenchCommand::Process(options)) => bench::process(&options, &config.processor, &config.time),
         Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
         Command::Ingest => {
             logging::init(&config.log, cli.log_json);

@@ -3,7 +3,7 @@
 //! `cargo bench -p gallop-bench --bench process`. Throughput is in events. The processor
 //! runs the default dashboard rollups and, separately, the metrics traqq is configured for;
 //! both start from an empty state per iteration and flush at the end (the flush is part of
-//! the measured work). `gallop bench process` prints the same comparison on larger streams.
+//! the measured work). `gallop-bench process` prints the same comparison on larger streams.
 
 use std::time::Duration;
 

@@ -5,13 +5,19 @@
 //!   Gallop's default rollups;
 //! - [`decode`]: decoding broker messages (NDJSON of `EventRecord`) with several JSON decoders.
 //!
-//! `examples/compare.rs` runs all of them and prints events per second.
+//! The comparisons (`traqq_side`, `decode`) need the `compare` feature (on by default);
+//! the `gallop-bench` binary (`gallop-bench process`) and `examples/compare.rs` run them.
+//! The `gallop` binary uses `synth` alone.
 #![warn(missing_docs)]
 
+#[cfg(feature = "compare")]
 pub mod decode;
 pub mod synth;
+#[cfg(feature = "compare")]
 pub mod traqq_side;
 
+#[cfg(feature = "compare")]
 mod error;
 
+#[cfg(feature = "compare")]
 pub use error::BenchError;

@@ -4,20 +4,24 @@
 //! partition and come back acknowledged with a per-partition [`Position`]. The same shape
 //! fits NATS JetStream (one subject per partition, stream sequence as position) and Kafka
 //! (topic partitions, offsets). [`partition_for`] keeps a visitor on one partition.
-//! [`NatsConsumer`] reads owned partitions back as [`Delivery`]s for the processor.
+//! [`Source`] is the consuming side the processor's runtime reads: owned partitions as
+//! in-order [`Delivery`]s with positions, acknowledged once stored ([`NatsSource`],
+//! [`MemorySource`]).
 //! [`SaltStore`] holds the daily visitor salt every gateway of a deployment shares.
 #![warn(missing_docs)]
 
-mod consumer;
 mod memory;
 mod nats;
+mod nats_source;
 mod partition;
 mod publisher;
 mod salt;
+mod source;
 
-pub use consumer::{AckError, Acker, Delivery, NatsConsumer};
-pub use memory::{MemoryBroker, StoredMessage};
+pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
 pub use nats::{NatsBroker, NatsError, NatsSaltStore};
+pub use nats_source::NatsSource;
 pub use partition::partition_for;
 pub use publisher::{OutboundMessage, Position, PublishError, Publisher};
 pub use salt::{LocalSaltStore, Salt, SaltError, SaltStore};
+pub use source::{Ack, AckError, Acknowledge, Delivery, LogRange, Source, SourceError, SourceEvent};

@@ -442,6 +442,18 @@ pub struct ConsumerConfig {
     /// Longest time shutdown waits for the last flush to reach ClickHouse.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// What to do when a stored position is outside the broker's log: below its first
+    /// message (retention or a size limit removed messages before they were processed) or
+    /// beyond its end (the stream or topic was deleted and recreated). `false` (default):
+    /// refuse to start, naming the partition, the position and the log's range. `true`: go
+    /// on from the log's first message; the gap is logged at ERROR and counted in
+    /// `gallop_log_gaps_total`, and the events in it are lost.
+    pub accept_log_gaps: bool,
+    /// Where the broker keeps republished messages (Kafka), the processor drops a message
+    /// whose id it saw in the partition shortly before (`kafka.dedup_window`); this bounds
+    /// the ids remembered per partition. Past it the oldest are forgotten early, counted in
+    /// `gallop_dedup_window_evicted_total`.
+    pub dedup_max_ids: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -455,6 +467,8 @@ impl Default for ConsumerConfig {
             max_ack_pending: 20_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_timeout: Duration::from_secs(60),
+            accept_log_gaps: false,
+            dedup_max_ids: 200_000,
         }
     }
 }

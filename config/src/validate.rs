@@ -132,6 +132,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     );
     need(consumer.ack_wait.as_secs() >= 1, "consumer.ack_wait", "at least 1s");
     need(consumer.max_ack_pending >= 1, "consumer.max_ack_pending", "at least 1");
+    need(consumer.dedup_max_ids >= 1_000, "consumer.dedup_max_ids", "at least 1000");
 
     let clickhouse = &config.clickhouse;
     need(

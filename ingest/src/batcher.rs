@@ -22,10 +22,11 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use gallop_broker::{OutboundMessage, PublishError, Publisher};
 use gallop_config::BatchingConfig;
+use gallop_support::Backoff;
 use tokio::{
     sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore},
     task::{JoinHandle, JoinSet},
-    time::{sleep, sleep_until, timeout_at, Instant},
+    time::{sleep_until, timeout_at, Instant},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -243,15 +244,14 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
         OutboundMessage { partition, id: id.clone(), payload: Bytes::from(batch.payload), events: batch.events };
     metrics.publishes_in_flight.inc();
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     let result = loop {
         match timeout_at(batch.deadline, shared.publisher.publish(message.clone())).await {
             Ok(Ok(_position)) => break Ok(()),
-            Ok(Err(e)) if e.is_retryable() && Instant::now() + backoff < batch.deadline => {
+            Ok(Err(e)) if e.is_retryable() && Instant::now() + backoff.current() < batch.deadline => {
                 metrics.publish_retries.inc();
                 tracing::debug!(message_id = %id, error = %e, "publish failed; retrying");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                backoff.wait().await;
             }
             Ok(Err(e)) => break Err(e),
             Err(_) => break Err(PublishError::Timeout { id: id.clone() }),

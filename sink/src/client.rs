@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Deserialize};
 use tracing::info;
 
 use crate::{
-    encode::{parse_marker, EncodedFlush},
+    encode::{parse_marker, EncodedFlush, Mark},
     error::{classify, server_code, SinkError},
     schema::{Schema, AGGREGATES_TABLE, MIGRATIONS_TABLE},
     version::ServerVersion,
@@ -256,12 +256,12 @@ impl ClickHouse {
         Ok(())
     }
 
-    /// The newest stored position of each of `partitions` in `stream` (absent: none stored).
+    /// The newest stored mark of each of `partitions` in `stream` (absent: none stored).
     pub async fn positions(
         &self,
         stream: &str,
         partitions: &[u32],
-    ) -> Result<std::collections::BTreeMap<u32, u64>, SinkError> {
+    ) -> Result<std::collections::BTreeMap<u32, Mark>, SinkError> {
         #[derive(Deserialize)]
         struct Row {
             marker: String,
@@ -274,12 +274,12 @@ impl ClickHouse {
         );
         let mut positions = std::collections::BTreeMap::new();
         for row in self.fetch::<Row>(&sql).await? {
-            let (partition, position) = parse_marker(&row.marker).ok_or_else(|| SinkError::Corrupt {
+            let (partition, mark) = parse_marker(&row.marker).ok_or_else(|| SinkError::Corrupt {
                 what: format!("position marker of stream {stream}"),
-                reason: format!("{:?} is not <partition>/<position>", row.marker),
+                reason: format!("{:?} is not <partition>/e<epoch>/<position>/t<time>", row.marker),
             })?;
             if partitions.contains(&partition) {
-                positions.insert(partition, position);
+                positions.insert(partition, mark);
             }
         }
         Ok(positions)

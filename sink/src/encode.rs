@@ -36,11 +36,36 @@ impl Retention {
     }
 }
 
+/// Where one partition stands in ClickHouse: every message of the partition up to
+/// `position` in incarnation `epoch` of the log is stored.
+///
+/// The epoch grows when an operator lets a processor go on with a log that was deleted and
+/// recreated (its positions start again at 1), so the newest marker is still the highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mark {
+    /// Incarnation of the log, from 0.
+    pub epoch: u32,
+    /// Position of the last message accounted for (stream sequence, Kafka offset + 1).
+    pub position: u64,
+    /// The broker's timestamp of that message, ms since the Unix epoch (0: unknown); where
+    /// the runtime keeps a dedup window, it rebuilds the window from there after a restart.
+    pub time_ms: i64,
+}
+
+impl Mark {
+    /// Position `position` of the first incarnation, time unknown.
+    pub fn at(position: u64) -> Self {
+        Self { epoch: 0, position, time_ms: 0 }
+    }
+}
+
 /// What an insert needs to know besides the delta.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushContext<'a> {
     /// Stream (or topic) the positions belong to.
     pub stream: &'a str,
+    /// The position marks stored with the rows, per partition.
+    pub marks: &'a BTreeMap<u32, Mark>,
     /// Unique id of this flush: the `value` of its leaderboard rows, the dedup token.
     pub flush_id: &'a str,
     /// Wall-clock seconds, for the markers' `bucket` and expiry.
@@ -67,16 +92,29 @@ pub struct EncodedFlush {
     pub markers: Vec<(u32, String)>,
 }
 
-/// The `value` of the position marker of `partition` at `position`: fixed-width so that
+/// The `value` of the position marker of `partition` at `mark`: fixed-width so that
 /// the lexicographic maximum is the numeric one.
-pub fn marker_value(partition: u32, position: u64) -> String {
-    format!("{partition:010}/{position:020}")
+pub fn marker_value(partition: u32, mark: &Mark) -> String {
+    format!("{partition:010}/e{:010}/{:020}/t{}", mark.epoch, mark.position, mark.time_ms)
 }
 
-/// Parses a marker value back into `(partition, position)`.
-pub fn parse_marker(value: &str) -> Option<(u32, u64)> {
-    let (partition, position) = value.split_once('/')?;
-    Some((partition.parse().ok()?, position.parse().ok()?))
+/// Parses a marker value back into `(partition, mark)`. Markers written before epochs
+/// existed (`<partition>/<position>`) read as epoch 0; they sort below every newer marker
+/// of their partition (`e` comes after the digits).
+pub fn parse_marker(value: &str) -> Option<(u32, Mark)> {
+    let mut parts = value.split('/');
+    let partition = parts.next()?.parse().ok()?;
+    let second = parts.next()?;
+    let mark = match (second.strip_prefix('e'), parts.next(), parts.next()) {
+        (None, None, None) => Mark::at(second.parse().ok()?),
+        (Some(epoch), Some(position), Some(time)) => Mark {
+            epoch: epoch.parse().ok()?,
+            position: position.parse().ok()?,
+            time_ms: time.strip_prefix('t')?.parse().ok()?,
+        },
+        _ => return None,
+    };
+    parts.next().is_none().then_some((partition, mark))
 }
 
 /// (site, dimension, value, bucket) of a coarser rollup row.
@@ -91,7 +129,8 @@ struct Acc {
 }
 
 /// Encodes `delta` as one insert: every rollup row at minute, hour and day; every
-/// leaderboard at minute, hour and day; one position marker per partition.
+/// leaderboard at minute, hour and day; one position marker per partition of
+/// `context.marks`.
 pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     let mut out = Vec::with_capacity(delta.rows.len() * 160 + delta.leaderboards.len() * 1024);
     let mut rows = 0;
@@ -153,9 +192,9 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     }
     rows += leaderboard_rows;
 
-    let mut markers = Vec::with_capacity(delta.positions.len());
-    for (&partition, &position) in &delta.positions {
-        let value = marker_value(partition, position);
+    let mut markers = Vec::with_capacity(context.marks.len());
+    for (&partition, mark) in context.marks {
+        let value = marker_value(partition, mark);
         write_key(&mut out, "", Kind::Position, Granularity::Minute, context.now, context.stream, &value);
         write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
         write_empty_top(&mut out, context.top_as_string);
@@ -300,9 +339,10 @@ mod tests {
         }
     }
 
-    fn context() -> FlushContext<'static> {
+    fn context(marks: &BTreeMap<u32, Mark>) -> FlushContext<'_> {
         FlushContext {
             stream: "EVENTS",
+            marks,
             flush_id: "f1",
             now: 1_800_000_000,
             retention: Retention { minute: Some(60), hour: None, day: None },
@@ -322,20 +362,21 @@ mod tests {
                 row(day + 36_000, "path", "/a", 1, 1),
             ],
             leaderboards: vec![],
-            positions: BTreeMap::from([(3, 17), (5, 2)]),
+            positions: BTreeMap::new(),
         };
-        let encoded = encode_flush(&delta, &context());
+        let marks = BTreeMap::from([(3, Mark::at(17)), (5, Mark { epoch: 1, position: 2, time_ms: 9 })]);
+        let encoded = encode_flush(&delta, &context(&marks));
         // minute: 4 rows; hour: (10h, /), (11h, /), (10h, /a); day: (/), (/a).
         assert_eq!(encoded.rollup_rows, [4, 3, 2]);
         assert_eq!(encoded.rows, 4 + 3 + 2 + 2);
-        assert_eq!(encoded.markers, vec![(3, marker_value(3, 17)), (5, marker_value(5, 2))]);
+        assert_eq!(encoded.markers, vec![(3, marker_value(3, &marks[&3])), (5, marker_value(5, &marks[&5]))]);
     }
 
     #[test]
     fn a_rollup_row_is_encoded_column_by_column() {
         let delta =
             Delta { rows: vec![row(120, "path", "/x", 2, 7)], leaderboards: vec![], positions: BTreeMap::new() };
-        let encoded = encode_flush(&delta, &context());
+        let encoded = encode_flush(&delta, &context(&BTreeMap::new()));
         let mut expect = vec![1, b's', 1, 1];
         expect.extend_from_slice(&120u32.to_le_bytes());
         expect.extend_from_slice(b"\x04path\x02/x");
@@ -367,19 +408,31 @@ mod tests {
         let delta = Delta {
             rows: vec![],
             leaderboards: vec![board(0, &["a", "b"]), board(60, &["a"])],
-            positions: BTreeMap::from([(0, 1)]),
+            positions: BTreeMap::new(),
         };
-        let encoded = encode_flush(&delta, &context());
+        let encoded = encode_flush(&delta, &context(&BTreeMap::from([(0, Mark::at(1))])));
         assert_eq!(encoded.leaderboard_rows, 2 + 1 + 1);
         let needle = b"\x08referrer\x02f1";
         assert_eq!(encoded.bytes.windows(needle.len()).filter(|w| w == needle).count(), 4);
     }
 
     #[test]
-    fn marker_values_sort_numerically_and_parse_back() {
-        assert!(marker_value(2, 9) < marker_value(2, 10));
-        assert!(marker_value(2, u64::MAX) < marker_value(10, 0));
-        assert_eq!(parse_marker(&marker_value(7, 12345)), Some((7, 12345)));
-        assert_eq!(parse_marker("x/1"), None);
+    fn marker_values_sort_by_partition_epoch_position_and_parse_back() {
+        let mark = |epoch, position| Mark { epoch, position, time_ms: 1_800_000_000_123 };
+        assert!(marker_value(2, &mark(0, 9)) < marker_value(2, &mark(0, 10)));
+        assert!(marker_value(2, &mark(0, u64::MAX)) < marker_value(2, &mark(1, 1)));
+        assert!(marker_value(2, &mark(u32::MAX, u64::MAX)) < marker_value(10, &mark(0, 0)));
+        assert_eq!(parse_marker(&marker_value(7, &mark(3, 12345))), Some((7, mark(3, 12345))));
+        for bad in ["x/1", "1/e2/3", "1/e2/3/4", "1/2/3", "1/e2/3/t4/5", ""] {
+            assert_eq!(parse_marker(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn markers_from_before_epochs_read_as_epoch_zero_and_sort_below_new_ones() {
+        let old = "0000000007/00000000000000012345";
+        assert_eq!(parse_marker(old), Some((7, Mark::at(12345))));
+        assert!(old < marker_value(7, &Mark::at(1)).as_str(), "a new marker of the partition wins");
+        assert!(old > marker_value(6, &Mark::at(u64::MAX)).as_str(), "the partition still comes first");
     }
 }

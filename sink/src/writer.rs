@@ -4,6 +4,7 @@
 //! attempt's position markers. An insert whose answer was lost is therefore not repeated.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -14,12 +15,13 @@ use std::{
 use bytes::Bytes;
 use gallop_config::ClickHouseConfig;
 use gallop_processor::Delta;
+use gallop_support::Backoff;
 use rand::Rng;
 use tracing::{info, warn};
 
 use crate::{
     client::ClickHouse,
-    encode::{encode_flush, FlushContext, Retention},
+    encode::{encode_flush, FlushContext, Mark, Retention},
     error::SinkError,
 };
 
@@ -57,8 +59,7 @@ pub struct Writer {
     clickhouse: ClickHouse,
     stream: String,
     retention: Retention,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
     instance: String,
     sequence: AtomicU64,
     status: Arc<WriterStatus>,
@@ -77,8 +78,7 @@ impl Writer {
                 hour: seconds(config.retention_hour),
                 day: seconds(config.retention_day),
             },
-            initial_backoff: config.retry_initial_backoff,
-            max_backoff: config.retry_max_backoff,
+            backoff: Backoff::new(config.retry_initial_backoff, config.retry_max_backoff),
             instance: format!("{:016x}", rand::rng().random::<u64>()),
             sequence: AtomicU64::new(0),
             status: Arc::new(status),
@@ -103,13 +103,14 @@ impl Writer {
         &self.clickhouse
     }
 
-    /// Writes `delta` (rows, leaderboards and its positions) as one insert, retrying
-    /// transient failures until it lands. `now` is wall-clock seconds. A rejection (schema
-    /// mismatch, bad data) is returned at once: retrying cannot fix it.
-    pub async fn write(&self, delta: &Delta, now: i64) -> Result<WriteReport, SinkError> {
+    /// Writes `delta` (rows, leaderboards) and `marks` (the positions it accounts for) as
+    /// one insert, retrying transient failures until it lands. `now` is wall-clock seconds.
+    /// A rejection (schema mismatch, bad data) is returned at once: retrying cannot fix it.
+    pub async fn write(&self, delta: &Delta, marks: &BTreeMap<u32, Mark>, now: i64) -> Result<WriteReport, SinkError> {
         let flush_id = format!("{}-{}", self.instance, self.sequence.fetch_add(1, Ordering::Relaxed));
         let context = FlushContext {
             stream: &self.stream,
+            marks,
             flush_id: &flush_id,
             now,
             retention: self.retention,
@@ -118,7 +119,7 @@ impl Writer {
         let mut encoded = encode_flush(delta, &context);
         let data = Bytes::from(std::mem::take(&mut encoded.bytes));
         let started = Instant::now();
-        let mut backoff = self.initial_backoff;
+        let mut backoff = self.backoff;
         let mut attempts = 0;
         'attempts: loop {
             attempts += 1;
@@ -136,8 +137,7 @@ impl Writer {
             // answer may have been lost): wait until the server no longer runs it, then look
             // for its markers. Until both questions get an answer, nothing is re-sent.
             loop {
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(self.max_backoff);
+                backoff.wait().await;
                 match self.settle(&query_id, &encoded).await {
                     Ok(Some(true)) => {
                         info!(flush = %flush_id, "an earlier insert attempt had landed");
@@ -156,25 +156,5 @@ impl Writer {
         self.status.rows.fetch_add(encoded.rows as u64, Ordering::Relaxed);
         self.status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(WriteReport { rows: encoded.rows, bytes: data.len(), attempts, elapsed: started.elapsed() })
-    }
-}
-
-/// A wait drawn uniformly from `[backoff / 2, backoff]`, so that many writers retrying
-/// together spread out.
-fn jitter(backoff: Duration) -> Duration {
-    let nanos = backoff.as_nanos().min(u128::from(u64::MAX)) as u64;
-    Duration::from_nanos(nanos / 2 + rand::rng().random_range(0..=nanos / 2))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_between_half_and_full_backoff() {
-        for _ in 0..1000 {
-            let wait = jitter(Duration::from_millis(200));
-            assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200), "{wait:?}");
-        }
     }
 }

@@ -101,3 +101,9 @@ pub(crate) fn message(events: &[EventRecord]) -> Vec<u8> {
     }
     out
 }
+
+/// The marks of what `delta` accounts for: the newest position folded in per partition, in
+/// epoch 0, as the runtime writes them for a log it has read from the start.
+pub(crate) fn marks(delta: &gallop_processor::Delta) -> std::collections::BTreeMap<u32, gallop_sink::Mark> {
+    delta.positions.iter().map(|(&p, &position)| (p, gallop_sink::Mark::at(position))).collect()
+}

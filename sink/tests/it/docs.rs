@@ -8,7 +8,7 @@ use gallop_event::EventRecord;
 use gallop_sink::Writer;
 use serde_json::Value;
 
-use crate::common::{event, message, processor, query, TestDb};
+use crate::common::{event, marks, message, processor, query, TestDb};
 
 /// 2026-11-23 10:00:00 UTC, in seconds.
 const HOUR0: i64 = 1_795_428_000;
@@ -100,7 +100,8 @@ async fn every_documented_query_answers_with_the_truth() {
     let events = events();
     let mut processor = processor();
     processor.process_message(0, 1, &message(&events), (HOUR0 + 7200) * 1000).expect("not full");
-    Writer::new(ch.clone(), "EVENTS", &db.config).write(&processor.flush(0), HOUR0).await.expect("write");
+    let delta = processor.flush(0);
+    Writer::new(ch.clone(), "EVENTS", &db.config).write(&delta, &marks(&delta), HOUR0).await.expect("write");
 
     // The truth.
     let visitors = |of: &mut dyn Iterator<Item = &EventRecord>| of.map(|e| e.visitor).collect::<BTreeSet<_>>().len();

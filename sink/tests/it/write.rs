@@ -11,10 +11,10 @@ use std::{
 };
 
 use gallop_event::EventRecord;
-use gallop_sink::{Reader, TimeRange, Writer, AGGREGATES_TABLE};
+use gallop_sink::{Mark, Reader, TimeRange, Writer, AGGREGATES_TABLE};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{event, message, processor, query, TestDb};
+use crate::common::{event, marks, message, processor, query, TestDb};
 
 /// 2026-11-23 10:58:00 UTC, in ms.
 const T0: i64 = 1_795_431_480_000;
@@ -48,12 +48,12 @@ async fn a_flush_lands_with_its_positions_and_reads_back_at_every_granularity() 
         processor.process_message(*partition, *position, &message(events), T0 + 300_000).expect("not full");
     }
     let delta = processor.flush(0);
-    let report = writer.write(&delta, T0 / 1000).await.expect("write");
+    let report = writer.write(&delta, &marks(&delta), T0 / 1000).await.expect("write");
     assert_eq!(report.attempts, 1);
 
     // Positions: the highest message of each partition.
     let positions = ch.positions("EVENTS", &[0, 1, 2]).await.expect("positions");
-    assert_eq!(positions, BTreeMap::from([(0, 20), (1, 21)]));
+    assert_eq!(positions, BTreeMap::from([(0, Mark::at(20)), (1, Mark::at(21))]));
     assert!(ch.positions("OTHER", &[0, 1]).await.expect("positions").is_empty());
 
     // Truth, from the events themselves.
@@ -121,7 +121,8 @@ async fn server_merges_keep_totals_and_leaderboards_stay_readable() {
             })
             .collect();
         processor.process_message(0, round + 1, &message(&events), T0 + 60_000).expect("not full");
-        writer.write(&processor.flush(0), T0 / 1000).await.expect("write");
+        let delta = processor.flush(0);
+        writer.write(&delta, &marks(&delta), T0 / 1000).await.expect("write");
     }
     let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
     query(&format!("OPTIMIZE TABLE {table} FINAL"));
@@ -144,7 +145,7 @@ async fn server_merges_keep_totals_and_leaderboards_stay_readable() {
     assert_eq!(top[0], ("https://a.example/", 60, 0));
     assert_eq!(top.len(), 2);
     assert_eq!(top[1].1, 30);
-    assert_eq!(ch.positions("EVENTS", &[0]).await.expect("positions"), BTreeMap::from([(0, 3)]));
+    assert_eq!(ch.positions("EVENTS", &[0]).await.expect("positions"), BTreeMap::from([(0, Mark::at(3))]));
 }
 
 /// A TCP proxy to the test ClickHouse that can refuse service and cut live connections.
@@ -210,7 +211,7 @@ async fn an_outage_is_retried_until_the_insert_lands_once() {
     tokio::time::sleep(Duration::from_millis(100)).await; // live connections are cut
     let task = tokio::spawn({
         let writer = Arc::clone(&writer);
-        async move { writer.write(&delta, T0 / 1000).await }
+        async move { writer.write(&delta, &marks(&delta), T0 / 1000).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     if task.is_finished() {
@@ -228,7 +229,33 @@ async fn an_outage_is_retried_until_the_insert_lands_once() {
     let range = TimeRange::new(T0 / 1000 - 60, T0 / 1000 + 60).expect("range");
     let headline = Reader::new(direct.clone()).headline("o.test", range).await.expect("headline");
     assert_eq!(headline.events, 50, "stored exactly once");
-    assert_eq!(direct.positions("EVENTS", &[3]).await.expect("positions"), BTreeMap::from([(3, 99)]));
+    assert_eq!(direct.positions("EVENTS", &[3]).await.expect("positions"), BTreeMap::from([(3, Mark::at(99))]));
+}
+
+#[tokio::test]
+async fn the_newest_mark_of_a_partition_wins_across_epochs_and_older_marker_formats() {
+    let db = TestDb::new("epochs");
+    let ch = db.migrated().await;
+    let writer = Writer::new(ch.clone(), "EVENTS", &db.config);
+    // A marker as Gallop wrote them before epochs existed: `<partition>/<position>`.
+    let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
+    let columns = "site, kind, granularity, bucket, dimension, value";
+    query(&format!(
+        "INSERT INTO {table} ({columns}) VALUES ('', 'position', 'minute', now(), 'EVENTS', '0000000001/00000000000000000900')"
+    ));
+    assert_eq!(ch.positions("EVENTS", &[1]).await.expect("positions"), BTreeMap::from([(1, Mark::at(900))]));
+    let write = |marks: BTreeMap<u32, Mark>| {
+        let writer = &writer;
+        async move { writer.write(&gallop_processor::Delta::default(), &marks, T0 / 1000).await.expect("write") }
+    };
+    write(BTreeMap::from([(1, Mark { epoch: 0, position: 901, time_ms: T0 })])).await;
+    // The log was recreated and an operator accepted it: positions start again at 1.
+    write(BTreeMap::from([(1, Mark { epoch: 1, position: 3, time_ms: T0 + 5 })])).await;
+    write(BTreeMap::from([(2, Mark { epoch: 0, position: 7, time_ms: 0 })])).await;
+    assert_eq!(
+        ch.positions("EVENTS", &[1, 2]).await.expect("positions"),
+        BTreeMap::from([(1, Mark { epoch: 1, position: 3, time_ms: T0 + 5 }), (2, Mark::at(7))])
+    );
 }
 
 #[tokio::test]
@@ -240,7 +267,8 @@ async fn a_rejected_insert_is_a_fatal_error_not_a_retry_loop() {
     let writer = Writer::new(ch, "EVENTS", &db.config);
     let mut processor = processor();
     processor.process_message(0, 1, &message(&[event("r.test", T0, "pageview", "/", 1)]), T0).expect("not full");
-    let err = tokio::time::timeout(Duration::from_secs(20), writer.write(&processor.flush(0), T0 / 1000))
+    let delta = processor.flush(0);
+    let err = tokio::time::timeout(Duration::from_secs(20), writer.write(&delta, &marks(&delta), T0 / 1000))
         .await
         .expect("no retry loop")
         .expect_err("rejected");

@@ -1,4 +1,4 @@
-//! `gallop bench process`: the processor core and `traqq` 0.2.0 side by side on the same
+//! `gallop-bench process`: the processor core and `traqq` 0.2.0 side by side on the same
 //! deterministic stream, in one process and one run, plus JSON decode and memory figures.
 
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use gallop_config::{ProcessorConfig, TimeConfig};
 use gallop_event::EventRecord;
 use gallop_processor::Processor;
 
-/// Options of `gallop bench process`.
+/// Options of `gallop-bench process`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProcessBench {
     /// Events through Gallop's core (generated and processed in chunks, so memory stays flat).
@@ -53,7 +53,7 @@ pub(crate) fn process(
     // The generator spreads events over one day; let every one of them count as on time.
     let time = TimeConfig { allowed_lateness: Duration::from_secs(2 * 86_400), ..time.clone() };
     println!(
-        "gallop bench process: {} events over {} min, seed {:#x}: {} visitors, {} pages and {} referrers (Zipf), {} countries, {} sites",
+        "gallop-bench process: {} events over {} min, seed {:#x}: {} visitors, {} pages and {} referrers (Zipf), {} countries, {} sites",
         options.events,
         options.span_minutes,
         synth.seed,

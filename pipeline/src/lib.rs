@@ -1,0 +1,36 @@
+//! Gallop's processing runtime: the consume → fold → write → acknowledge loop that makes
+//! `gallop process` exactly once in effect.
+//!
+//! [`run`] takes deliveries from a broker [`Source`](gallop_broker::Source), folds them into
+//! the pure [`Processor`](gallop_processor::Processor), hands each flush to a [`Store`]
+//! together with the position [`Mark`]s it accounts for (one atomic write), and
+//! acknowledges only what a landed write holds. It knows no broker and no database: NATS,
+//! Kafka and the in-process broker are sources; ClickHouse ([`ClickHouseStore`]) and
+//! [`MemoryStore`] are stores. The rules it keeps:
+//!
+//! - positions stored with the rows are read back at start; a delivery at or below what was
+//!   already folded in (stored, or in memory) is a redelivery and is skipped;
+//! - an acknowledgement is sent only after the write holding its message landed;
+//! - a gap in deliveries resumes the partition after the last position folded in;
+//! - a stored position outside the log's range (messages removed unprocessed, or the log
+//!   recreated) stops the processor unless `consumer.accept_log_gaps` says otherwise
+//!   ([`LogGap`]);
+//! - where the broker does not drop republished message ids (Kafka), a window of ids per
+//!   partition does, rebuilt after a restart from the messages before the stored position.
+#![warn(missing_docs)]
+
+mod clickhouse;
+mod dedup;
+mod log_range;
+mod metrics;
+mod runtime;
+mod status;
+mod store;
+
+pub use clickhouse::ClickHouseStore;
+pub use gallop_sink::Mark;
+pub use log_range::{GapKind, LogGap};
+pub use metrics::ProcessMetrics;
+pub use runtime::{run, RunError, RunOptions};
+pub use status::{status_router, Health};
+pub use store::{Cell, Flush, MemoryStore, MemoryStoreFaults, Store, WriteReport};

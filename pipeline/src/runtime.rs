@@ -1,0 +1,504 @@
+//! [`run`]: the consume → fold → write → acknowledge loop.
+//!
+//! Deliveries are folded into the [`Processor`]; when a flush is due, its delta and the
+//! marks of the partitions it accounts for go to one background write. A write that lands
+//! acknowledges, per partition, the newest message it holds (the acknowledgement covers the
+//! ones before). While a write is in flight, intake goes on until the processor reaches
+//! `processor.max_live_keys`, then pauses: memory stays bounded and nothing is acknowledged
+//! that is not stored.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use gallop_broker::{Ack, Delivery, Source, SourceError, SourceEvent};
+use gallop_config::Config;
+use gallop_processor::{Processor, ProcessorError};
+use gallop_sink::Mark;
+use gallop_support::Backoff;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::{
+    dedup::DedupWindow,
+    log_range::{check, LogGap},
+    metrics::ProcessMetrics,
+    status::Health,
+    store::{Flush, Store, WriteReport},
+};
+
+/// How often the loop looks at timers, paused partitions and gauges when nothing arrives.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The runtime's settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Partitions whose position moved without adding keys (late or invalid records,
+    /// duplicates, an idle partition caught up) are written and acknowledged at least this
+    /// often.
+    pub flush_interval: Duration,
+    /// Go on past a stored position outside the log (logged at ERROR, counted) instead of
+    /// stopping.
+    pub accept_log_gaps: bool,
+    /// Longest time shutdown waits for the last flush to land.
+    pub shutdown_timeout: Duration,
+    /// Most message ids a partition's dedup window holds (when the source asks for one).
+    pub dedup_max_ids: usize,
+}
+
+impl RunOptions {
+    /// The options `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            flush_interval: config.processor.flush_interval,
+            accept_log_gaps: config.consumer.accept_log_gaps,
+            shutdown_timeout: config.consumer.shutdown_timeout,
+            dedup_max_ids: config.consumer.dedup_max_ids,
+        }
+    }
+}
+
+/// Why the runtime stopped other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The stored positions could not be read at start.
+    #[error("reading the stored positions: {0}")]
+    Positions(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker failed at start or on resuming a partition.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A stored position is outside the log and gaps are not accepted.
+    #[error(transparent)]
+    LogGap(#[from] LogGap),
+    /// The source stopped delivering altogether.
+    #[error("{0} stopped delivering")]
+    SourceEnded(String),
+    /// The store rejected a flush; nothing of it was acknowledged.
+    #[error("the store rejected a flush; nothing of it was acknowledged, so the broker will deliver it again: {0}")]
+    Rejected(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A write task panicked.
+    #[error("a write task panicked: {0}")]
+    WriteTask(String),
+    /// The last flush did not land within `consumer.shutdown_timeout`.
+    #[error(
+        "the store did not take the last flush within consumer.shutdown_timeout ({0:?}); nothing unwritten was \
+         acknowledged, so the broker will deliver it again"
+    )]
+    ShutdownTimeout(Duration),
+    /// The processor refused a message although it had room (a bug).
+    #[error("the processor refused a message it had room for: {0}")]
+    Processor(#[from] ProcessorError),
+}
+
+/// Consumes `source` into `processor` and writes flushes to `store` until `shutdown`
+/// resolves; then flushes what is in memory, acknowledges it and returns.
+///
+/// At start it reads the stored marks of the source's partitions, checks each against the
+/// log's range, and resumes each partition after its mark (further back where a dedup
+/// window must be rebuilt). `metrics` and `health` are kept current for `/metrics` and
+/// `/ready`.
+pub async fn run<S: Source, T: Store>(
+    source: S,
+    processor: Processor,
+    store: Arc<T>,
+    options: RunOptions,
+    metrics: ProcessMetrics,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut runtime = Runtime::start(source, processor, store, options, metrics, health).await?;
+    let mut in_flight: Option<InFlight<T::Error>> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        let can_take = !runtime.processor.is_full();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            // Polled only while a write is in flight (the guard after the comma).
+            done = async { in_flight.as_mut().expect("guarded by is_some").await }, if in_flight.is_some() => {
+                in_flight = None;
+                runtime.landed(done).await?;
+            }
+            event = runtime.source.next(), if can_take => {
+                let event = event.ok_or_else(|| RunError::SourceEnded(runtime.source.describe()))?;
+                runtime.take(event).await?;
+            }
+            _ = tick.tick() => {}
+        }
+        runtime.resume_paused().await?;
+        runtime.observe();
+        let marks_due = runtime.has_unwritten_positions() && last_flush.elapsed() >= runtime.options.flush_interval;
+        if in_flight.is_none() && (runtime.processor.should_flush(now_ms()) || marks_due) {
+            in_flight = Some(runtime.start_write());
+            last_flush = Instant::now();
+        }
+    }
+
+    info!("shutting down: flushing what is in memory");
+    let grace = runtime.options.shutdown_timeout;
+    let drain = async {
+        if let Some(task) = in_flight.take() {
+            runtime.landed(task.await).await?;
+        }
+        if runtime.processor.live_keys() > 0 || runtime.has_unwritten_positions() {
+            let task = runtime.start_write();
+            runtime.landed(task.await).await?;
+        }
+        Ok::<(), RunError>(())
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(result) => result?,
+        Err(_) => return Err(RunError::ShutdownTimeout(grace)),
+    }
+    info!("processor stopped");
+    Ok(())
+}
+
+/// An acknowledgement waiting for the write that holds its message.
+type PendingAck = (u32, u64, Ack);
+
+/// What a background write ends with: its result, the acknowledgements and marks waiting
+/// for it, and when it started.
+type Written<E> = (Result<WriteReport, E>, Vec<PendingAck>, BTreeMap<u32, Mark>, Instant);
+
+/// A write in the background. Dropping it (the runtime killed mid-flight) aborts the write
+/// as a process's death would; awaiting it gives its outcome.
+struct InFlight<E>(JoinHandle<Written<E>>);
+
+impl<E> Drop for InFlight<E> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<E> Future for InFlight<E> {
+    type Output = Result<Written<E>, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Where one owned partition stands.
+struct Partition {
+    /// Newest mark known stored.
+    durable: Mark,
+    /// Incarnation of the log being read.
+    epoch: u32,
+    /// Newest position folded in (stored, in memory, or skipped as a duplicate).
+    seen: u64,
+    /// Broker time of the message at `seen`.
+    seen_time_ms: i64,
+    /// Newest position acknowledged.
+    acked: u64,
+    /// The newest delivery folded in since the last write started, to acknowledge once
+    /// that write lands.
+    unacked: Option<(u64, Ack)>,
+    /// `seen` moved since the last write started.
+    dirty: bool,
+    /// Recent message ids, where the broker keeps duplicates.
+    dedup: Option<DedupWindow>,
+    /// Not delivering: waiting to be resumed (after a gap), and when to try next.
+    paused: Option<(Instant, Backoff)>,
+}
+
+struct Runtime<S, T> {
+    source: S,
+    processor: Processor,
+    store: Arc<T>,
+    options: RunOptions,
+    metrics: ProcessMetrics,
+    health: Arc<Health>,
+    partitions: BTreeMap<u32, Partition>,
+    retries_seen: u64,
+}
+
+impl<S: Source, T: Store> Runtime<S, T> {
+    /// Reads the stored marks, checks them against the log and resumes every partition.
+    async fn start(
+        mut source: S,
+        processor: Processor,
+        store: Arc<T>,
+        options: RunOptions,
+        metrics: ProcessMetrics,
+        health: Arc<Health>,
+    ) -> Result<Self, RunError> {
+        let owned = source.partitions().to_vec();
+        let stored = store.positions(&owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
+        let name = source.describe();
+        let window = source.dedup_window();
+        let mut partitions = BTreeMap::new();
+        for &partition in &owned {
+            let range = source.log_range(partition).await?;
+            let (resume, gap) =
+                check(&name, partition, stored.get(&partition).copied(), range, options.accept_log_gaps)?;
+            if let Some(gap) = gap {
+                report_gap(&metrics, &gap);
+            }
+            let after = resume.after;
+            let mut from = after.position + 1;
+            if let Some(window) = window.filter(|_| !resume.reset && after.time_ms > 0) {
+                // Rebuild the dedup window from the messages before the stored position.
+                let since = after.time_ms.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+                if let Some(rewind) = source.position_at(partition, since).await? {
+                    from = from.min(rewind.max(range.first));
+                }
+            }
+            source.resume(partition, from).await?;
+            info!(partition, stored = ?stored.get(&partition), from, first = range.first, next = range.next, "resuming");
+            partitions.insert(
+                partition,
+                Partition {
+                    durable: after,
+                    epoch: after.epoch,
+                    seen: after.position,
+                    seen_time_ms: after.time_ms,
+                    acked: after.position,
+                    unacked: None,
+                    dirty: resume.reset,
+                    dedup: window.map(|w| DedupWindow::new(w, options.dedup_max_ids)),
+                    paused: None,
+                },
+            );
+        }
+        Ok(Self { source, processor, store, options, metrics, health, partitions, retries_seen: 0 })
+    }
+
+    async fn take(&mut self, event: SourceEvent) -> Result<(), RunError> {
+        match event {
+            SourceEvent::Message(delivery) => self.message(delivery).await,
+            SourceEvent::Gap { partition, reason } => {
+                warn!(partition, %reason, "deliveries stopped following on; resuming after the last position taken");
+                if let Some(part) = self.partitions.get_mut(&partition) {
+                    part.paused =
+                        Some((Instant::now(), Backoff::new(Duration::from_millis(100), Duration::from_secs(5))));
+                }
+                Ok(())
+            }
+            SourceEvent::CaughtUp { partition, position } => {
+                if let Some(part) = self.partitions.get_mut(&partition) {
+                    if position > part.seen && part.paused.is_none() {
+                        part.seen = position;
+                        part.dirty = true;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn message(&mut self, delivery: Delivery) -> Result<(), RunError> {
+        let Delivery { partition, position, payload, id, timestamp_ms, delivered, ack } = delivery;
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            warn!(partition, position, "a delivery of a partition this processor does not own; ignored");
+            return Ok(());
+        };
+        if part.paused.is_some() {
+            return Ok(());
+        }
+        if position <= part.seen {
+            self.metrics.messages.with_label_values(&["redelivered"]).inc();
+            if let (Some(window), Some(id)) = (part.dedup.as_mut(), id.as_deref()) {
+                window.seen_before(id, timestamp_ms);
+            }
+            // Already stored: acknowledge so it stops coming back. Only in memory: leave
+            // it; the acknowledgement after the next write covers it.
+            if position <= part.durable.position && position > part.acked {
+                match ack.ack().await {
+                    Ok(()) => part.acked = position,
+                    Err(e) => warn!(error = %e, "acknowledging a redelivery failed; it will come again and be skipped"),
+                }
+            }
+            return Ok(());
+        }
+        let duplicate = match (part.dedup.as_mut(), id.as_deref()) {
+            (Some(window), Some(id)) => window.seen_before(id, timestamp_ms),
+            _ => false,
+        };
+        if duplicate {
+            self.metrics.messages.with_label_values(&["duplicate"]).inc();
+            info!(
+                partition,
+                position,
+                id = id.as_deref().unwrap_or_default(),
+                "message id seen before inside the dedup window; skipped"
+            );
+        } else {
+            if delivered > 1 {
+                info!(partition, position, delivered, "processing a redelivered message not yet stored");
+            }
+            let report = self.processor.process_message(partition, position, &payload, now_ms())?;
+            for record in &report.invalid {
+                warn!(partition, position, index = record.index, reason = record.reason, detail = %record.detail,
+                    "unusable record skipped");
+                self.metrics.invalid.with_label_values(&[record.reason]).inc();
+            }
+            self.metrics.messages.with_label_values(&["processed"]).inc();
+            self.metrics.events.with_label_values(&["counted"]).inc_by(report.counted as u64);
+            self.metrics.events.with_label_values(&["late"]).inc_by(report.late as u64);
+            self.metrics.events.with_label_values(&["future"]).inc_by(report.future as u64);
+        }
+        part.seen = position;
+        part.seen_time_ms = timestamp_ms;
+        part.unacked = Some((position, ack));
+        part.dirty = true;
+        Ok(())
+    }
+
+    /// Resumes partitions paused by a gap whose next try is due: after the last position
+    /// taken, once that position is checked against the log.
+    async fn resume_paused(&mut self) -> Result<(), RunError> {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.paused.is_some_and(|(at, _)| at <= now))
+            .map(|(&p, _)| p)
+            .collect();
+        for partition in due {
+            let Some(part) = self.partitions.get(&partition) else { continue };
+            let seen = Mark { epoch: part.epoch, position: part.seen, time_ms: part.seen_time_ms };
+            let outcome = self.try_resume(partition, seen).await;
+            let Some(part) = self.partitions.get_mut(&partition) else { continue };
+            match outcome {
+                Ok((after, gap)) => {
+                    if let Some(gap) = gap {
+                        report_gap(&self.metrics, &gap);
+                        part.epoch = after.epoch;
+                        part.seen = after.position;
+                        part.seen_time_ms = 0;
+                        part.dirty = true;
+                    }
+                    part.paused = None;
+                    info!(partition, from = after.position + 1, "partition resumed");
+                }
+                Err(RunError::Source(e)) => {
+                    if let Some((at, backoff)) = part.paused.as_mut() {
+                        *at = Instant::now() + backoff.next_wait();
+                    }
+                    warn!(partition, error = %e, "cannot resume the partition yet; retrying");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `seen` against the log and resumes `partition` after it (or past an accepted
+    /// gap); returns where it resumed and the gap, if one was accepted.
+    async fn try_resume(&mut self, partition: u32, seen: Mark) -> Result<(Mark, Option<LogGap>), RunError> {
+        let range = self.source.log_range(partition).await?;
+        let (resume, gap) = check(&self.source.describe(), partition, Some(seen), range, self.options.accept_log_gaps)?;
+        self.source.resume(partition, resume.after.position + 1).await?;
+        Ok((resume.after, gap))
+    }
+
+    /// Whether some partition's position moved since the last write started.
+    fn has_unwritten_positions(&self) -> bool {
+        self.partitions.values().any(|p| p.dirty || p.unacked.is_some())
+    }
+
+    /// Takes the delta and the moved positions and writes them in the background.
+    fn start_write(&mut self) -> InFlight<T::Error> {
+        let now = now_ms();
+        let delta = self.processor.flush(now);
+        let mut marks = BTreeMap::new();
+        let mut acks = Vec::new();
+        for (&partition, part) in &mut self.partitions {
+            if std::mem::take(&mut part.dirty) {
+                marks.insert(partition, Mark { epoch: part.epoch, position: part.seen, time_ms: part.seen_time_ms });
+            }
+            if let Some((position, ack)) = part.unacked.take() {
+                acks.push((partition, position, ack));
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let started = Instant::now();
+        let flush = Flush { delta, marks: marks.clone(), now: now / 1000 };
+        InFlight(tokio::spawn(async move { (store.write(flush).await, acks, marks, started) }))
+    }
+
+    /// Books a finished write: on success the marks are durable and the acknowledgements
+    /// waiting for it go out; a rejection stops the runtime.
+    async fn landed(&mut self, done: Result<Written<T::Error>, tokio::task::JoinError>) -> Result<(), RunError> {
+        let (result, acks, marks, started) = done.map_err(|e| RunError::WriteTask(e.to_string()))?;
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                error!(error = %e, "the store rejected a flush; stopping without acknowledging it");
+                return Err(RunError::Rejected(Box::new(e)));
+            }
+        };
+        self.metrics.flushes.inc();
+        self.metrics.flush_rows.inc_by(report.rows as u64);
+        self.metrics.flush_bytes.inc_by(report.bytes as u64);
+        self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
+        for (partition, mark) in marks {
+            if let Some(part) = self.partitions.get_mut(&partition) {
+                part.durable = part.durable.max(mark);
+            }
+        }
+        for (partition, position, ack) in acks {
+            let Some(part) = self.partitions.get_mut(&partition) else { continue };
+            if position <= part.acked {
+                continue;
+            }
+            match ack.ack().await {
+                Ok(()) => part.acked = position,
+                // Stored already; a redelivery will be recognised and skipped.
+                Err(e) => warn!(error = %e, "acknowledgement failed after a landed write"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings gauges and `/ready` up to date.
+    fn observe(&mut self) {
+        let metrics = &self.metrics;
+        metrics.live_keys.set(self.processor.live_keys() as i64);
+        let retries = self.store.retries();
+        metrics.insert_retries.inc_by(retries.saturating_sub(self.retries_seen));
+        self.retries_seen = self.retries_seen.max(retries);
+        let lag = self.source.lag();
+        for (partition, behind) in &lag {
+            metrics.lag.with_label_values(&[&partition.to_string()]).set(i64::try_from(*behind).unwrap_or(i64::MAX));
+        }
+        metrics.pending.set(i64::try_from(lag.iter().map(|(_, n)| n).sum::<u64>()).unwrap_or(i64::MAX));
+        let oldest = self.partitions.keys().filter_map(|&p| self.processor.watermark(p)).min();
+        if let Some(watermark) = oldest {
+            metrics.watermark_lag.set((now_ms() - watermark) / 1000);
+        }
+        let mut ids = 0;
+        for window in self.partitions.values_mut().filter_map(|p| p.dedup.as_mut()) {
+            ids += window.len();
+            metrics.dedup_evicted.inc_by(window.take_evicted_early());
+        }
+        metrics.dedup_ids.set(ids as i64);
+        self.health.set(self.source.is_ready(), self.store.is_healthy());
+    }
+}
+
+/// Logs an accepted gap at ERROR and counts it.
+fn report_gap(metrics: &ProcessMetrics, gap: &LogGap) {
+    error!(
+        partition = gap.partition,
+        stored = gap.stored,
+        first = gap.range.first,
+        next = gap.range.next,
+        kind = gap.kind.label(),
+        skipped = gap.skipped(),
+        "{gap} — going on because consumer.accept_log_gaps = true"
+    );
+    metrics.log_gaps.with_label_values(&[gap.kind.label()]).inc();
+    metrics.log_gap_positions.with_label_values(&[gap.kind.label()]).inc_by(gap.skipped());
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,67 @@
+//! The processor's HTTP endpoint: `/health`, `/ready`, `/metrics`.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Router};
+
+use crate::metrics::ProcessMetrics;
+
+/// Whether the runtime's broker and store work right now; the runtime keeps it current.
+#[derive(Debug)]
+pub struct Health {
+    broker: AtomicBool,
+    store: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { broker: AtomicBool::new(true), store: AtomicBool::new(true) }
+    }
+}
+
+impl Health {
+    /// `Ok` when both work, else what does not.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.store.load(Ordering::Relaxed) {
+            Err("ClickHouse inserts are failing")
+        } else if !self.broker.load(Ordering::Relaxed) {
+            Err("broker not connected")
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn set(&self, broker: bool, store: bool) {
+        self.broker.store(broker, Ordering::Relaxed);
+        self.store.store(store, Ordering::Relaxed);
+    }
+}
+
+struct Status {
+    metrics: ProcessMetrics,
+    health: Arc<Health>,
+}
+
+/// Routes `/health` (always `ok`), `/ready` (`503` with the reason while `health` says
+/// no) and `/metrics`.
+pub fn status_router(metrics: ProcessMetrics, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(readiness))
+        .route("/metrics", get(render))
+        .with_state(Arc::new(Status { metrics, health }))
+}
+
+async fn readiness(State(status): State<Arc<Status>>) -> axum::response::Response {
+    match status.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
+    }
+}
+
+async fn render(State(status): State<Arc<Status>>) -> axum::response::Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], status.metrics.render()).into_response()
+}

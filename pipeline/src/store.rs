@@ -1,0 +1,292 @@
+//! Where flushes go: the [`Store`] trait, and [`MemoryStore`] for tests.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use futures::future::{self, BoxFuture, FutureExt};
+use gallop_processor::{sketch::UniqHll12, Delta};
+use gallop_sink::Mark;
+use tokio::sync::Notify;
+
+/// One flush: the aggregates since the last one and the positions they account for.
+#[derive(Debug, Clone)]
+pub struct Flush {
+    /// Rows and leaderboards.
+    pub delta: Delta,
+    /// Per partition, where the partition stands once this flush is stored.
+    pub marks: BTreeMap<u32, Mark>,
+    /// Wall-clock seconds at the flush.
+    pub now: i64,
+}
+
+/// What a landed write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteReport {
+    /// Rows written (0 when an earlier attempt had landed).
+    pub rows: usize,
+    /// Bytes written.
+    pub bytes: usize,
+}
+
+/// Durable storage of flushes and the positions they account for.
+///
+/// A write stores the delta and its marks atomically (all or nothing) and retries transient
+/// failures itself until it lands, never storing twice; it fails only when retrying cannot
+/// help (a rejection), and the runtime then stops without acknowledging.
+pub trait Store: Send + Sync + 'static {
+    /// Why a store operation failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The newest stored mark of each of `partitions` (absent: nothing stored).
+    fn positions(&self, partitions: &[u32]) -> BoxFuture<'_, Result<BTreeMap<u32, Mark>, Self::Error>>;
+
+    /// Stores `flush`, waiting until it landed.
+    fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Self::Error>>;
+
+    /// False while writes are failing and being retried (drives `/ready`).
+    fn is_healthy(&self) -> bool;
+
+    /// Failed write attempts so far (each one retried).
+    fn retries(&self) -> u64;
+}
+
+/// One (site, minute, dimension, value) cell as [`MemoryStore`] holds it: every flush
+/// merged in, as ClickHouse merges partial states.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cell {
+    /// Events.
+    pub events: u64,
+    /// Sum of values.
+    pub value_sum: f64,
+    /// Events with a value.
+    pub value_count: u64,
+    /// Visitors.
+    pub visitors: UniqHll12,
+}
+
+/// Faults a test switches on to stop a write at a chosen step.
+#[derive(Debug, Default)]
+pub struct MemoryStoreFaults {
+    /// Writes hang before storing anything.
+    stall_before_landing: AtomicBool,
+    /// Writes store, then hang (the answer never comes back).
+    stall_after_landing: AtomicBool,
+    /// Writes are rejected (a schema mismatch, say).
+    reject: AtomicBool,
+    stalled: AtomicBool,
+    notify: Notify,
+}
+
+impl MemoryStoreFaults {
+    /// Writes hang before anything is stored (a process killed during the write).
+    pub fn stall_before_landing(&self, on: bool) {
+        self.stall_before_landing.store(on, Ordering::SeqCst);
+    }
+
+    /// Writes store, then hang (a process killed after the write, before the ack).
+    pub fn stall_after_landing(&self, on: bool) {
+        self.stall_after_landing.store(on, Ordering::SeqCst);
+    }
+
+    /// Writes are rejected.
+    pub fn reject(&self, on: bool) {
+        self.reject.store(on, Ordering::SeqCst);
+    }
+
+    /// Waits until a write has stalled.
+    pub async fn stalled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.stalled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Clears every fault and the stall flag.
+    pub fn clear(&self) {
+        for flag in [&self.stall_before_landing, &self.stall_after_landing, &self.reject, &self.stalled] {
+            flag.store(false, Ordering::SeqCst);
+        }
+    }
+
+    async fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        future::pending::<()>().await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stored {
+    cells: BTreeMap<(String, i64, String, String), Cell>,
+    marks: BTreeMap<u32, Mark>,
+}
+
+/// A store in memory that merges flushes as ClickHouse would; for tests of the runtime.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    stored: Mutex<Stored>,
+    writes: AtomicUsize,
+    landed: Notify,
+    faults: MemoryStoreFaults,
+    retries: AtomicU64,
+}
+
+/// The store's error: a rejected write.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("memory store rejected the write")]
+pub struct Rejected;
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The fault switches.
+    pub fn faults(&self) -> &MemoryStoreFaults {
+        &self.faults
+    }
+
+    /// Every cell stored so far.
+    pub fn cells(&self) -> BTreeMap<(String, i64, String, String), Cell> {
+        self.lock().cells.clone()
+    }
+
+    /// The newest mark of every partition.
+    pub fn marks(&self) -> BTreeMap<u32, Mark> {
+        self.lock().marks.clone()
+    }
+
+    /// Writes that landed.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` writes have landed in all.
+    pub async fn wait_for_writes(&self, n: usize) {
+        loop {
+            let notified = self.landed.notified();
+            if self.writes() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stored> {
+        // Each write merges under the lock in one go; a panic cannot leave it half-merged
+        // in a way later reads would mind (tests only).
+        self.stored.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn land(&self, flush: &Flush) {
+        let mut stored = self.lock();
+        for row in &flush.delta.rows {
+            let key = (row.site.clone(), row.bucket, row.dimension.clone(), row.value.clone());
+            let cell = stored.cells.entry(key).or_default();
+            cell.events += row.events;
+            cell.value_sum += row.value_sum;
+            cell.value_count += row.value_count;
+            cell.visitors.merge(&row.visitors);
+        }
+        for (&partition, &mark) in &flush.marks {
+            let newest = stored.marks.entry(partition).or_insert(mark);
+            *newest = (*newest).max(mark);
+        }
+        drop(stored);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.landed.notify_waiters();
+    }
+}
+
+impl Store for MemoryStore {
+    type Error = Rejected;
+
+    fn positions(&self, partitions: &[u32]) -> BoxFuture<'_, Result<BTreeMap<u32, Mark>, Rejected>> {
+        let marks = self.lock().marks.iter().filter(|(p, _)| partitions.contains(p)).map(|(&p, &m)| (p, m)).collect();
+        future::ready(Ok(marks)).boxed()
+    }
+
+    fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Rejected>> {
+        async move {
+            if self.faults.reject.load(Ordering::SeqCst) {
+                return Err(Rejected);
+            }
+            if self.faults.stall_before_landing.load(Ordering::SeqCst) {
+                self.faults.stall().await;
+            }
+            self.land(&flush);
+            if self.faults.stall_after_landing.load(Ordering::SeqCst) {
+                self.faults.stall().await;
+            }
+            Ok(WriteReport { rows: flush.delta.rows.len() + flush.marks.len(), bytes: 0 })
+        }
+        .boxed()
+    }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    fn retries(&self) -> u64 {
+        self.retries.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_processor::RollupRow;
+
+    use super::*;
+
+    fn flush(events: u64, marks: &[(u32, u64)]) -> Flush {
+        let row = RollupRow {
+            site: "s".into(),
+            bucket: 60,
+            dimension: "total".into(),
+            value: String::new(),
+            events,
+            visitors: UniqHll12::new(),
+            value_sum: 0.0,
+            value_count: 0,
+        };
+        Flush {
+            delta: Delta { rows: vec![row], ..Delta::default() },
+            marks: marks.iter().map(|&(p, position)| (p, Mark::at(position))).collect(),
+            now: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn merges_cells_and_keeps_the_newest_marks() {
+        let store = Arc::new(MemoryStore::new());
+        Arc::clone(&store).write(flush(2, &[(0, 5), (1, 3)])).await.expect("write");
+        Arc::clone(&store).write(flush(3, &[(0, 9)])).await.expect("write");
+        let cells = store.cells();
+        assert_eq!(cells.values().map(|c| c.events).sum::<u64>(), 5);
+        assert_eq!(store.positions(&[0, 1]).await.expect("positions"), store.marks());
+        assert_eq!(store.marks()[&0], Mark::at(9));
+        assert_eq!(store.positions(&[1]).await.expect("positions").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn faults_stall_or_reject_writes() {
+        let store = Arc::new(MemoryStore::new());
+        store.faults().reject(true);
+        assert!(Arc::clone(&store).write(flush(1, &[(0, 1)])).await.is_err());
+        store.faults().clear();
+        store.faults().stall_after_landing(true);
+        let write = tokio::spawn(Arc::clone(&store).write(flush(1, &[(0, 1)])));
+        store.faults().stalled().await;
+        assert_eq!(store.writes(), 1, "landed before stalling");
+        write.abort();
+    }
+}

@@ -1,0 +1,12 @@
+//! Small pieces every Gallop process shares.
+//!
+//! [`Backoff`] is the one retry policy: exponential waits with jitter, used by every loop
+//! that retries a broker, ClickHouse or the salt store. [`MetricsRegistry`] builds,
+//! registers and renders the Prometheus metrics of the gateway and the processor alike.
+#![warn(missing_docs)]
+
+mod backoff;
+mod metrics;
+
+pub use backoff::Backoff;
+pub use metrics::{exponential_buckets, MetricsRegistry};
