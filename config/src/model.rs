@@ -3,7 +3,7 @@
 //! Each struct denies unknown fields so a typo fails at start instead of being ignored.
 //! `gallop.example.toml` at the repository root mirrors this file key for key.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// NATS JetStream connection, stream and key-value settings.
     pub nats: NatsConfig,
+    /// Kafka connection, topics and client properties.
+    pub kafka: KafkaConfig,
     /// The ingest gateway: HTTP listener, enrichment, privacy, limits, batching.
     pub ingest: IngestConfig,
     /// The processor: which rollups to build, flushing, and memory bounds.
@@ -80,10 +82,11 @@ impl Default for TimeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `nats` (JetStream). Kafka follows through the same traits.
+    /// `nats` (JetStream, section `[nats]`) or `kafka` (section `[kafka]`).
     pub kind: BrokerKind,
-    /// Number of partitions. A visitor's events always go to partition
-    /// `hash(site, visitor) % partitions`. Changing it re-routes visitors.
+    /// Number of partitions events are spread over. A visitor's events always go to the
+    /// same partition (a consistent hash of site and visitor); growing the count moves
+    /// about 1/n of the visitors.
     pub partitions: u32,
 }
 
@@ -99,6 +102,106 @@ impl Default for BrokerConfig {
 pub enum BrokerKind {
     /// NATS JetStream.
     Nats,
+    /// Apache Kafka (or a Kafka-protocol broker).
+    Kafka,
+}
+
+impl BrokerKind {
+    /// `nats` or `kafka`, as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nats => "nats",
+            Self::Kafka => "kafka",
+        }
+    }
+}
+
+/// Kafka settings, used when `broker.kind = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Brokers to bootstrap from, comma separated `host:port`.
+    pub bootstrap_servers: String,
+    /// Topic that carries events between gateways and processors.
+    pub topic: String,
+    /// Partitions of the topic when Gallop creates or grows it; unset means
+    /// `broker.partitions`. It may be larger (partitions made ahead of growth; Gallop uses
+    /// the first `broker.partitions`), never smaller.
+    pub partitions: Option<u32>,
+    /// Replication factor of the topics Gallop creates.
+    pub replication_factor: i16,
+    /// Create the topics when missing, and grow the events topic to `broker.partitions`
+    /// when it has fewer. `false`: they must exist (a missing one fails at start).
+    pub create_topics: bool,
+    /// `retention.ms` of the events topic when Gallop creates it: how long a processor may
+    /// be down before unprocessed events are removed (the processor then refuses to start,
+    /// see `consumer.accept_log_gaps`).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Topic holding the daily visitor salt every gateway shares (one partition, records
+    /// expire after a day, older days are deleted at rotation where the broker allows).
+    pub salt_topic: String,
+    /// Consumer group processors commit their positions to. Only for tools that show lag:
+    /// Gallop itself resumes from the positions stored in ClickHouse.
+    pub consumer_group: String,
+    /// Kafka stores a republished message again (a gateway retrying a publish, a client
+    /// retrying a request whose events carry ids): the processor drops a message whose id it
+    /// saw in the same partition this long before. Like `nats.duplicate_window`.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// librdkafka properties passed to every client as they are (SASL, TLS, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`. They win over Gallop's own defaults
+    /// (`compression.type = "lz4"`, `linger.ms = 1`, …); the keys its delivery guarantees
+    /// rest on (`enable.idempotence`, `acks`, `message.timeout.ms`, `enable.auto.commit`,
+    /// `auto.offset.reset`) are refused.
+    pub properties: KafkaProperties,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            topic: "gallop-events".to_owned(),
+            partitions: None,
+            replication_factor: 1,
+            create_topics: true,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            salt_topic: "gallop-salts".to_owned(),
+            consumer_group: "gallop-processor".to_owned(),
+            dedup_window: Duration::from_secs(120),
+            properties: KafkaProperties::default(),
+        }
+    }
+}
+
+/// librdkafka properties; the values of secret ones (`*password*`, `*secret*`, `sasl.jaas*`,
+/// `*.key.pem`, `sasl.oauthbearer.config`) print as `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether the value of `key` must not be shown.
+    pub fn is_secret(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "sasl.jaas", "key.pem", "oauthbearer.config"].iter().any(|marker| key.contains(marker))
+    }
+
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0.iter().map(|(k, v)| (k.as_str(), if Self::is_secret(k) { "<redacted>" } else { v.as_str() })).collect()
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(serializer)
+    }
 }
 
 /// NATS JetStream settings.

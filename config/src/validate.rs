@@ -2,7 +2,7 @@
 
 use crate::{
     error::{ConfigError, Problem},
-    model::Config,
+    model::{BrokerKind, Config},
 };
 
 /// Checks every rule and reports all broken ones together.
@@ -38,8 +38,52 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     );
     need(nats.user.is_some() == nats.password.is_some(), "nats.password", "set together with nats.user");
 
+    let kafka = &config.kafka;
+    need(
+        !kafka.bootstrap_servers.trim().is_empty()
+            && kafka.bootstrap_servers.split(',').all(|server| {
+                server
+                    .trim()
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            }),
+        "kafka.bootstrap_servers",
+        "comma-separated host:port pairs such as 127.0.0.1:9092",
+    );
+    need(is_topic_name(&kafka.topic), "kafka.topic", "1 to 249 letters, digits, '.', '_' or '-'");
+    need(is_topic_name(&kafka.salt_topic), "kafka.salt_topic", "1 to 249 letters, digits, '.', '_' or '-'");
+    need(kafka.salt_topic != kafka.topic, "kafka.salt_topic", "a topic other than kafka.topic");
+    need(!kafka.consumer_group.trim().is_empty(), "kafka.consumer_group", "a consumer group name");
+    if let Some(partitions) = kafka.partitions {
+        need(
+            partitions >= config.broker.partitions,
+            "kafka.partitions",
+            "at least broker.partitions (Gallop publishes to partitions 0..broker.partitions)",
+        );
+    }
+    need((1..=16).contains(&kafka.replication_factor), "kafka.replication_factor", "between 1 and 16");
+    need(kafka.retention.as_secs() >= 3600, "kafka.retention", "at least 1h");
+    need(
+        kafka.dedup_window.as_secs() >= 1 && kafka.dedup_window <= kafka.retention,
+        "kafka.dedup_window",
+        "at least 1s and at most kafka.retention",
+    );
+    for key in kafka.properties.0.keys() {
+        need(
+            !["enable.idempotence", "acks", "message.timeout.ms", "enable.auto.commit", "auto.offset.reset"]
+                .contains(&key.as_str()),
+            &format!("kafka.properties.\"{key}\""),
+            "left to Gallop: its delivery guarantees depend on it",
+        );
+    }
+
     let ingest = &config.ingest;
     need(!ingest.publish_timeout.is_zero(), "ingest.publish_timeout", "greater than 0");
+    need(
+        config.broker.kind != BrokerKind::Kafka || ingest.publish_timeout.as_millis() >= 2500,
+        "ingest.publish_timeout",
+        "at least 2.5s with broker.kind = \"kafka\" (librdkafka settles a message up to 1.5s after its timeout)",
+    );
     need(ingest.retry_after_seconds >= 1, "ingest.retry_after_seconds", "at least 1");
     need(ingest.user_agent_cache >= 1, "ingest.user_agent_cache", "at least 1");
     if let Some(header) = &ingest.country_header {
@@ -158,6 +202,14 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
 
 fn is_stream_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Kafka's rule for topic names.
+fn is_topic_name(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn is_bucket_name(name: &str) -> bool {

@@ -245,10 +245,22 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
     metrics.publishes_in_flight.inc();
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let settles_within = shared.publisher.publish_settles_within();
     let result = loop {
-        match timeout_at(batch.deadline, shared.publisher.publish(message.clone())).await {
+        let attempt = match settles_within {
+            // A publish the client library settles by itself cannot be taken back once
+            // started: start one only if its outcome comes before the requests' deadline,
+            // and wait for that outcome (the bound here only guards against a library bug).
+            Some(bound) if Instant::now() + bound > batch.deadline => {
+                break Err(PublishError::Timeout { id: format!("{id} (not sent: too close to the deadline)") })
+            }
+            Some(bound) => tokio::time::timeout(bound * 2, shared.publisher.publish(message.clone())).await,
+            None => timeout_at(batch.deadline, shared.publisher.publish(message.clone())).await,
+        };
+        let retry_by = Instant::now() + backoff.current() + settles_within.unwrap_or_default();
+        match attempt {
             Ok(Ok(_position)) => break Ok(()),
-            Ok(Err(e)) if e.is_retryable() && Instant::now() + backoff.current() < batch.deadline => {
+            Ok(Err(e)) if e.is_retryable() && retry_by < batch.deadline => {
                 metrics.publish_retries.inc();
                 tracing::debug!(message_id = %id, error = %e, "publish failed; retrying");
                 backoff.wait().await;
@@ -361,5 +373,68 @@ mod tests {
         broker.set_available(true);
         batcher.close().await;
         assert!(broker.messages(0).is_empty(), "an abandoned message must not be published later");
+    }
+
+    /// A publisher whose library settles each message within `bound` and takes `delay`.
+    struct Settling {
+        inner: MemoryBroker,
+        bound: Duration,
+        delay: Duration,
+    }
+
+    impl Publisher for Settling {
+        fn partitions(&self) -> u32 {
+            self.inner.partitions()
+        }
+
+        fn is_ready(&self) -> bool {
+            true
+        }
+
+        fn publish_settles_within(&self) -> Option<Duration> {
+            Some(self.bound)
+        }
+
+        fn publish(
+            &self,
+            message: OutboundMessage,
+        ) -> futures::future::BoxFuture<'static, Result<gallop_broker::Position, PublishError>> {
+            use futures::FutureExt;
+            let stored = self.inner.publish(message);
+            let delay = self.delay;
+            async move {
+                tokio::time::sleep(delay).await;
+                stored.await
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_self_settling_publish_is_not_started_when_it_would_outlive_the_deadline() {
+        let broker = Arc::new(Settling {
+            inner: MemoryBroker::new(1),
+            bound: Duration::from_secs(3),
+            delay: Duration::from_millis(10),
+        });
+        let batcher = Batcher::start(broker.clone(), config(10, 1), Metrics::new(), "t".into());
+        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
+        assert!(matches!(result, Err(PublishError::Timeout { .. })), "{result:?}");
+        batcher.close().await;
+        assert!(broker.inner.messages(0).is_empty(), "nothing was handed to the library");
+    }
+
+    #[tokio::test]
+    async fn a_self_settling_publish_is_awaited_to_its_outcome() {
+        let broker = Arc::new(Settling {
+            inner: MemoryBroker::new(1),
+            bound: Duration::from_millis(300),
+            delay: Duration::from_millis(200),
+        });
+        let batcher = Batcher::start(broker.clone(), config(10, 1), Metrics::new(), "t".into());
+        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(broker.inner.messages(0).len(), 1);
+        batcher.close().await;
     }
 }

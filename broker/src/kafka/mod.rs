@@ -1,0 +1,360 @@
+//! The Kafka adapter (librdkafka through `rdkafka`): [`KafkaBroker`] publishes, a
+//! [`KafkaSource`] reads owned partitions for the processor, [`KafkaSaltStore`] keeps the
+//! daily visitor salt in a topic.
+//!
+//! Partition `p` of Gallop is partition `p` of the events topic; a message's position is its
+//! offset + 1, so that 0 means "nothing processed" on every broker. Messages carry their id
+//! in the `Gallop-Msg-Id` header. Kafka keeps a republished message (there is no window like
+//! JetStream's `Nats-Msg-Id`): the idempotent producer removes librdkafka's own retries, and
+//! the processor drops copies that a gateway or a client republished by their ids
+//! (`kafka.dedup_window`).
+
+mod salt;
+mod source;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::future::{BoxFuture, FutureExt};
+use gallop_config::KafkaConfig;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication, TopicResult},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, Consumer as _},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use salt::KafkaSaltStore;
+pub use source::KafkaSource;
+
+use crate::publisher::{OutboundMessage, Position, PublishError, Publisher};
+
+/// The header holding a message's id.
+pub const MESSAGE_ID_HEADER: &str = "Gallop-Msg-Id";
+/// The header holding how many events a message carries.
+const EVENTS_HEADER: &str = "Gallop-Events";
+/// How long one admin or metadata request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much later than `message.timeout.ms` librdkafka may report a message timed out: it
+/// scans for expired messages about once a second (measured against librdkafka's mock
+/// cluster with its broker down: 1.5 s timeout, reported after 2.9 s).
+pub(crate) const TIMEOUT_SCAN_SLACK: Duration = Duration::from_millis(1500);
+/// How often the broker's reachability is probed (drives `/ready`).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Failure to set up the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A client could not be made (bad properties).
+    #[error("cannot create a Kafka {client} for {servers}: {reason}")]
+    Client {
+        /// `producer`, `consumer` or `admin client`.
+        client: &'static str,
+        /// `kafka.bootstrap_servers`.
+        servers: String,
+        /// librdkafka's complaint.
+        reason: String,
+    },
+    /// A topic is missing, too small, or could not be made or read.
+    #[error("Kafka topic {topic} at {servers}: {reason}")]
+    Topic {
+        /// Topic name.
+        topic: String,
+        /// `kafka.bootstrap_servers`.
+        servers: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A client config with `kafka.bootstrap_servers`, Gallop's `defaults` and then the
+/// operator's `kafka.properties` (which win).
+pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    for (key, value) in defaults {
+        client.set(*key, *value);
+    }
+    for (key, value) in &config.properties.0 {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(call).await.map_err(|e| format!("librdkafka call panicked: {e}"))
+}
+
+/// Makes `topic` exist with at least `partitions` partitions (creating or growing it when
+/// `config.create_topics`), with the topic settings `settings` when created.
+pub(crate) async fn ensure_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: u32,
+    settings: &[(&str, String)],
+) -> Result<(), KafkaSetupError> {
+    let fail = |reason: String| KafkaSetupError::Topic {
+        topic: topic.to_owned(),
+        servers: config.bootstrap_servers.clone(),
+        reason,
+    };
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(config, &[]).create().map_err(|e| KafkaSetupError::Client {
+            client: "admin client",
+            servers: config.bootstrap_servers.clone(),
+            reason: e.to_string(),
+        })?;
+    // Metadata is read by a consumer-type client: a producer-type one (the admin client)
+    // asks the broker to auto-create the topics it looks up, with the broker's defaults.
+    let lookup: BaseConsumer =
+        client_config(config, &[("allow.auto.create.topics", "false")]).create().map_err(|e| {
+            KafkaSetupError::Client {
+                client: "consumer",
+                servers: config.bootstrap_servers.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let lookup = Arc::new(lookup);
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT));
+    let found = partition_count(&lookup, topic).await.map_err(fail)?;
+    match found {
+        Some(n) if n >= partitions => return Ok(()),
+        _ if !config.create_topics => {
+            let what = match found {
+                Some(n) => format!("has {n} partitions, {partitions} are needed"),
+                None => "does not exist".to_owned(),
+            };
+            return Err(fail(format!("{what}, and kafka.create_topics = false")));
+        }
+        Some(n) => {
+            info!(topic, from = n, to = partitions, "growing the topic");
+            let result = admin.create_partitions(&[NewPartitions::new(topic, partitions as usize)], &options).await;
+            check_admin(result)
+                .map_err(|e| fail(format!("cannot grow it from {n} to {partitions} partitions: {e}")))?;
+        }
+        None => {
+            info!(topic, partitions, "creating the topic");
+            let mut new = NewTopic::new(
+                topic,
+                i32::try_from(partitions).unwrap_or(i32::MAX),
+                TopicReplication::Fixed(i32::from(config.replication_factor)),
+            );
+            for (key, value) in settings {
+                new = new.set(key, value);
+            }
+            match check_admin(admin.create_topics(&[new], &options).await) {
+                Ok(()) => {}
+                // Another gateway or processor made it first.
+                Err(e) if e.contains("TopicAlreadyExists") || e.contains("already exists") => {}
+                Err(e) => return Err(fail(format!("cannot create it: {e}"))),
+            }
+        }
+    }
+    // Creation is asynchronous on the broker side: wait until metadata shows it.
+    for _ in 0..50 {
+        if partition_count(&lookup, topic).await.map_err(fail)?.is_some_and(|n| n >= partitions) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(fail(format!("does not show {partitions} partitions 5 s after it was created")))
+}
+
+/// The partition count of `topic`, `None` when it does not exist.
+async fn partition_count(lookup: &Arc<BaseConsumer>, topic: &str) -> Result<Option<u32>, String> {
+    let lookup = Arc::clone(lookup);
+    let name = topic.to_owned();
+    let metadata = blocking(move || lookup.fetch_metadata(Some(&name), REQUEST_TIMEOUT))
+        .await?
+        .map_err(|e| format!("cannot read metadata: {e}"))?;
+    let topic = metadata.topics().iter().find(|t| t.name() == topic);
+    Ok(match topic {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Some(t.partitions().len() as u32),
+        _ => None,
+    })
+}
+
+/// The first error of an admin operation's per-item results.
+fn check_admin(result: Result<Vec<TopicResult>, KafkaError>) -> Result<(), String> {
+    match result {
+        Ok(items) => {
+            items.into_iter().try_for_each(|item| item.map(|_| ()).map_err(|(_, code)| format!("{code:?}: {code}")))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A Kafka-backed [`Publisher`]: idempotent producer, `acks=all`, one topic partition per
+/// Gallop partition.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    producer: FutureProducer,
+    config: KafkaConfig,
+    partitions: u32,
+    /// How long a publish can take to settle, librdkafka's timeout scan included.
+    settle_bound: Duration,
+    ready: Arc<AtomicBool>,
+    /// The reachability probe, stopped with the last clone.
+    _probe: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker").field("topic", &self.config.topic).field("partitions", &self.partitions).finish()
+    }
+}
+
+/// Aborts a background task when the last handle goes.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl KafkaBroker {
+    /// Makes sure the events topic exists with `partitions` partitions and starts the
+    /// producer. Each message is settled within 3/4 of `publish_timeout`: librdkafka's
+    /// `message.timeout.ms` is that less 1.5 s (librdkafka looks for
+    /// timed-out messages about once a second). So the outcome is known before the request
+    /// that waits for it answers, and a request answered 503 is not published behind the
+    /// client's back.
+    pub async fn connect(
+        config: &KafkaConfig,
+        partitions: u32,
+        publish_timeout: Duration,
+    ) -> Result<Self, KafkaSetupError> {
+        let topic_partitions = config.partitions.unwrap_or(partitions).max(partitions);
+        let retention = config.retention.as_millis().to_string();
+        ensure_topic(config, &config.topic, topic_partitions, &[("retention.ms", retention)]).await?;
+        let settle_bound = publish_timeout * 3 / 4;
+        let timeout_ms =
+            settle_bound.saturating_sub(TIMEOUT_SCAN_SLACK).max(Duration::from_millis(100)).as_millis().to_string();
+        let mut client = client_config(config, &[("compression.type", "lz4"), ("linger.ms", "1")]);
+        client.set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", &timeout_ms);
+        let producer: FutureProducer = client.create().map_err(|e| KafkaSetupError::Client {
+            client: "producer",
+            servers: config.bootstrap_servers.clone(),
+            reason: e.to_string(),
+        })?;
+        let lookup: BaseConsumer =
+            client_config(config, &[("allow.auto.create.topics", "false")]).create().map_err(|e| {
+                KafkaSetupError::Client {
+                    client: "consumer",
+                    servers: config.bootstrap_servers.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let probe = tokio::spawn(probe(Arc::new(lookup), config.topic.clone(), Arc::clone(&ready)));
+        info!(topic = %config.topic, partitions, "Kafka producer ready");
+        Ok(Self {
+            producer,
+            config: config.clone(),
+            partitions,
+            settle_bound,
+            ready,
+            _probe: Arc::new(AbortOnDrop(probe)),
+        })
+    }
+
+    /// The events topic.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    /// Opens (creating if needed) the salt topic named in the config.
+    pub async fn salt_store(&self) -> Result<KafkaSaltStore, KafkaSetupError> {
+        KafkaSaltStore::open(&self.config, self.producer.clone()).await
+    }
+}
+
+/// Keeps `ready` true while the broker answers a metadata request for `topic` (from a
+/// consumer-type client, which does not make the broker create a missing topic).
+async fn probe(lookup: Arc<BaseConsumer>, topic: String, ready: Arc<AtomicBool>) {
+    loop {
+        let client = Arc::clone(&lookup);
+        let name = topic.clone();
+        let ok = blocking(move || client.fetch_metadata(Some(&name), PROBE_EVERY)).await.is_ok_and(|metadata| {
+            metadata.is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.error().is_none()))
+        });
+        if ready.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                info!(%topic, "Kafka reachable again");
+            } else {
+                warn!(%topic, "Kafka unreachable");
+            }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+impl Publisher for KafkaBroker {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn publish_settles_within(&self) -> Option<Duration> {
+        Some(self.settle_bound)
+    }
+
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<Position, PublishError>> {
+        let producer = self.producer.clone();
+        let topic = self.config.topic.clone();
+        let partitions = self.partitions;
+        async move {
+            if message.partition >= partitions {
+                return Err(PublishError::NoSuchPartition { partition: message.partition, partitions });
+            }
+            let events = message.events.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: MESSAGE_ID_HEADER, value: Some(message.id.as_str()) })
+                .insert(Header { key: EVENTS_HEADER, value: Some(events.as_str()) });
+            let record = FutureRecord::<(), [u8]>::to(&topic)
+                .partition(i32::try_from(message.partition).unwrap_or(i32::MAX))
+                .payload(&message.payload[..])
+                .headers(headers);
+            // A full local queue fails at once (the caller retries within its deadline);
+            // once queued, librdkafka settles the message within message.timeout.ms.
+            match producer.send(record, Timeout::After(Duration::ZERO)).await {
+                Ok(delivery) => Ok(Position {
+                    partition: message.partition,
+                    offset: u64::try_from(delivery.offset).unwrap_or(0) + 1,
+                    duplicate: false,
+                }),
+                Err((e, _)) => Err(publish_error(&message.id, &e)),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn publish_error(id: &str, error: &KafkaError) -> PublishError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout { id: id.to_owned() },
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            PublishError::TooLarge { id: id.to_owned(), bytes: 0 }
+        }
+        Some(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::QueueFull,
+        ) => PublishError::NotConnected(format!("message {id}: {error}")),
+        _ => PublishError::Rejected { id: id.to_owned(), reason: error.to_string() },
+    }
+}
