@@ -78,6 +78,8 @@ pub struct MemoryFaults {
     lose_next: Mutex<HashSet<u32>>,
     /// Bumped to make every source deliver again what is not acknowledged.
     redeliveries: AtomicU64,
+    /// `log_range` reports the end one short, as Tansu 0.6 sometimes does.
+    end_one_short: AtomicBool,
     stalled_notify: Notify,
 }
 
@@ -101,6 +103,12 @@ impl MemoryFaults {
     /// acknowledged, as JetStream does once `ack_wait` has passed.
     pub fn redeliver_unacknowledged(&self) {
         self.redeliveries.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes `log_range` report the log's end one position short (`true`), as Tansu 0.6's
+    /// end offsets sometimes are.
+    pub fn report_end_one_short(&self, short: bool) {
+        self.end_one_short.store(short, Ordering::SeqCst);
     }
 
     /// Deliveries handed out so far.
@@ -129,6 +137,7 @@ impl MemoryFaults {
         self.stall_after_deliveries.store(0, Ordering::SeqCst);
         self.stall_acks.store(false, Ordering::SeqCst);
         self.stalled.store(false, Ordering::SeqCst);
+        self.end_one_short.store(false, Ordering::SeqCst);
         lock(&self.lose_next).clear();
     }
 
@@ -413,7 +422,20 @@ impl Source for MemorySource {
     }
 
     fn log_range(&self, partition: u32) -> BoxFuture<'_, Result<LogRange, SourceError>> {
-        let result = self.check(partition).map(|()| self.broker.range(&self.broker.lock(), partition as usize));
+        let result = self.check(partition).map(|()| {
+            let mut range = self.broker.range(&self.broker.lock(), partition as usize);
+            if self.broker.faults.end_one_short.load(Ordering::SeqCst) && range.next > range.first {
+                range.next -= 1;
+            }
+            range
+        });
+        future::ready(result).boxed()
+    }
+
+    fn holds(&self, partition: u32, position: u64) -> BoxFuture<'_, Result<bool, SourceError>> {
+        let result = self
+            .check(partition)
+            .map(|()| self.broker.lock().partitions[partition as usize].log.iter().any(|m| m.offset == position));
         future::ready(result).boxed()
     }
 

@@ -158,6 +158,18 @@ impl Source for NatsSource {
         .boxed()
     }
 
+    fn holds(&self, partition: u32, position: u64) -> BoxFuture<'_, Result<bool, SourceError>> {
+        async move {
+            let subject = self.subject(partition)?;
+            match self.stream.get_raw_message(position).await {
+                Ok(message) => Ok(message.subject.as_str() == subject),
+                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+                Err(e) => Err(self.error("message lookup", partition, e)),
+            }
+        }
+        .boxed()
+    }
+
     fn position_at(&self, partition: u32, _timestamp_ms: i64) -> BoxFuture<'_, Result<Option<u64>, SourceError>> {
         let error = self.error("position lookup", partition, "not needed: JetStream deduplicates message ids itself");
         futures::future::ready(Err(error)).boxed()

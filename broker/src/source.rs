@@ -153,6 +153,11 @@ pub trait Source: Send + 'static {
     /// What the log holds of `partition` right now.
     fn log_range(&self, partition: u32) -> BoxFuture<'_, Result<LogRange, SourceError>>;
 
+    /// Whether the log still holds the message at `position` of `partition`. The runtime
+    /// asks before it calls a stored position beyond the log's end a recreated log: some
+    /// brokers report an end one short (Tansu 0.6).
+    fn holds(&self, partition: u32, position: u64) -> BoxFuture<'_, Result<bool, SourceError>>;
+
     /// The first position of `partition` whose message was stamped at or after
     /// `timestamp_ms`, or `None` when every message is older; for rebuilding a dedup window
     /// after a restart.

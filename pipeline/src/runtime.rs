@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use gallop_broker::{Ack, Delivery, Source, SourceError, SourceEvent};
+use gallop_broker::{Ack, Delivery, LogRange, Source, SourceError, SourceEvent};
 use gallop_config::Config;
 use gallop_processor::{Processor, ProcessorError};
 use gallop_sink::Mark;
@@ -235,7 +235,7 @@ impl<S: Source, T: Store> Runtime<S, T> {
         let window = source.dedup_window();
         let mut partitions = BTreeMap::new();
         for &partition in &owned {
-            let range = source.log_range(partition).await?;
+            let range = log_range(&source, partition, stored.get(&partition).map(|m| m.position)).await?;
             let (resume, gap) =
                 check(&name, partition, stored.get(&partition).copied(), range, options.accept_log_gaps)?;
             if let Some(gap) = gap {
@@ -393,7 +393,7 @@ impl<S: Source, T: Store> Runtime<S, T> {
     /// Checks `seen` against the log and resumes `partition` after it (or past an accepted
     /// gap); returns where it resumed and the gap, if one was accepted.
     async fn try_resume(&mut self, partition: u32, seen: Mark) -> Result<(Mark, Option<LogGap>), RunError> {
-        let range = self.source.log_range(partition).await?;
+        let range = log_range(&self.source, partition, Some(seen.position)).await?;
         let (resume, gap) = check(&self.source.describe(), partition, Some(seen), range, self.options.accept_log_gaps)?;
         self.source.resume(partition, resume.after.position + 1).await?;
         Ok((resume.after, gap))
@@ -482,6 +482,20 @@ impl<S: Source, T: Store> Runtime<S, T> {
         metrics.dedup_ids.set(ids as i64);
         self.health.set(self.source.is_ready(), self.store.is_healthy());
     }
+}
+
+/// The range of `partition`'s log. When it seems to end before `stored` (a recreated log),
+/// the source is asked whether the stored message is there after all: some brokers report
+/// an end one short (Tansu 0.6), and a stale end is no reason to stop.
+async fn log_range<S: Source>(source: &S, partition: u32, stored: Option<u64>) -> Result<LogRange, RunError> {
+    let mut range = source.log_range(partition).await?;
+    if let Some(stored) = stored.filter(|&p| p > 0 && p + 1 > range.next) {
+        if source.holds(partition, stored).await? {
+            warn!(partition, stored, next = range.next, "the broker reports the log's end before a message it holds");
+            range.next = stored + 1;
+        }
+    }
+    Ok(range)
 }
 
 /// Logs an accepted gap at ERROR and counts it.

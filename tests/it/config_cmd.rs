@@ -62,3 +62,33 @@ fn bad_config_fails_at_start_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/gallop.toml"));
 }
+
+#[test]
+fn kafka_properties_pass_through_with_secrets_redacted_and_guarantees_kept() {
+    let dir = std::env::temp_dir().join(format!("gallop-config-test-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let good = write(
+        "good.toml",
+        "[broker]\nkind = \"kafka\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"hunter2-kafka\"\n",
+    );
+    let output = gallop().arg("--config").arg(&good).arg("config").output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("kind = \"kafka\""), "{stdout}");
+    assert!(stdout.contains("\"security.protocol\" = \"SASL_SSL\""), "{stdout}");
+    assert!(stdout.contains("\"sasl.password\" = \"<redacted>\"") && !stdout.contains("hunter2"), "{stdout}");
+
+    let bad = write("bad.toml", "[kafka]\ntopic = \"no spaces\"\n[kafka.properties]\n\"acks\" = \"1\"\n");
+    let output = gallop().arg("--config").arg(&bad).arg("config").output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for needle in ["kafka.topic", "kafka.properties.\"acks\"", "left to Gallop"] {
+        assert!(stderr.contains(needle), "{needle} missing: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,7 @@
 //! Whole-binary tests: `gallop` run as a user runs it, against the real NATS and ClickHouse
 //! servers.
 
+mod brokers;
 mod config_cmd;
 mod ingest_cmd;
 mod pipeline;

@@ -1,7 +1,9 @@
 //! The whole pipeline as users run it: `gallop ingest` and `gallop process` processes,
-//! real NATS JetStream, real ClickHouse. A seeded generator sends events over HTTP; the
-//! test computes the truth itself and compares every (site, minute, dimension, value) cell
-//! with what ClickHouse holds — also across SIGKILLed processors and a crashed ClickHouse.
+//! real NATS JetStream or a real Kafka-protocol broker (Tansu), real ClickHouse. A seeded
+//! generator sends events over HTTP; the test computes the truth itself and compares every
+//! (site, minute, dimension, value) cell with what ClickHouse holds — also across SIGKILLed
+//! processors and a crashed ClickHouse. Every scenario runs on both brokers
+//! ([`on_both_brokers!`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,11 +22,10 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::terminate;
-
-fn nats_url() -> String {
-    std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+use crate::{
+    brokers::{Broker, Kind},
+    terminate,
+};
 
 fn clickhouse_url() -> String {
     std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
@@ -159,6 +160,11 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A tag that makes a test's names its own.
+fn tag() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -266,11 +272,10 @@ impl Drop for PrivateClickHouse {
     }
 }
 
-/// One pipeline: its own stream, subjects, salt bucket, durable consumers and database.
+/// One pipeline: its own stream or topics, salt store, consumers and database.
 struct Pipeline {
     tag: String,
-    stream: String,
-    bucket: String,
+    broker: Broker,
     database: String,
     clickhouse_url: String,
     gateway: Option<Child>,
@@ -279,29 +284,39 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline whose front is `gallop ingest`; processors are started separately.
-    async fn start(clickhouse_url: String) -> Self {
-        Self::start_as(clickhouse_url, &["ingest"], "gateway listening").await
+    /// A pipeline on `kind` whose front is `gallop ingest`; processors are started
+    /// separately.
+    async fn start(kind: Kind, clickhouse_url: String) -> Self {
+        Self::start_as(kind, clickhouse_url, &["ingest"], "gateway listening").await
     }
 
     /// A pipeline whose front is `gallop <args>`, ready once it logs `ready` with the
     /// gateway's address.
-    async fn start_as(clickhouse_url: String, args: &[&str], ready: &str) -> Self {
-        let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        let mut this = Self {
-            stream: format!("GALLOP_E2E_{tag}"),
-            bucket: format!("gallop_e2e_{tag}"),
+    async fn start_as(kind: Kind, clickhouse_url: String, args: &[&str], ready: &str) -> Self {
+        let mut this = Self::new(Broker::new(kind, &tag()), clickhouse_url);
+        this.start_front(args, ready).await;
+        this
+    }
+
+    /// A pipeline on `broker` with nothing started yet.
+    fn new(broker: Broker, clickhouse_url: String) -> Self {
+        let tag = tag();
+        Self {
             database: format!("gallop_e2e_{tag}"),
+            broker,
             tag,
             clickhouse_url,
             gateway: None,
             address: String::new(),
             processors: Vec::new(),
-        };
-        let (child, address) = this.spawn(args, &[], Some(ready)).await;
-        this.gateway = Some(child);
-        this.address = address.expect("gateway address");
-        this
+        }
+    }
+
+    /// Starts `gallop <args>` as the pipeline's front (gateway) and waits for `ready`.
+    async fn start_front(&mut self, args: &[&str], ready: &str) {
+        let (child, address) = self.spawn(args, &[], Some(ready)).await;
+        self.gateway = Some(child);
+        self.address = address.expect("gateway address");
     }
 
     fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
@@ -311,13 +326,9 @@ impl Pipeline {
             .args(args)
             .env_remove("GALLOP_CONFIG")
             .env("RUST_LOG", "info")
-            .env("GALLOP_NATS__URL", nats_url())
-            .env("GALLOP_NATS__STREAM", &self.stream)
-            .env("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-e2e-{}", self.tag))
-            .env("GALLOP_NATS__SALT_BUCKET", &self.bucket)
+            .envs(self.broker.env())
             .env("GALLOP_INGEST__LISTEN", "127.0.0.1:0")
             .env("GALLOP_CONSUMER__LISTEN", "127.0.0.1:0")
-            .env("GALLOP_CONSUMER__DURABLE_PREFIX", format!("e2e-{}", self.tag))
             .env("GALLOP_CONSUMER__ACK_WAIT", "5s")
             .env("GALLOP_CLICKHOUSE__URL", &self.clickhouse_url)
             .env("GALLOP_CLICKHOUSE__DATABASE", &self.database)
@@ -428,81 +439,19 @@ impl Pipeline {
             }
             assert!(got <= n as u64, "counted {got} of {n} events: something was counted twice");
             if started.elapsed() > Duration::from_secs(180) {
-                panic!("only {got} of {n} events arrived in 180 s; consumers: {}", self.consumer_states().await);
+                panic!("only {got} of {n} events arrived in 180 s; consumers: {}", self.broker.states().await);
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
-    /// Messages of every durable consumer not yet acknowledged: (ack pending, not yet
-    /// delivered), summed over the partitions; panics if a partition has no consumer.
-    async fn unacknowledged(&self) -> (u64, u64) {
-        let client = async_nats::connect(nats_url()).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream(&self.stream).await.expect("stream");
-        let mut total = (0, 0);
-        for p in 0..8 {
-            let name = format!("e2e-{}-{p}", self.tag);
-            let mut consumer = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                .await
-                .unwrap_or_else(|e| panic!("consumer {name}: {e}"));
-            let info = consumer.info().await.expect("consumer info");
-            total.0 += info.num_ack_pending as u64;
-            total.1 += info.num_pending;
-        }
-        total
-    }
-
-    /// Delivery state of every durable consumer, for failure messages.
-    async fn consumer_states(&self) -> String {
-        let Ok(client) = async_nats::connect(nats_url()).await else { return "NATS unreachable".to_owned() };
-        let js = async_nats::jetstream::new(client);
-        let Ok(stream) = js.get_stream(&self.stream).await else { return "no stream".to_owned() };
-        let mut out = String::new();
-        for p in 0..8 {
-            let name = format!("e2e-{}-{p}", self.tag);
-            if let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await
-            {
-                if let Ok(info) = consumer.info().await {
-                    out.push_str(&format!(
-                        "\n{name}: ack floor {:?}, delivered {:?}, ack pending {}, redelivered {}, pending {}, waiting {}",
-                        info.ack_floor.stream_sequence, info.delivered.stream_sequence, info.num_ack_pending,
-                        info.num_redelivered, info.num_pending, info.num_waiting
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// Every event's visitor id as it travelled on the stream (hashed by the gateway).
-    async fn visitor_ids(&self) -> HashMap<String, u64> {
-        use futures::StreamExt;
-        let client = async_nats::connect(nats_url()).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream(&self.stream).await.expect("stream");
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .expect("ordered consumer");
-        let total = stream.get_info().await.expect("info").state.messages;
-        let mut messages = consumer.messages().await.expect("messages");
-        let mut ids = HashMap::new();
-        for _ in 0..total {
-            let message = messages.next().await.expect("a message").expect("no error");
-            for record in gallop_event::decode_message(&message.payload) {
-                let record = record.expect("valid record");
-                ids.insert(record.id, record.visitor);
-            }
-        }
-        ids
-    }
-
     /// Compares ClickHouse with the truth computed from `sent`.
     async fn check(&self, sent: &[Sent]) {
-        let ids = self.visitor_ids().await;
-        assert_eq!(ids.len(), sent.len(), "every event is on the stream exactly once");
+        let (ids, records) = self.broker.visitor_ids(sent.len()).await;
+        assert_eq!(ids.len(), sent.len(), "every event is in the broker's log");
+        if self.broker.kind == Kind::Nats {
+            assert_eq!(records, sent.len(), "JetStream stored every event once (Nats-Msg-Id)");
+        }
 
         // Counters and sums per cell, computed here.
         type Cell = (String, i64, String, String);
@@ -662,18 +611,13 @@ impl Drop for Pipeline {
         for child in self.processors.iter_mut().flatten().chain(self.gateway.as_mut()) {
             let _ = child.start_kill();
         }
-        let streams = [self.stream.clone(), format!("KV_{}", self.bucket)];
+        let broker = self.broker.clone();
         let database = self.database.clone();
         let url = self.clickhouse_url.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
-                if let Ok(client) = async_nats::connect(nats_url()).await {
-                    let js = async_nats::jetstream::new(client);
-                    for s in streams {
-                        let _ = js.delete_stream(&s).await;
-                    }
-                }
+                broker.clean_up().await;
                 if std::env::var("E2E_KEEP_DB").is_err() {
                     let _ = reqwest::Client::new()
                         .post(&url)
@@ -714,9 +658,41 @@ fn send_workload(pipeline: &Pipeline, seed: u64) -> (Vec<Sent>, tokio::task::Joi
     (all, sender)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_thousand_events_land_exactly() {
-    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+/// Runs each named scenario (`async fn name(kind: Kind)`) as a test on NATS and on Kafka.
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(crate::brokers::Kind::Nats).await;
+                }
+            )*
+        }
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(crate::brokers::Kind::Kafka).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    two_hundred_thousand_events_land_exactly,
+    two_processors_on_disjoint_partitions_add_up,
+    sigkilled_processors_lose_nothing_and_count_nothing_twice,
+    a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice,
+    sigterm_flushes_acknowledges_and_exits_zero,
+    gallop_run_ingests_processes_and_stops_cleanly,
+    a_recreated_log_is_refused_and_counted_in_a_new_epoch_when_accepted,
+    retried_requests_with_ids_count_once,
+);
+
+async fn two_hundred_thousand_events_land_exactly(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     pipeline.start_processor(&[]).await;
     let (all, sender) = send_workload(&pipeline, 1);
     sender.await.expect("sending finished");
@@ -724,9 +700,8 @@ async fn two_hundred_thousand_events_land_exactly() {
     pipeline.check(&all).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processors_on_disjoint_partitions_add_up() {
-    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+async fn two_processors_on_disjoint_partitions_add_up(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     pipeline.start_processor(&[0, 1, 2, 3]).await;
     pipeline.start_processor(&[4, 5, 6, 7]).await;
     let (all, sender) = send_workload(&pipeline, 2);
@@ -735,9 +710,8 @@ async fn two_processors_on_disjoint_partitions_add_up() {
     pipeline.check(&all).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkilled_processors_lose_nothing_and_count_nothing_twice() {
-    let mut pipeline = Pipeline::start(clickhouse_url()).await;
+async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     let index = pipeline.start_processor(&[]).await;
     let (all, sender) = send_workload(&pipeline, 3);
     let mut rng = StdRng::seed_from_u64(3);
@@ -755,10 +729,9 @@ async fn sigkilled_processors_lose_nothing_and_count_nothing_twice() {
     pipeline.check(&all).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice() {
+async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind) {
     let mut clickhouse = PrivateClickHouse::start();
-    let mut pipeline = Pipeline::start(clickhouse.url()).await;
+    let mut pipeline = Pipeline::start(kind, clickhouse.url()).await;
     pipeline.start_processor(&[]).await;
     let (all, sender) = send_workload(&pipeline, 4);
     let mut rng = StdRng::seed_from_u64(4);
@@ -779,9 +752,8 @@ async fn metric(address: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_flushes_acknowledges_and_exits_zero() {
-    let pipeline = Pipeline::start(clickhouse_url()).await;
+async fn sigterm_flushes_acknowledges_and_exits_zero(kind: Kind) {
+    let pipeline = Pipeline::start(kind, clickhouse_url()).await;
     // Nothing would flush for an hour: whatever lands, lands because of SIGTERM.
     let never = [
         ("GALLOP_PROCESSOR__FLUSH_INTERVAL", "1h".to_owned()),
@@ -800,23 +772,110 @@ async fn sigterm_flushes_acknowledges_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(metric(&metrics, "gallop_flushes_total").await, Some(0.0), "nothing flushed before SIGTERM");
-    let (ack_pending, undelivered) = pipeline.unacknowledged().await;
-    assert_eq!(undelivered, 0, "every message delivered");
-    assert!(ack_pending > 0, "and held unacknowledged until stored");
+    assert!(pipeline.broker.unacknowledged().await > 0, "every message delivered and held unacknowledged");
 
     assert_eq!(terminate(&mut processor, Duration::from_secs(30)).await, Some(0), "SIGTERM is a clean stop");
-    assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
+    assert_eq!(pipeline.broker.unacknowledged().await, 0, "everything acknowledged before exit");
     pipeline.check(&sent).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gallop_run_ingests_processes_and_stops_cleanly() {
-    let mut pipeline = Pipeline::start_as(clickhouse_url(), &["run"], "listening").await;
+async fn gallop_run_ingests_processes_and_stops_cleanly(kind: Kind) {
+    let mut pipeline = Pipeline::start_as(kind, clickhouse_url(), &["run"], "listening").await;
     let sent = generate(6, 20_000, now_ms(), 10);
     send(&pipeline.address, &sent).await;
     pipeline.wait_for(sent.len()).await;
     let mut run = pipeline.gateway.take().expect("gallop run");
     assert_eq!(terminate(&mut run, Duration::from_secs(30)).await, Some(0), "SIGTERM is a clean stop");
-    assert_eq!(pipeline.unacknowledged().await, (0, 0), "everything acknowledged before exit");
+    assert_eq!(pipeline.broker.unacknowledged().await, 0, "everything acknowledged before exit");
     pipeline.check(&sent).await;
+}
+
+/// Runs `gallop process` to its end (it is expected to stop by itself) and returns its exit
+/// code and what it wrote to stderr.
+async fn process_until_exit(pipeline: &Pipeline, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut command = pipeline.command(&["process"], env);
+    let output = tokio::time::timeout(Duration::from_secs(60), async { command.output().await })
+        .await
+        .expect("gallop process exits within 60 s")
+        .expect("gallop process runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+async fn a_recreated_log_is_refused_and_counted_in_a_new_epoch_when_accepted(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
+    let index = pipeline.start_processor(&[]).await;
+    let before = generate(7, 5_000, now_ms(), 10);
+    send(&pipeline.address, &before).await;
+    pipeline.wait_for(before.len()).await;
+    let mut processor = pipeline.processors[index].take().expect("processor");
+    assert_eq!(terminate(&mut processor, Duration::from_secs(30)).await, Some(0));
+    let mut gateway = pipeline.gateway.take().expect("gateway");
+    assert_eq!(terminate(&mut gateway, Duration::from_secs(30)).await, Some(0));
+
+    // The log is deleted and made again by the next gateway: positions start over.
+    pipeline.broker.delete_log().await;
+    pipeline.start_front(&["ingest"], "gateway listening").await;
+    let after = generate(8, 2_000, now_ms(), 10);
+    send(&pipeline.address, &after).await;
+
+    let (code, stderr) = process_until_exit(&pipeline, &[]).await;
+    assert_ne!(code, Some(0), "the processor refuses to start:\n{stderr}");
+    for part in ["beyond the log's end", "partition", "consumer.accept_log_gaps"] {
+        assert!(stderr.contains(part), "{part:?} missing from the error:\n{stderr}");
+    }
+
+    // An operator who accepts the gap: the new log's events count, once, in a new epoch.
+    let accept = [("GALLOP_CONSUMER__ACCEPT_LOG_GAPS", "true".to_owned())];
+    let (processor, metrics) = pipeline.spawn(&["process"], &accept, Some("listening")).await;
+    pipeline.processors[index] = Some(processor);
+    let metrics = metrics.expect("metrics address");
+    pipeline.wait_for(before.len() + after.len()).await;
+    let gaps = metric(&metrics, r#"gallop_log_gaps_total{kind="recreated"}"#).await.unwrap_or_default();
+    assert!(gaps >= 1.0, "the accepted gaps are counted: {gaps}");
+    pipeline.kill_processor(index).await;
+    // Started again without the switch, it finds its marks inside the new log.
+    pipeline.restart_processor(index, &[]).await;
+    let more = generate(9, 1_000, now_ms(), 10);
+    send(&pipeline.address, &more).await;
+    pipeline.wait_for(before.len() + after.len() + more.len()).await;
+}
+
+async fn retried_requests_with_ids_count_once(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
+    let index = pipeline.start_processor(&[]).await;
+    let sent = generate(10, 10_000, now_ms(), 10);
+    // Every request sent twice, as a client does whose answers were lost.
+    send(&pipeline.address, &sent).await;
+    send(&pipeline.address, &sent).await;
+    pipeline.wait_for(sent.len()).await;
+    // And once more after a SIGKILL: the processor rebuilds its window of ids.
+    pipeline.kill_processor(index).await;
+    send(&pipeline.address, &sent[..3_000]).await;
+    pipeline.restart_processor(index, &[]).await;
+    pipeline.wait_for(sent.len()).await;
+    pipeline.check(&sent).await;
+}
+
+/// Retention (here a purge, as JetStream's `max_age` or `max_bytes` would do) removes
+/// messages before a stopped processor read them: it refuses to start instead of skipping.
+/// (NATS only: Tansu implements no DeleteRecords; on Kafka the same check reads the
+/// topic's low watermark, covered against the in-process broker in `gallop-pipeline`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_messages_removed_before_they_were_processed_are_refused() {
+    let mut pipeline = Pipeline::start(Kind::Nats, clickhouse_url()).await;
+    let index = pipeline.start_processor(&[]).await;
+    let processed = generate(11, 3_000, now_ms(), 10);
+    send(&pipeline.address, &processed).await;
+    pipeline.wait_for(processed.len()).await;
+    let mut processor = pipeline.processors[index].take().expect("processor");
+    assert_eq!(terminate(&mut processor, Duration::from_secs(30)).await, Some(0));
+    let lost = generate(12, 3_000, now_ms(), 10);
+    send(&pipeline.address, &lost).await;
+    pipeline.broker.purge().await;
+
+    let (code, stderr) = process_until_exit(&pipeline, &[]).await;
+    assert_ne!(code, Some(0), "the processor refuses to start:\n{stderr}");
+    for part in ["below the log's first position", "removed before they were processed", "partition"] {
+        assert!(stderr.contains(part), "{part:?} missing from the error:\n{stderr}");
+    }
 }

@@ -104,7 +104,11 @@ impl KafkaSource {
             Arc::clone(&ready),
         ));
         let mut lookup = client_config(config, &[]);
-        lookup.set("group.id", &config.consumer_group).set("allow.auto.create.topics", "false");
+        lookup
+            .set("group.id", &config.consumer_group)
+            .set("allow.auto.create.topics", "false")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "error");
         Ok(Self {
             consumer,
             lookup,
@@ -179,6 +183,33 @@ impl Source for KafkaSource {
             .map_err(|e| self.error("watermarks", partition, e))?;
             let next = u64::try_from(high).unwrap_or(0) + 1;
             Ok(LogRange { first: (u64::try_from(low).unwrap_or(0) + 1).min(next), next })
+        }
+        .boxed()
+    }
+
+    fn holds(&self, partition: u32, position: u64) -> BoxFuture<'_, Result<bool, SourceError>> {
+        async move {
+            let Some(offset) = position.checked_sub(1) else { return Ok(false) };
+            let list = self.one(partition, Offset::Offset(offset as i64))?;
+            let (lookup, calls) = (self.lookup.clone(), Arc::clone(&self.calls));
+            blocking(move || {
+                let _call = calls;
+                let consumer: BaseConsumer = lookup.create()?;
+                consumer.assign(&list)?;
+                let deadline = Instant::now() + REQUEST_TIMEOUT;
+                while Instant::now() < deadline {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(message)) => return Ok(message.offset() == offset as i64),
+                        // Out of range (auto.offset.reset = error): not held.
+                        Some(Err(_)) => return Ok(false),
+                        None => {}
+                    }
+                }
+                Ok(false)
+            })
+            .await
+            .map_err(|e| self.error("message lookup", partition, e))?
+            .map_err(|e: KafkaError| self.error("message lookup", partition, e))
         }
         .boxed()
     }
@@ -351,13 +382,19 @@ struct KafkaAck {
 
 impl Acknowledge for KafkaAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), AckError>> {
-        let fail = |reason: String| AckError { partition: self.partition, position: self.position, reason };
-        let mut list = TopicPartitionList::new();
-        // The committed offset is the next one to read: the offset after this message's.
-        let result = list
-            .add_partition_offset(&self.topic, self.partition as i32, Offset::Offset(self.position as i64))
-            .map_err(|e| fail(e.to_string()))
-            .and_then(|()| self.consumer.commit(&list, CommitMode::Async).map_err(|e| fail(e.to_string())));
-        futures::future::ready(result).boxed()
+        async move {
+            let fail = |reason: String| AckError { partition: self.partition, position: self.position, reason };
+            let mut list = TopicPartitionList::new();
+            // The committed offset is the next one to read: the offset after this message's.
+            list.add_partition_offset(&self.topic, self.partition as i32, Offset::Offset(self.position as i64))
+                .map_err(|e| fail(e.to_string()))?;
+            let consumer = Arc::clone(&self.consumer);
+            // Synchronous, so the commit is confirmed (and not lost at shutdown).
+            blocking(move || consumer.commit(&list, CommitMode::Sync))
+                .await
+                .map_err(fail)?
+                .map_err(|e| fail(e.to_string()))
+        }
+        .boxed()
     }
 }

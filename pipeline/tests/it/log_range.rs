@@ -109,3 +109,17 @@ async fn an_idle_partition_is_not_mistaken_for_a_loss_when_retention_passes_it()
     running.stop().await.expect("no gap: partition 1 had nothing between its mark and the log's start");
     harness.assert_store_is_the_truth().await;
 }
+
+#[tokio::test]
+async fn a_log_end_reported_one_short_is_not_taken_for_a_recreated_log() {
+    let mut harness = Harness::new(MemoryBroker::new(1), 15);
+    processed_then_stopped(&mut harness).await;
+    harness.broker.faults().report_end_one_short(true);
+    // The check runs before the runtime takes anything: a stop right away reports it.
+    harness.start().stop().await.expect("the stored message is in the log: no gap");
+    let running = harness.start();
+    harness.publish(3).await;
+    harness.wait_until_stored().await;
+    running.stop().await.expect("a clean stop");
+    harness.assert_store_is_the_truth().await;
+}
