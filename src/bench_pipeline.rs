@@ -1,12 +1,13 @@
 //! `gallop bench pipeline`: the whole pipeline on this machine, measured end to end.
 //!
 //! `gallop ingest` and `gallop process` run as child processes (so each one's CPU time can
-//! be read from /proc) against the configured NATS and ClickHouse, in a stream and a
-//! database of their own. This process sends the synthetic stream of `gallop-bench process`
+//! be read from /proc) against the configured NATS or Kafka broker (`--broker`) and
+//! ClickHouse, in a stream or topics and a database of their own. This process sends the synthetic stream of `gallop-bench process`
 //! over HTTP (`POST /v1/events`) as fast as the gateway takes it, and watches ClickHouse
 //! until every event has landed. It prints the sustained rate, the lag behind real time,
-//! the CPU split between gateway, NATS, processor, ClickHouse and itself, and the rows and
-//! bytes ClickHouse holds per million events.
+//! the CPU split between gateway, broker, processor, ClickHouse and itself, the bytes the
+//! gateway published and the broker stores per million events, and the rows and bytes
+//! ClickHouse holds per million events.
 
 use std::{
     path::PathBuf,
@@ -20,9 +21,14 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use gallop_bench::synth::{generate, SynthConfig};
-use gallop_config::Config;
+use gallop_config::{BrokerKind, Config};
 use gallop_event::EventRecord;
 use gallop_sink::{ClickHouse, AGGREGATES_TABLE};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
+    config::ClientConfig,
+};
 use serde::Deserialize;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -58,6 +64,18 @@ pub(crate) struct PipelineBench {
     /// Keep the bench's stream and database afterwards (for a look in ClickHouse).
     #[arg(long)]
     keep: bool,
+    /// The broker between gateway and processor (default: `broker.kind` of the config).
+    #[arg(long, value_enum)]
+    broker: Option<BrokerArg>,
+}
+
+/// `--broker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BrokerArg {
+    /// NATS JetStream (`[nats]`).
+    Nats,
+    /// Kafka (`[kafka]`).
+    Kafka,
 }
 
 /// User-Agents the load rotates through (the gateway derives browser, OS and device).
@@ -100,11 +118,18 @@ pub(crate) fn pipeline(options: &PipelineBench, config: &Config, config_path: Op
             config.ingest.limits.max_batch_events
         );
     }
+    let mut config = config.clone();
+    if let Some(broker) = options.broker {
+        config.broker.kind = match broker {
+            BrokerArg::Nats => BrokerKind::Nats,
+            BrokerArg::Kafka => BrokerKind::Kafka,
+        };
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?
-        .block_on(run(options, config, config_path))
+        .block_on(run(options, &config, config_path))
 }
 
 async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -139,9 +164,13 @@ async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathB
         body_bytes as f64 / options.events as f64,
         options.concurrency
     );
+    let broker = match config.broker.kind {
+        BrokerKind::Nats => format!("NATS {}", config.nats.url),
+        BrokerKind::Kafka => format!("Kafka {}", config.kafka.bootstrap_servers),
+    };
     println!(
-        "processor: flush every {:?} or {} keys; ClickHouse {}; NATS {}",
-        config.processor.flush_interval, config.processor.flush_keys, config.clickhouse.url, config.nats.url
+        "processor: flush every {:?} or {} keys; ClickHouse {}; broker {broker}",
+        config.processor.flush_interval, config.processor.flush_keys, config.clickhouse.url
     );
 
     let result = bench.measure(options, config, requests).await;
@@ -152,10 +181,13 @@ async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathB
 /// The children, names and services of one run.
 struct Bench {
     tag: String,
+    kind: BrokerKind,
     stream: String,
     bucket: String,
+    topic: String,
     database: String,
     nats_url: String,
+    kafka_bootstrap: String,
     clickhouse: gallop_config::ClickHouseConfig,
     config_path: Option<PathBuf>,
 }
@@ -164,10 +196,13 @@ impl Bench {
     fn new(tag: &str, config: &Config, config_path: Option<PathBuf>) -> Self {
         Self {
             tag: tag.to_owned(),
+            kind: config.broker.kind,
             stream: format!("GALLOP_BENCH_{tag}"),
             bucket: format!("gallop_bench_{tag}"),
+            topic: format!("gallop-bench-{tag}"),
             database: format!("gallop_bench_{tag}"),
             nats_url: config.nats.url.clone(),
+            kafka_bootstrap: config.kafka.bootstrap_servers.clone(),
             clickhouse: gallop_config::ClickHouseConfig {
                 database: format!("gallop_bench_{tag}"),
                 ..config.clickhouse.clone()
@@ -188,6 +223,10 @@ impl Bench {
             .arg(command)
             .env("GALLOP_LOG__FILTER", "info")
             .env_remove("RUST_LOG")
+            .env("GALLOP_BROKER__KIND", self.kind.name())
+            .env("GALLOP_KAFKA__TOPIC", &self.topic)
+            .env("GALLOP_KAFKA__SALT_TOPIC", format!("{}-salts", self.topic))
+            .env("GALLOP_KAFKA__CONSUMER_GROUP", &self.topic)
             .env("GALLOP_NATS__STREAM", &self.stream)
             .env("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-bench-{}", self.tag))
             .env("GALLOP_NATS__SALT_BUCKET", &self.bucket)
@@ -233,6 +272,7 @@ impl Bench {
         let ticks = clock_ticks_per_second();
         let (mut processor, _) = self.spawn("process").await?;
         let (mut gateway, address) = self.spawn("ingest").await?;
+        let gateway_address = address.clone();
         let clickhouse = ClickHouse::connect(&self.clickhouse).await?;
         let table = clickhouse.schema().table(AGGREGATES_TABLE);
         let landed_sql = format!(
@@ -242,7 +282,11 @@ impl Bench {
         let pids = Pids {
             gateway: gateway.id().context("gateway running")?,
             processor: processor.id().context("processor running")?,
-            nats: find_process("nats-server"),
+            broker: match self.kind {
+                BrokerKind::Nats => find_process("nats-server"),
+                // Tansu's binary is named after its version; /proc shows 15 bytes of it.
+                BrokerKind::Kafka => find_process("tansu").or_else(|| find_process("java")),
+            },
             clickhouse: find_process("clickhouse-serv"),
             this: std::process::id(),
         };
@@ -341,7 +385,13 @@ impl Bench {
         };
         let parts: [(&str, Option<f64>); 5] = [
             ("gateway (gallop ingest)", used(|c| c.gateway)),
-            ("NATS (nats-server)", used(|c| c.nats)),
+            (
+                match self.kind {
+                    BrokerKind::Nats => "NATS (nats-server)",
+                    BrokerKind::Kafka => "Kafka broker (tansu)",
+                },
+                used(|c| c.broker),
+            ),
             ("processor (gallop process)", used(|c| c.processor)),
             ("ClickHouse (clickhouse-server)", used(|c| c.clickhouse)),
             ("load generator (this process)", used(|c| c.this)),
@@ -360,15 +410,16 @@ impl Bench {
                 None => println!("  {name:<32} (process not found on this machine)"),
             }
         }
-        self.storage(&clickhouse, n).await?;
+        let published = scrape(&gateway_address, "gallop_published_bytes_total").await;
+        self.storage(&clickhouse, n, published).await?;
 
         let _ = terminate(&mut gateway).await;
         let _ = terminate(&mut processor).await;
         Ok(())
     }
 
-    /// Rows and bytes in ClickHouse and in the stream, per million events.
-    async fn storage(&self, clickhouse: &ClickHouse, events: f64) -> anyhow::Result<()> {
+    /// Bytes on the broker, rows and bytes in ClickHouse, per million events.
+    async fn storage(&self, clickhouse: &ClickHouse, events: f64, published: Option<f64>) -> anyhow::Result<()> {
         #[derive(Deserialize)]
         struct Parts {
             rows: u64,
@@ -383,6 +434,14 @@ impl Bench {
             self.database
         );
         let per_million = events / 1_000_000.0;
+        if let Some(bytes) = published {
+            println!(
+                "broker messages: {:.1} MB/M events of payload as published ({:.0} bytes/event, uncompressed; \
+                 gallop_published_bytes_total)",
+                bytes / per_million / 1e6,
+                bytes / events
+            );
+        }
         let show = |label: &str, p: &Parts| {
             println!(
                 "  {label:<24} {:>9.0} rows/M events, {:>7.2} MB/M compressed ({:.2} MB/M uncompressed), {} parts; \
@@ -404,7 +463,12 @@ impl Bench {
         if let Some(p) = merged.first() {
             show("after OPTIMIZE FINAL:", p);
         }
-        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+        if self.kind == BrokerKind::Kafka {
+            println!(
+                "Kafka topic: the producer compresses batches with lz4 (kafka.properties can change it); Tansu's memory \
+                 storage reports no size, so the stored bytes are not measured here"
+            );
+        } else if let Ok(client) = async_nats::connect(&self.nats_url).await {
             let js = async_nats::jetstream::new(client);
             if let Ok(mut stream) = js.get_stream(&self.stream).await {
                 if let Ok(info) = stream.info().await {
@@ -421,8 +485,16 @@ impl Bench {
 
     async fn clean_up(&self, keep: bool) {
         if keep {
-            println!("kept: stream {} and database {}", self.stream, self.database);
+            println!("kept: stream {} / topic {} and database {}", self.stream, self.topic, self.database);
             return;
+        }
+        if self.kind == BrokerKind::Kafka {
+            let admin: Result<AdminClient<DefaultClientContext>, _> =
+                ClientConfig::new().set("bootstrap.servers", &self.kafka_bootstrap).create();
+            if let Ok(admin) = admin {
+                let salts = format!("{}-salts", self.topic);
+                let _ = admin.delete_topics(&[&self.topic, &salts], &AdminOptions::new()).await;
+            }
         }
         if let Ok(client) = async_nats::connect(&self.nats_url).await {
             let js = async_nats::jetstream::new(client);
@@ -559,7 +631,7 @@ fn accepted_at(accepted: &[(f64, u64)], events: u64) -> f64 {
 struct Pids {
     gateway: u32,
     processor: u32,
-    nats: Option<u32>,
+    broker: Option<u32>,
     clickhouse: Option<u32>,
     this: u32,
 }
@@ -568,7 +640,7 @@ struct Pids {
 struct Cpu {
     gateway: Option<f64>,
     processor: Option<f64>,
-    nats: Option<f64>,
+    broker: Option<f64>,
     clickhouse: Option<f64>,
     this: Option<f64>,
 }
@@ -579,7 +651,7 @@ impl Pids {
         Cpu {
             gateway: of(Some(self.gateway)),
             processor: of(Some(self.processor)),
-            nats: of(self.nats),
+            broker: of(self.broker),
             clickhouse: of(self.clickhouse),
             this: of(Some(self.this)),
         }
@@ -597,12 +669,13 @@ fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
-/// The oldest process whose command name is `comm` (as /proc shows it, at most 15 bytes).
+/// The oldest process whose command name starts with `comm` (as /proc shows it, at most
+/// 15 bytes).
 fn find_process(comm: &str) -> Option<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .ok()?
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with(comm)))
         .collect();
     pids.sort_unstable();
     pids.first().copied()
@@ -616,6 +689,12 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// The value of the sample `name` on the `/metrics` page at `address`.
+async fn scrape(address: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// SIGTERM, then wait up to 30 s.

@@ -274,6 +274,7 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
         Ok(()) => {
             metrics.publish_duration.observe(started.elapsed().as_secs_f64());
             metrics.message_events.observe(f64::from(batch.events));
+            metrics.published_bytes.inc_by(message.payload.len() as u64);
         }
         Err(e) => {
             tracing::warn!(message_id = %id, events = batch.events, error = %e, "giving up on broker message");

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub(crate) publish_failures: IntCounterVec,
     /// Events per broker message.
     pub(crate) message_events: Histogram,
+    /// Payload bytes of the broker messages acknowledged (uncompressed, as published).
+    pub(crate) published_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -70,6 +72,10 @@ impl Metrics {
                 "gallop_broker_message_events",
                 "Events per broker message",
                 exponential_buckets(1.0, 2.0, 12),
+            ),
+            published_bytes: r.counter(
+                "gallop_published_bytes_total",
+                "Payload bytes of the broker messages acknowledged, uncompressed",
             ),
             registry: r,
         }
