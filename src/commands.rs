@@ -105,7 +105,7 @@ async fn run_processor(
         }
         (BrokerKind::Nats, None) => anyhow::bail!("broker.kind = \"nats\" needs a NATS connection"),
         (BrokerKind::Kafka, _) => {
-            let source = KafkaSource::open(&config.kafka, &partitions).await?;
+            let source = KafkaSource::open(&config.kafka, config.broker.partitions, &partitions).await?;
             let topic = config.kafka.topic.clone();
             crate::process::run(config, clickhouse, source, &topic, listener, shutdown).await
         }

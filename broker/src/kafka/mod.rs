@@ -25,7 +25,7 @@ use gallop_config::KafkaConfig;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication, TopicResult},
     client::DefaultClientContext,
-    config::ClientConfig,
+    config::{ClientConfig, FromClientConfig},
     consumer::{BaseConsumer, Consumer as _},
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
@@ -92,6 +92,27 @@ pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> 
     client
 }
 
+/// A librdkafka client (`what`: `producer`, `consumer`, `admin client`) from `settings`,
+/// its failure naming the client and the servers.
+pub(crate) fn create<T: FromClientConfig>(
+    settings: &ClientConfig,
+    what: &'static str,
+    config: &KafkaConfig,
+) -> Result<T, KafkaSetupError> {
+    settings.create().map_err(|e| KafkaSetupError::Client {
+        client: what,
+        servers: config.bootstrap_servers.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// A consumer-type client for metadata lookups: a producer-type one (an admin client
+/// included) asks the broker to auto-create the topics it looks up, with the broker's
+/// defaults (Tansu does).
+pub(crate) fn lookup_client(config: &KafkaConfig) -> Result<BaseConsumer, KafkaSetupError> {
+    create(&client_config(config, &[("allow.auto.create.topics", "false")]), "consumer", config)
+}
+
 /// Runs a blocking librdkafka call off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(call).await.map_err(|e| format!("librdkafka call panicked: {e}"))
@@ -110,23 +131,8 @@ pub(crate) async fn ensure_topic(
         servers: config.bootstrap_servers.clone(),
         reason,
     };
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(config, &[]).create().map_err(|e| KafkaSetupError::Client {
-            client: "admin client",
-            servers: config.bootstrap_servers.clone(),
-            reason: e.to_string(),
-        })?;
-    // Metadata is read by a consumer-type client: a producer-type one (the admin client)
-    // asks the broker to auto-create the topics it looks up, with the broker's defaults.
-    let lookup: BaseConsumer =
-        client_config(config, &[("allow.auto.create.topics", "false")]).create().map_err(|e| {
-            KafkaSetupError::Client {
-                client: "consumer",
-                servers: config.bootstrap_servers.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-    let lookup = Arc::new(lookup);
+    let admin: AdminClient<DefaultClientContext> = create(&client_config(config, &[]), "admin client", config)?;
+    let lookup = Arc::new(lookup_client(config)?);
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT));
     let found = partition_count(&lookup, topic).await.map_err(fail)?;
     match found {
@@ -225,11 +231,6 @@ struct ProducerSlot {
 }
 
 impl ProducerSlot {
-    fn new(settings: ClientConfig) -> Result<Self, KafkaError> {
-        let producer = settings.create()?;
-        Ok(Self { settings, current: std::sync::RwLock::new((0, producer)) })
-    }
-
     /// The producer and its generation.
     fn get(&self) -> (u64, FutureProducer) {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -280,21 +281,12 @@ impl KafkaBroker {
             settle_bound.saturating_sub(TIMEOUT_SCAN_SLACK).max(Duration::from_millis(100)).as_millis().to_string();
         let mut client = client_config(config, &[("compression.type", "lz4"), ("linger.ms", "1")]);
         client.set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", &timeout_ms);
-        let producer = ProducerSlot::new(client).map_err(|e| KafkaSetupError::Client {
-            client: "producer",
-            servers: config.bootstrap_servers.clone(),
-            reason: e.to_string(),
-        })?;
-        let lookup: BaseConsumer =
-            client_config(config, &[("allow.auto.create.topics", "false")]).create().map_err(|e| {
-                KafkaSetupError::Client {
-                    client: "consumer",
-                    servers: config.bootstrap_servers.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let producer = ProducerSlot {
+            current: std::sync::RwLock::new((0, create(&client, "producer", config)?)),
+            settings: client,
+        };
         let ready = Arc::new(AtomicBool::new(true));
-        let probe = tokio::spawn(probe(Arc::new(lookup), config.topic.clone(), Arc::clone(&ready)));
+        let probe = tokio::spawn(probe(Arc::new(lookup_client(config)?), config.topic.clone(), Arc::clone(&ready)));
         info!(topic = %config.topic, partitions, "Kafka producer ready");
         Ok(Self {
             producer: Arc::new(producer),

@@ -24,7 +24,7 @@ use rdkafka::{
 };
 use time::Date;
 
-use super::{blocking, client_config, ensure_topic, KafkaSetupError, REQUEST_TIMEOUT};
+use super::{blocking, client_config, create, ensure_topic, KafkaSetupError, REQUEST_TIMEOUT};
 use crate::salt::{day_key, Salt, SaltError, SaltStore};
 
 /// Salts live this long in the topic (then the broker removes them).
@@ -71,16 +71,8 @@ impl KafkaSaltStore {
         .await?;
         let mut settings = client_config(config, &[]);
         settings.set("acks", "all");
-        let producer: FutureProducer = settings.create().map_err(|e| KafkaSetupError::Client {
-            client: "producer",
-            servers: config.bootstrap_servers.clone(),
-            reason: e.to_string(),
-        })?;
-        let admin = client_config(config, &[]).create().map_err(|e| KafkaSetupError::Client {
-            client: "admin client",
-            servers: config.bootstrap_servers.clone(),
-            reason: e.to_string(),
-        })?;
+        let producer: FutureProducer = create(&settings, "producer", config)?;
+        let admin = create(&client_config(config, &[]), "admin client", config)?;
         let mut reader = client_config(config, &[]);
         // Assigning needs a group id; nothing is committed to it.
         reader

@@ -25,7 +25,7 @@ use rdkafka::{
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::{blocking, client_config, KafkaSetupError, MESSAGE_ID_HEADER, REQUEST_TIMEOUT};
+use super::{blocking, client_config, create, KafkaSetupError, MESSAGE_ID_HEADER, REQUEST_TIMEOUT};
 use crate::source::{Ack, AckError, Acknowledge, Delivery, LogRange, Source, SourceError, SourceEvent};
 
 /// How often the partitions' end offsets are read for the lag figures and `/ready`.
@@ -67,10 +67,11 @@ impl Drop for KafkaSource {
 }
 
 impl KafkaSource {
-    /// A source reading `partitions` of `config.topic`; nothing is delivered until a
-    /// partition is resumed. The topic must exist with those partitions.
-    pub async fn open(config: &KafkaConfig, partitions: &[u32]) -> Result<Self, KafkaSetupError> {
-        let want = partitions.iter().max().map_or(1, |p| p + 1);
+    /// A source reading `partitions` of `config.topic`, a topic of `total` partitions
+    /// (`broker.partitions`), which is created or grown as the gateway does it when
+    /// `kafka.create_topics`. Nothing is delivered until a partition is resumed.
+    pub async fn open(config: &KafkaConfig, total: u32, partitions: &[u32]) -> Result<Self, KafkaSetupError> {
+        let want = partitions.iter().max().map_or(total, |p| p + 1).max(total);
         super::ensure_topic(
             config,
             &config.topic,
@@ -86,11 +87,7 @@ impl KafkaSource {
             // A position outside the log is the runtime's to judge, never reset silently.
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = client.create().map_err(|e| KafkaSetupError::Client {
-            client: "consumer",
-            servers: config.bootstrap_servers.clone(),
-            reason: e.to_string(),
-        })?;
+        let consumer: StreamConsumer = create(&client, "consumer", config)?;
         let consumer = Arc::new(consumer);
         let offsets = Offsets::default();
         let ready = Arc::new(AtomicBool::new(true));

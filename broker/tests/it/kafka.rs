@@ -95,7 +95,7 @@ async fn publishes_to_partitions_and_reads_back_in_order_from_where_it_is_resume
     let err = broker.publish(message(3, "m", "x")).await.expect_err("partition 3 of 3");
     assert!(matches!(err, PublishError::NoSuchPartition { partition: 3, partitions: 3 }), "{err}");
 
-    let mut source = KafkaSource::open(&config, &[1, 2]).await.expect("source");
+    let mut source = KafkaSource::open(&config, 3, &[1, 2]).await.expect("source");
     assert_eq!(source.log_range(1).await.expect("range"), LogRange { first: 1, next: 5 });
     assert_eq!(source.log_range(0).await.err().map(|e| e.to_string().contains("not one of")), Some(true));
     source.resume(1, 3).await.expect("resume");
@@ -121,7 +121,7 @@ async fn a_deleted_and_recreated_topic_shows_in_the_log_range() {
     for i in 0..3 {
         broker.publish(message(0, &format!("m-{i}"), "x\n")).await.expect("stored");
     }
-    let source = KafkaSource::open(&config, &[0]).await.expect("source");
+    let source = KafkaSource::open(&config, 1, &[0]).await.expect("source");
     assert_eq!(source.log_range(0).await.expect("range"), LogRange { first: 1, next: 4 });
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &config.bootstrap_servers).create().expect("admin");
