@@ -316,7 +316,8 @@ pub struct IngestConfig {
     /// Origins allowed by CORS. `["*"]` allows any origin (trackers run on many sites).
     pub cors_allowed_origins: Vec<String>,
     /// Longest time a request waits for the broker to acknowledge its events before it
-    /// gets a 503.
+    /// gets a 503. On Kafka (at least 2.5 s) a message is handed to librdkafka only while it
+    /// settles within 3/4 of this, so the answer is the real outcome.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// Seconds put in `Retry-After` on a 503.
