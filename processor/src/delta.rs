@@ -45,8 +45,10 @@ pub struct Delta {
     pub rows: Vec<RollupRow>,
     /// Leaderboard sketches.
     pub leaderboards: Vec<LeaderboardRow>,
-    /// Highest message position (stream sequence / offset) folded in, per partition: what
-    /// the sink stores with the rows so a restart can skip what is already in.
+    /// Highest message position (stream sequence / offset) folded in, per partition, as
+    /// the processor saw it. The pipeline runtime writes position marks of its own (with
+    /// epochs, caught-up idle partitions and skipped duplicates, which the processor does
+    /// not see); this is for callers of the core alone (tests, benchmarks).
     pub positions: BTreeMap<u32, u64>,
 }
 

@@ -169,15 +169,12 @@ impl Source for KafkaSource {
     fn log_range(&self, partition: u32) -> BoxFuture<'_, Result<LogRange, SourceError>> {
         async move {
             self.check(partition)?;
-            let (consumer, calls) = (Arc::clone(&self.consumer), Arc::clone(&self.calls));
-            let topic = self.topic.clone();
-            let (low, high) = blocking(move || {
-                let _call = calls;
-                consumer.fetch_watermarks(&topic, partition as i32, REQUEST_TIMEOUT)
-            })
-            .await
-            .map_err(|e| self.error("watermarks", partition, e))?
-            .map_err(|e| self.error("watermarks", partition, e))?;
+            let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+            let (low, high) =
+                tracked(&self.calls, move || consumer.fetch_watermarks(&topic, partition as i32, REQUEST_TIMEOUT))
+                    .await
+                    .map_err(|e| self.error("watermarks", partition, e))?
+                    .map_err(|e| self.error("watermarks", partition, e))?;
             let next = u64::try_from(high).unwrap_or(0) + 1;
             Ok(LogRange { first: (u64::try_from(low).unwrap_or(0) + 1).min(next), next })
         }
@@ -188,9 +185,8 @@ impl Source for KafkaSource {
         async move {
             let Some(offset) = position.checked_sub(1) else { return Ok(false) };
             let list = self.one(partition, Offset::Offset(offset as i64))?;
-            let (lookup, calls) = (self.lookup.clone(), Arc::clone(&self.calls));
-            blocking(move || {
-                let _call = calls;
+            let lookup = self.lookup.clone();
+            tracked(&self.calls, move || {
                 let consumer: BaseConsumer = lookup.create()?;
                 consumer.assign(&list)?;
                 let deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -216,9 +212,8 @@ impl Source for KafkaSource {
             let query = self.one(partition, Offset::Offset(timestamp_ms))?;
             // A client of its own: librdkafka 2.12 crashed (in its metadata cache) answering
             // this on the consuming client while it fetched from Tansu.
-            let (lookup, calls) = (self.lookup.clone(), Arc::clone(&self.calls));
-            let found = blocking(move || {
-                let _call = calls;
+            let lookup = self.lookup.clone();
+            let found = tracked(&self.calls, move || {
                 let consumer: BaseConsumer = lookup.create()?;
                 consumer.offsets_for_times(query, REQUEST_TIMEOUT)
             })
@@ -339,6 +334,17 @@ impl Source for KafkaSource {
     }
 }
 
+/// A blocking librdkafka call off the async threads, counted in `calls` while it runs (so
+/// that [`KafkaSource::close`] can wait for it).
+async fn tracked<T: Send + 'static>(calls: &Arc<()>, call: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let guard = Arc::clone(calls);
+    blocking(move || {
+        let _guard = guard;
+        call()
+    })
+    .await
+}
+
 /// Reads the end offset of every owned partition now and then: the lag, and whether the
 /// broker answers.
 async fn watch_watermarks(
@@ -352,12 +358,8 @@ async fn watch_watermarks(
     loop {
         let mut answered = true;
         for &partition in &partitions {
-            let (consumer, name, call) = (Arc::clone(&consumer), topic.clone(), Arc::clone(&calls));
-            let fetch = move || {
-                let _call = call;
-                consumer.fetch_watermarks(&name, partition as i32, WATERMARKS_EVERY)
-            };
-            match blocking(fetch).await {
+            let (consumer, name) = (Arc::clone(&consumer), topic.clone());
+            match tracked(&calls, move || consumer.fetch_watermarks(&name, partition as i32, WATERMARKS_EVERY)).await {
                 Ok(Ok((_, high))) => {
                     offsets.lock().unwrap_or_else(|p| p.into_inner()).entry(partition).or_insert((high, high)).1 = high;
                 }
