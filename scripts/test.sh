@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Gallop's test command: starts (installing if needed) NATS JetStream, ClickHouse and chDB,
+# Gallop's test command: starts (installing if needed) NATS JetStream, ClickHouse, Kafka (Tansu),
+# chDB, Prometheus/promtool and docker-compose,
 # runs every test of the workspace against them, then runs the sink's integration tests a
 # second time against a current ClickHouse (26.9, chDB behind sink/tests/chdb_server.py), so
 # the same DDL, inserts and documented queries are proven on 18.16 and on a current release.
@@ -8,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
 scripts/services.sh chdb
+scripts/services.sh tools
 cargo test --workspace --locked "$@"
 
 echo "== sink integration tests against a current ClickHouse (chDB)"

@@ -1,6 +1,6 @@
 //! What each subcommand does; the binary's only logic is wiring adapters together.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use gallop_broker::{KafkaBroker, KafkaSource, NatsBroker, NatsSource, Publisher, SaltStore};
@@ -12,6 +12,19 @@ use tracing::info;
 pub(crate) fn print_config(config: &Config) -> anyhow::Result<()> {
     print!("{}", gallop_config::to_toml(config)?);
     Ok(())
+}
+
+/// GETs `url` and succeeds on a 2xx answer within 2 s.
+pub(crate) fn probe(url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting Tokio")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().context("HTTP client")?;
+        let response = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "GET {url}: {status} {}", body.trim());
+        Ok(())
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

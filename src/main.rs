@@ -44,6 +44,12 @@ enum Command {
     Query(query::QueryArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Exit 0 when URL answers with a 2xx status within 2 s, else 1: a health check for
+    /// container images that have no curl (`gallop probe http://127.0.0.1:8080/ready`).
+    Probe {
+        /// The URL to GET.
+        url: String,
+    },
     /// Benchmarks that print their numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
+        Command::Probe { url } => commands::probe(&url),
         Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
         Command::Ingest => {
             logging::init(&config.log, cli.log_json);

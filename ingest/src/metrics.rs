@@ -32,12 +32,14 @@ pub struct Metrics {
     pub(crate) message_events: Histogram,
     /// Payload bytes of the broker messages acknowledged (uncompressed, as published).
     pub(crate) published_bytes: IntCounter,
+    /// 1 while the broker is reachable (what `/ready` says), set when `/metrics` is read.
+    pub(crate) broker_up: IntGauge,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let r = MetricsRegistry::new();
+        let r = MetricsRegistry::new().with_process_metrics("gateway");
         let latency = || exponential_buckets(0.000_1, 2.0, 18);
         Self {
             requests: r.counter_vec(
@@ -77,6 +79,7 @@ impl Metrics {
                 "gallop_published_bytes_total",
                 "Payload bytes of the broker messages acknowledged, uncompressed",
             ),
+            broker_up: r.gauge("gallop_broker_up", "1 while the broker is reachable, 0 while it is not"),
             registry: r,
         }
     }

@@ -26,10 +26,21 @@ pub struct ProcessMetrics {
     pub insert_retries: IntCounter,
     /// Rows and leaderboards held in memory since the last flush.
     pub live_keys: IntGauge,
+    /// `processor.max_live_keys`: at this many live keys intake pauses (backpressure).
+    pub live_keys_limit: IntGauge,
+    /// 1 while the broker delivers, 0 while it is unreachable.
+    pub broker_up: IntGauge,
+    /// 1 while writes land, 0 while inserts are failing.
+    pub store_up: IntGauge,
     /// Messages not yet delivered, all partitions.
     pub pending: IntGauge,
     /// Messages not yet delivered, per partition.
     pub lag: IntGaugeVec,
+    /// Seconds behind the newest message, per partition: 0 when caught up, otherwise the
+    /// wall clock minus the broker time of the newest message folded in.
+    pub lag_seconds: IntGaugeVec,
+    /// Newest event time seen, per partition (Unix seconds): late events are judged by it.
+    pub watermark: IntGaugeVec,
     /// Wall clock minus the newest event time of the partition furthest behind.
     pub watermark_lag: IntGauge,
     /// Stored positions found outside the log and gone on from (accepted gaps), by kind.
@@ -45,7 +56,7 @@ pub struct ProcessMetrics {
 impl ProcessMetrics {
     /// Creates and registers every metric in a registry of its own.
     pub fn new() -> Self {
-        let r = MetricsRegistry::new();
+        let r = MetricsRegistry::new().with_process_metrics("processor");
         Self {
             messages: r.counter_vec(
                 "gallop_messages_total",
@@ -64,10 +75,28 @@ impl ProcessMetrics {
             ),
             insert_retries: r.counter("gallop_insert_retries_total", "Insert attempts that failed and were retried"),
             live_keys: r.gauge("gallop_live_keys", "Rows and leaderboards held in memory since the last flush"),
+            live_keys_limit: r.gauge(
+                "gallop_live_keys_limit",
+                "processor.max_live_keys: at this many live keys the processor stops taking messages until a flush lands",
+            ),
+            broker_up: r.gauge("gallop_broker_up", "1 while the broker is reachable, 0 while it is not"),
+            store_up: r.gauge("gallop_clickhouse_up", "1 while ClickHouse inserts land, 0 while they are failing"),
             pending: r.gauge("gallop_consumer_pending_messages", "Messages not yet delivered, all owned partitions"),
             lag: r.gauge_vec(
                 "gallop_consumer_lag_messages",
                 "Messages not yet delivered, per partition",
+                &["partition"],
+            ),
+            lag_seconds: r.gauge_vec(
+                "gallop_consumer_lag_seconds",
+                "Seconds behind the newest message, per partition: 0 when caught up, else now minus the broker \
+                 time of the newest message processed",
+                &["partition"],
+            ),
+            watermark: r.gauge_vec(
+                "gallop_watermark_timestamp_seconds",
+                "Newest event time seen, per partition (Unix seconds); events older than it minus \
+                 time.allowed_lateness are late",
                 &["partition"],
             ),
             watermark_lag: r.gauge(
@@ -113,6 +142,8 @@ mod tests {
     fn renders_every_family() {
         let metrics = ProcessMetrics::new();
         metrics.lag.with_label_values(&["3"]).set(5);
+        metrics.lag_seconds.with_label_values(&["3"]).set(2);
+        metrics.watermark.with_label_values(&["3"]).set(1_795_428_000);
         metrics.log_gaps.with_label_values(&["removed"]).inc();
         metrics.messages.with_label_values(&["processed"]).inc();
         let text = metrics.render();
@@ -122,6 +153,9 @@ mod tests {
             "# TYPE gallop_insert_retries_total counter",
             "gallop_flushes_total 0",
             "gallop_dedup_window_ids 0",
+            "# TYPE gallop_consumer_lag_seconds gauge",
+            "# TYPE gallop_watermark_timestamp_seconds gauge",
+            "# TYPE process_cpu_seconds_total counter",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -471,14 +471,24 @@ impl<S: Source, T: Store> Runtime<S, T> {
         let retries = self.store.retries();
         metrics.insert_retries.inc_by(retries.saturating_sub(self.retries_seen));
         self.retries_seen = self.retries_seen.max(retries);
+        let now = now_ms();
         let lag = self.source.lag();
         for (partition, behind) in &lag {
-            metrics.lag.with_label_values(&[&partition.to_string()]).set(i64::try_from(*behind).unwrap_or(i64::MAX));
+            let label = partition.to_string();
+            metrics.lag.with_label_values(&[&label]).set(i64::try_from(*behind).unwrap_or(i64::MAX));
+            let newest = self.partitions.get(partition).map_or(0, |p| p.seen_time_ms);
+            metrics.lag_seconds.with_label_values(&[&label]).set(lag_seconds(*behind, newest, now));
         }
         metrics.pending.set(i64::try_from(lag.iter().map(|(_, n)| n).sum::<u64>()).unwrap_or(i64::MAX));
-        let oldest = self.partitions.keys().filter_map(|&p| self.processor.watermark(p)).min();
+        let mut oldest = None::<i64>;
+        for &partition in self.partitions.keys() {
+            if let Some(watermark) = self.processor.watermark(partition) {
+                metrics.watermark.with_label_values(&[&partition.to_string()]).set(watermark.div_euclid(1000));
+                oldest = Some(oldest.map_or(watermark, |o| o.min(watermark)));
+            }
+        }
         if let Some(watermark) = oldest {
-            metrics.watermark_lag.set((now_ms() - watermark) / 1000);
+            metrics.watermark_lag.set((now - watermark) / 1000);
         }
         let mut ids = 0;
         for window in self.partitions.values_mut().filter_map(|p| p.dedup.as_mut()) {
@@ -486,7 +496,11 @@ impl<S: Source, T: Store> Runtime<S, T> {
             metrics.dedup_evicted.inc_by(window.take_evicted_early());
         }
         metrics.dedup_ids.set(ids as i64);
-        self.health.set(self.source.is_ready(), self.store.is_healthy());
+        let (broker_up, store_up) = (self.source.is_ready(), self.store.is_healthy());
+        metrics.broker_up.set(i64::from(broker_up));
+        metrics.store_up.set(i64::from(store_up));
+        metrics.live_keys_limit.set(i64::try_from(self.processor.max_live_keys()).unwrap_or(i64::MAX));
+        self.health.set(broker_up, store_up);
     }
 }
 
@@ -519,6 +533,35 @@ fn report_gap(metrics: &ProcessMetrics, gap: &LogGap) {
     metrics.log_gap_positions.with_label_values(&[gap.kind.label()]).inc_by(gap.skipped());
 }
 
+/// Seconds a partition is behind: none when nothing waits; else the age of the newest
+/// message folded in (broker time), or 0 while none is known yet (a fresh log).
+fn lag_seconds(behind: u64, newest_ms: i64, now_ms: i64) -> i64 {
+    if behind == 0 || newest_ms <= 0 {
+        0
+    } else {
+        (now_ms - newest_ms).max(0) / 1000
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag_seconds;
+
+    #[test]
+    fn lag_in_seconds() {
+        let now = 1_795_428_000_000;
+        for (behind, newest, want) in [
+            (0, now - 90_000, 0),  // caught up: not behind, however old the last message
+            (5, now - 90_000, 90), // waiting: the age of the newest message processed
+            (5, now - 999, 0),     // under a second
+            (5, 0, 0),             // nothing known yet
+            (5, now + 5_000, 0),   // a broker clock ahead of ours
+        ] {
+            assert_eq!(lag_seconds(behind, newest, now), want, "behind {behind}, newest {newest}");
+        }
+    }
 }

@@ -238,6 +238,11 @@ impl Processor {
             || (self.live_keys() > 0 && now_ms.saturating_sub(since) >= self.rules.flush_interval_ms)
     }
 
+    /// The hard bound on live keys (`processor.max_live_keys`).
+    pub fn max_live_keys(&self) -> usize {
+        self.rules.max_live_keys
+    }
+
     /// Whether the state is at its hard bound; events are refused until a flush.
     pub fn is_full(&self) -> bool {
         self.live_keys() >= self.rules.max_live_keys

@@ -58,6 +58,26 @@ impl MetricsRegistry {
         self.register(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels))
     }
 
+    /// Adds what every Gallop process exports besides its own metrics: the standard process
+    /// metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+    /// `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds`;
+    /// Linux only, read from `/proc`) and `gallop_build_info{version, component}`, always 1,
+    /// so dashboards can tell versions apart during a rolling upgrade.
+    pub fn with_process_metrics(self, component: &str) -> Self {
+        #[cfg(target_os = "linux")]
+        if let Err(e) = self.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+            panic!("process metrics registered twice: {e}");
+        }
+        self.gauge_vec(
+            "gallop_build_info",
+            "Build of the running process; the value is always 1",
+            &["version", "component"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), component])
+        .set(1);
+        self
+    }
+
     /// Every metric in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -105,6 +125,23 @@ mod tests {
             "f_seconds_count{route=\"/\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn process_metrics_and_build_info() {
+        let text = MetricsRegistry::new().with_process_metrics("gateway").render();
+        let build = format!("gallop_build_info{{component=\"gateway\",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&build), "missing {build} in\n{text}");
+        #[cfg(target_os = "linux")]
+        for family in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(family).and_then(|rest| rest.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("no sample of {family} in\n{text}"));
+            if family != "process_cpu_seconds_total" {
+                assert!(value > 0.0, "{family} = {value}");
+            }
         }
     }
 

@@ -3,8 +3,10 @@
 
 mod brokers;
 mod config_cmd;
+mod deploy;
 mod ingest_cmd;
 mod pipeline;
+mod prometheus;
 
 /// Sends SIGTERM to `child` and returns its exit code once it exits (panics if it takes
 /// longer than `within`).

@@ -27,7 +27,7 @@ use crate::{
     terminate,
 };
 
-fn clickhouse_url() -> String {
+pub(crate) fn clickhouse_url() -> String {
     std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
 }
 
@@ -36,7 +36,7 @@ const CHECKED: &[&str] = &["total", "name", "host", "path", "name~props.plan"];
 
 /// One generated event, as sent.
 #[derive(Debug, Clone)]
-struct Sent {
+pub(crate) struct Sent {
     id: String,
     site: &'static str,
     name: &'static str,
@@ -92,7 +92,7 @@ fn skewed(rng: &mut StdRng, n: u32) -> u32 {
 }
 
 /// `n` events over the last `span_minutes` minutes, out of order, from ~30 000 visitors.
-fn generate(seed: u64, n: usize, now_ms: i64, span_minutes: i64) -> Vec<Sent> {
+pub(crate) fn generate(seed: u64, n: usize, now_ms: i64, span_minutes: i64) -> Vec<Sent> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
@@ -128,7 +128,7 @@ fn generate(seed: u64, n: usize, now_ms: i64, span_minutes: i64) -> Vec<Sent> {
 
 /// Sends `events` to the gateway at `address` over HTTP, in JSON batches of 500, four
 /// requests at a time; a 503 is retried (the events carry ids, so a retry is stored once).
-async fn send(address: &str, events: &[Sent]) {
+pub(crate) async fn send(address: &str, events: &[Sent]) {
     use futures::StreamExt;
     let client = reqwest::Client::new();
     let url = format!("http://{address}/v1/events");
@@ -156,16 +156,16 @@ async fn send(address: &str, events: &[Sent]) {
         .await;
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A tag that makes a test's names its own.
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -273,12 +273,12 @@ impl Drop for PrivateClickHouse {
 }
 
 /// One pipeline: its own stream or topics, salt store, consumers and database.
-struct Pipeline {
+pub(crate) struct Pipeline {
     tag: String,
     broker: Broker,
     database: String,
     clickhouse_url: String,
-    gateway: Option<Child>,
+    pub(crate) gateway: Option<Child>,
     address: String,
     processors: Vec<Option<Child>>,
 }
@@ -299,7 +299,7 @@ impl Pipeline {
     }
 
     /// A pipeline on `broker` with nothing started yet.
-    fn new(broker: Broker, clickhouse_url: String) -> Self {
+    pub(crate) fn new(broker: Broker, clickhouse_url: String) -> Self {
         let tag = tag();
         Self {
             database: format!("gallop_e2e_{tag}"),
@@ -346,7 +346,12 @@ impl Pipeline {
 
     /// Spawns `gallop <args>`; with `wait_for`, waits for that log message and returns its
     /// `address` field.
-    async fn spawn(&self, args: &[&str], env: &[(&str, String)], wait_for: Option<&str>) -> (Child, Option<String>) {
+    pub(crate) async fn spawn(
+        &self,
+        args: &[&str],
+        env: &[(&str, String)],
+        wait_for: Option<&str>,
+    ) -> (Child, Option<String>) {
         let mut child = self.command(args, env).spawn().expect("gallop starts");
         let stderr = child.stderr.take().expect("stderr piped");
         let mut lines = BufReader::new(stderr).lines();
@@ -415,7 +420,7 @@ impl Pipeline {
     }
 
     /// Waits until ClickHouse holds `n` events and nothing more arrives for 2 s.
-    async fn wait_for(&self, n: usize) {
+    pub(crate) async fn wait_for(&self, n: usize) {
         let started = Instant::now();
         let mut stable_since: Option<(u64, Instant)> = None;
         loop {

@@ -64,12 +64,25 @@ impl Drop for TestDb {
 
 /// Runs `sql` on the test server, returning the body (panics with the server's error).
 pub(crate) fn query(sql: &str) -> String {
+    try_query(sql).unwrap_or_else(|e| panic!("{sql}\n→ {e}"))
+}
+
+/// Runs `sql` on the test server: the body, or the server's error (a server that cannot be
+/// reached is a panic, not an error).
+pub(crate) fn try_query(sql: &str) -> Result<String, String> {
     match ureq::post(&clickhouse_url()).send_string(sql) {
-        Ok(resp) => resp.into_string().expect("utf-8 body"),
-        Err(ureq::Error::Status(code, resp)) => {
-            panic!("{sql}\n→ HTTP {code}: {}", resp.into_string().unwrap_or_default())
-        }
+        Ok(resp) => Ok(resp.into_string().expect("utf-8 body")),
+        Err(ureq::Error::Status(code, resp)) => Err(format!("HTTP {code}: {}", resp.into_string().unwrap_or_default())),
         Err(e) => panic!("{sql}\n→ {e}"),
+    }
+}
+
+/// Every number as f64 (ClickHouse may quote 64-bit integers in JSON).
+pub(crate) fn number(v: &serde_json::Value) -> f64 {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        serde_json::Value::String(s) => s.parse().unwrap_or(f64::NAN),
+        other => panic!("not a number: {other}"),
     }
 }
 

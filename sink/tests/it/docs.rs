@@ -8,7 +8,7 @@ use gallop_event::EventRecord;
 use gallop_sink::Writer;
 use serde_json::Value;
 
-use crate::common::{event, marks, message, processor, query, TestDb};
+use crate::common::{event, marks, message, number, processor, query, TestDb};
 
 /// 2026-11-23 10:00:00 UTC, in seconds.
 const HOUR0: i64 = 1_795_428_000;
@@ -82,15 +82,6 @@ fn rows(sql: &str) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
-}
-
-/// Every number as f64 (ClickHouse may quote 64-bit integers in JSON).
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        Value::String(s) => s.parse().unwrap_or(f64::NAN),
-        other => panic!("not a number: {other}"),
-    }
 }
 
 #[tokio::test]

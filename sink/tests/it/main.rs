@@ -4,5 +4,6 @@
 
 mod common;
 mod docs;
+mod grafana;
 mod migrate;
 mod write;
