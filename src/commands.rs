@@ -3,7 +3,9 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use gallop_broker::{KafkaBroker, KafkaSource, NatsBroker, NatsSource, Publisher, SaltStore};
+use gallop_broker::{
+    KafkaBroker, KafkaSource, NatsBroker, NatsDeadLetters, NatsInput, NatsSource, Publisher, SaltStore,
+};
 use gallop_config::{BrokerKind, Config};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -66,6 +68,69 @@ impl Broker {
     }
 }
 
+/// The input subject or topic of the configured broker, opened (`input.enabled`).
+enum Input {
+    Nats(NatsInput, NatsDeadLetters),
+}
+
+impl Input {
+    /// Opens the configured broker's input and dead letters, creating what is missing.
+    async fn open(broker: &Broker, config: &Config) -> anyhow::Result<Self> {
+        match broker {
+            Broker::Nats(nats) => {
+                let (input, dead) = NatsInput::open(nats, &config.nats, &config.input).await?;
+                Ok(Self::Nats(input, dead))
+            }
+            Broker::Kafka(_) => anyhow::bail!(
+                "input.enabled = true needs broker.kind = \"nats\" for now: topic ingestion on Kafka is not built yet"
+            ),
+        }
+    }
+
+    /// Consumes it into `gateway` until `shutdown` resolves.
+    async fn run(self, gateway: gallop_ingest::Gateway, shutdown: impl Future<Output = ()>) {
+        match self {
+            Self::Nats(input, dead) => gallop_ingest::run_input(gateway, input, Arc::new(dead), shutdown).await,
+        }
+    }
+}
+
+/// Serves `gateway` on `listener` and, with `input.enabled`, consumes the input subject or
+/// topic into it, until `shutdown` resolves: then HTTP stops taking requests and topic
+/// ingestion finishes what it holds.
+async fn serve_gateway(
+    config: &Config,
+    broker: &Broker,
+    gateway: gallop_ingest::Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let when_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let input = match config.input.enabled {
+        true => {
+            Some(tokio::spawn(Input::open(broker, config).await?.run(gateway.clone(), when_stopped(stopped.clone()))))
+        }
+        false => None,
+    };
+    let http = gallop_ingest::run(gateway, listener, when_stopped(stopped));
+    tokio::pin!(http);
+    let served = tokio::select! {
+        result = &mut http => result,
+        () = shutdown => {
+            let _ = stop.send(true);
+            http.await
+        }
+    };
+    let _ = stop.send(true);
+    if let Some(input) = input {
+        input.await.context("topic ingestion task panicked")?;
+    }
+    Ok(served?)
+}
+
 async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| format!("binding {key} = {address}"))?;
     info!(address = %listener.local_addr()?, key, "listening");
@@ -81,9 +146,8 @@ pub(crate) fn ingest(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding ingest.listen = {}", config.ingest.listen))?;
         info!(address = %listener.local_addr()?, broker = config.broker.kind.name(), "gateway listening");
-        let gateway = gallop_ingest::Gateway::new(config, broker.publisher(), salts).await?;
-        gallop_ingest::run(gateway, listener, shutdown_signal()).await?;
-        Ok(())
+        let gateway = gallop_ingest::Gateway::new(config.clone(), broker.publisher(), salts).await?;
+        serve_gateway(&config, &broker, gateway, listener, shutdown_signal()).await
     })
 }
 
@@ -137,9 +201,15 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_processor, processor_stopped) = tokio::sync::oneshot::channel::<()>();
         let gateway = gallop_ingest::Gateway::new(config.clone(), broker.publisher(), salts).await?;
-        let gateway = tokio::spawn(gallop_ingest::run(gateway, ingest_listener, async move {
-            let _ = gateway_stopped.await;
-        }));
+        let gateway = {
+            let (config, broker) = (config.clone(), broker.clone());
+            tokio::spawn(async move {
+                serve_gateway(&config, &broker, gateway, ingest_listener, async move {
+                    let _ = gateway_stopped.await;
+                })
+                .await
+            })
+        };
         let nats = match &broker {
             Broker::Nats(nats) => Some(nats.clone()),
             Broker::Kafka(_) => None,

@@ -5,6 +5,7 @@ mod bench_pipeline;
 mod commands;
 mod logging;
 mod process;
+mod publish;
 mod query;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -42,6 +43,8 @@ enum Command {
     Migrate,
     /// Print a site's numbers for a time range.
     Query(query::QueryArgs),
+    /// Publish NDJSON events (a file or stdin) to the input subject, for backfills and imports.
+    Publish(publish::PublishArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
     /// Exit 0 when URL answers with a 2xx status within 2 s, else 1: a health check for
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             commands::migrate(config)
         }
         Command::Query(args) => query::run(&config, &args),
+        Command::Publish(args) => publish::run(&config, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

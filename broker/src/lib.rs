@@ -8,20 +8,26 @@
 //! in-order [`Delivery`]s with positions, acknowledged once stored ([`NatsSource`],
 //! [`KafkaSource`], [`MemorySource`]).
 //! [`SaltStore`] holds the daily visitor salt every gateway of a deployment shares.
+//! [`InputSource`] and [`DeadLetters`] are the public input applications publish to
+//! ([`NatsInput`]) and where its unusable records go.
 #![warn(missing_docs)]
 
+mod input;
 mod kafka;
 mod memory;
 mod nats;
+mod nats_input;
 mod nats_source;
 mod partition;
 mod publisher;
 mod salt;
 mod source;
 
+pub use input::{dead_letter_headers, DeadLetter, DeadLetters, InputError, InputMessage, InputSource};
 pub use kafka::{KafkaBroker, KafkaSaltStore, KafkaSetupError, KafkaSource, MESSAGE_ID_HEADER};
 pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
 pub use nats::{NatsBroker, NatsError, NatsSaltStore};
+pub use nats_input::{NatsDeadLetters, NatsInput};
 pub use nats_source::NatsSource;
 pub use partition::partition_for;
 pub use publisher::{OutboundMessage, Position, PublishError, Publisher};

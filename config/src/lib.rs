@@ -15,8 +15,8 @@ pub use error::{ConfigError, Problem};
 pub use load::{load, Sources, CONFIG_PATH_ENV};
 pub use model::{
     BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config, ConsumerConfig, EmptyValues, IngestConfig,
-    KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig, LimitsConfig, LogConfig, LogFormat, NatsConfig,
-    ProcessorConfig, RollupConfig, Secret, StorageKind, TimeConfig,
+    InputConfig, KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig, LimitsConfig, LogConfig, LogFormat,
+    NatsConfig, ProcessorConfig, RollupConfig, Secret, StorageKind, TimeConfig,
 };
 
 /// Renders a configuration as TOML with secrets redacted, for `gallop config`.

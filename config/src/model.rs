@@ -24,6 +24,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The ingest gateway: HTTP listener, enrichment, privacy, limits, batching.
     pub ingest: IngestConfig,
+    /// Events applications publish straight to a topic (the public event contract),
+    /// consumed by the gateway process.
+    pub input: InputConfig,
     /// The processor: which rollups to build, flushing, and memory bounds.
     pub processor: ProcessorConfig,
     /// How `gallop process` reads the broker: owned partitions, durable consumers.
@@ -516,6 +519,70 @@ pub enum LateEvents {
     Drop,
     /// Count them, then aggregate them into the bucket of their arrival time.
     ArrivalBucket,
+}
+
+/// Topic ingestion: applications publish events (docs/topics.md, `docs/event.schema.json`)
+/// to an input subject or topic; `gallop ingest` and `gallop run` consume it on the
+/// configured broker, run the same validation, enrichment, bot rules and visitor hashing as
+/// HTTP, and publish into the partitioned stream. Records that fail go to a dead-letter
+/// subject or topic with the reason in headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Consume the input subject / topic. Off by default.
+    pub enabled: bool,
+    /// NATS: the stream holding the input subjects (work-queue retention: a message is
+    /// removed once a gateway acknowledged it).
+    pub nats_stream: String,
+    /// NATS: subjects applications publish to (wildcards allowed, one per application or
+    /// site if you like).
+    pub nats_subject: String,
+    /// NATS: the stream holding dead letters.
+    pub nats_dead_stream: String,
+    /// NATS: the subject dead letters are published to.
+    pub nats_dead_subject: String,
+    /// NATS: durable consumer name shared by every gateway (they split the messages).
+    pub nats_consumer: String,
+    /// NATS: how long a gateway may hold an input message unacknowledged before JetStream
+    /// hands it to another (after a crash). At most half of `nats.duplicate_window`, so the
+    /// events of a message processed again are still recognised as copies.
+    #[serde(with = "humantime_serde")]
+    pub nats_ack_wait: Duration,
+    /// Kafka: the topic applications publish to (created when missing, `broker.partitions`
+    /// partitions).
+    pub kafka_topic: String,
+    /// Kafka: the topic dead letters are published to (created when missing).
+    pub kafka_dead_topic: String,
+    /// Kafka: consumer group every gateway joins (they split the partitions).
+    pub kafka_group: String,
+    /// How long dead letters are kept (NATS `max_age`, Kafka `retention.ms`).
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+    /// Most input messages being processed at once per gateway (each waits for the broker
+    /// acknowledgement of the events it produced before it is acknowledged itself).
+    pub max_in_flight: usize,
+    /// Most records one input message may hold; a longer message is dead-lettered whole.
+    pub max_records_per_message: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            nats_stream: "GALLOP_INPUT".to_owned(),
+            nats_subject: "gallop.in.>".to_owned(),
+            nats_dead_stream: "GALLOP_DEAD".to_owned(),
+            nats_dead_subject: "gallop.dead".to_owned(),
+            nats_consumer: "gallop-ingest".to_owned(),
+            nats_ack_wait: Duration::from_secs(30),
+            kafka_topic: "gallop-input".to_owned(),
+            kafka_dead_topic: "gallop-dead".to_owned(),
+            kafka_group: "gallop-ingest".to_owned(),
+            dead_retention: Duration::from_secs(7 * 86_400),
+            max_in_flight: 64,
+            max_records_per_message: 10_000,
+        }
+    }
 }
 
 /// How a processor instance consumes the broker.

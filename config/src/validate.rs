@@ -62,6 +62,45 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         );
     }
     need((1..=16).contains(&kafka.replication_factor), "kafka.replication_factor", "between 1 and 16");
+
+    let input = &config.input;
+    let topic = "1 to 249 letters, digits, '.', '_' or '-'";
+    need(is_stream_name(&input.nats_stream), "input.nats_stream", "letters, digits, '-' and '_' only, not empty");
+    need(input.nats_stream != nats.stream, "input.nats_stream", "a stream other than nats.stream");
+    need(is_subject(&input.nats_subject), "input.nats_subject", "a NATS subject such as gallop.in.> (no spaces)");
+    need(is_stream_name(&input.nats_dead_stream), "input.nats_dead_stream", "letters, digits, '-' and '_' only");
+    need(
+        input.nats_dead_stream != input.nats_stream && input.nats_dead_stream != nats.stream,
+        "input.nats_dead_stream",
+        "a stream other than input.nats_stream and nats.stream",
+    );
+    need(
+        is_subject_token_path(&input.nats_dead_subject),
+        "input.nats_dead_subject",
+        "dot-separated tokens without spaces, '*' or '>'",
+    );
+    need(is_stream_name(&input.nats_consumer), "input.nats_consumer", "letters, digits, '-' and '_' only");
+    need(
+        input.nats_ack_wait.as_secs() >= 1 && input.nats_ack_wait * 2 <= nats.duplicate_window,
+        "input.nats_ack_wait",
+        "at least 1s and at most half of nats.duplicate_window (a message processed again after a crash must \
+         still be recognised as a copy)",
+    );
+    need(is_topic_name(&input.kafka_topic), "input.kafka_topic", topic);
+    need(is_topic_name(&input.kafka_dead_topic), "input.kafka_dead_topic", topic);
+    for (key, name) in [("input.kafka_topic", &input.kafka_topic), ("input.kafka_dead_topic", &input.kafka_dead_topic)]
+    {
+        need(
+            name != &kafka.topic && name != &kafka.salt_topic,
+            key,
+            "a topic other than kafka.topic and kafka.salt_topic",
+        );
+    }
+    need(input.kafka_dead_topic != input.kafka_topic, "input.kafka_dead_topic", "a topic other than input.kafka_topic");
+    need(!input.kafka_group.trim().is_empty(), "input.kafka_group", "a consumer group name");
+    need(input.dead_retention.as_secs() >= 3600, "input.dead_retention", "at least 1h");
+    need((1..=4096).contains(&input.max_in_flight), "input.max_in_flight", "between 1 and 4096");
+    need(input.max_records_per_message >= 1, "input.max_records_per_message", "at least 1");
     need(kafka.retention.as_secs() >= 3600, "kafka.retention", "at least 1h");
     need(
         kafka.dedup_window.as_secs() >= 1 && kafka.dedup_window <= kafka.retention,
@@ -214,6 +253,17 @@ fn is_topic_name(name: &str) -> bool {
 
 fn is_bucket_name(name: &str) -> bool {
     is_stream_name(name)
+}
+
+/// A subject to subscribe to: tokens, `*` for one token, `>` as the last token.
+fn is_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    tokens.iter().enumerate().all(|(i, token)| match *token {
+        "" => false,
+        "*" => true,
+        ">" => i + 1 == tokens.len(),
+        t => t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>'),
+    })
 }
 
 fn is_subject_token_path(prefix: &str) -> bool {

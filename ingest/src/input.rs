@@ -208,6 +208,76 @@ pub(crate) fn parse_batch(body: &str, framing: Framing, max_events: usize) -> Re
     }
 }
 
+/// One record of the public event contract (docs/topics.md, docs/event.schema.json): the
+/// fields of `/v1/events` plus what an HTTP request would tell: `user_agent` (bot rules,
+/// browser, OS, device) and `ip` (country, and with `user_agent` the visitor when there is
+/// no `visitor` key). Unknown fields are errors, to catch typos.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicInput {
+    site: Option<String>,
+    name: Option<String>,
+    url: Option<String>,
+    referrer: Option<String>,
+    timestamp: Option<Timestamp>,
+    props: Option<Props>,
+    value: Option<f64>,
+    currency: Option<String>,
+    id: Option<String>,
+    visitor: Option<String>,
+    interactive: Option<bool>,
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+/// A record of an input message, parsed: the event and what stands in for the request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TopicRecord {
+    pub(crate) event: RawEvent,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) ip: Option<std::net::IpAddr>,
+}
+
+/// Why a record could not be parsed: `not_json` (the text is no JSON at all) or
+/// `invalid` (JSON of the wrong shape), with the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecordError {
+    pub(crate) not_json: bool,
+    pub(crate) error: FieldError,
+}
+
+/// Parses one record of an input message (`index` = its line, for error reports).
+pub(crate) fn parse_record(text: &str, index: usize) -> Result<TopicRecord, RecordError> {
+    let input: TopicInput = from_json(text).map_err(|e| RecordError {
+        not_json: e.message.starts_with("malformed JSON"),
+        error: e.into_field_error(Some(index)),
+    })?;
+    let ip = match input.ip.as_deref().map(str::trim).filter(|ip| !ip.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse().map_err(|_| RecordError {
+            not_json: false,
+            error: FieldError::event(index, "ip", format!("{text:?} is not an IPv4 or IPv6 address")),
+        })?),
+    };
+    Ok(TopicRecord {
+        event: RawEvent {
+            site: input.site,
+            name: input.name,
+            url: input.url,
+            referrer: input.referrer.filter(|r| !r.is_empty()),
+            timestamp_ms: input.timestamp.map(|t| t.0),
+            props: input.props.map(|p| p.0).unwrap_or_default(),
+            value: input.value,
+            currency: input.currency,
+            id: input.id,
+            visitor: input.visitor,
+            interactive: input.interactive.unwrap_or(true),
+        },
+        user_agent: input.user_agent.filter(|ua| !ua.trim().is_empty()),
+        ip,
+    })
+}
+
 /// A JSON error with the path of the field it concerns.
 struct JsonError {
     path: String,

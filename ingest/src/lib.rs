@@ -8,7 +8,8 @@
 //!
 //! [`Gateway::new`] builds everything from config plus a [`gallop_broker::Publisher`] and a
 //! [`gallop_broker::SaltStore`]; [`run`] serves it on a listener until a shutdown future
-//! resolves, mini-redis style, so tests and binaries choose the I/O.
+//! resolves, mini-redis style, so tests and binaries choose the I/O. [`run_input`] does
+//! the same for events applications publish to the input subject or topic (topic.rs).
 #![warn(missing_docs)]
 
 mod batcher;
@@ -21,8 +22,10 @@ mod normalize;
 mod privacy;
 mod referrer;
 mod server;
+mod topic;
 mod useragent;
 
 pub use error::{ApiError, FieldError, IngestError};
 pub use metrics::Metrics;
 pub use server::{run, Gateway};
+pub use topic::{run_input, InputOutcome};

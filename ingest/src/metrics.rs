@@ -34,6 +34,10 @@ pub struct Metrics {
     pub(crate) published_bytes: IntCounter,
     /// 1 while the broker is reachable (what `/ready` says), set when `/metrics` is read.
     pub(crate) broker_up: IntGauge,
+    /// Input messages (topic ingestion) by outcome: `processed`, `retried`.
+    pub(crate) input_messages: IntCounterVec,
+    /// Records (or whole input messages) sent to the dead letters, by reason.
+    pub(crate) dead_letters: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +84,16 @@ impl Metrics {
                 "Payload bytes of the broker messages acknowledged, uncompressed",
             ),
             broker_up: r.gauge("gallop_broker_up", "1 while the broker is reachable, 0 while it is not"),
+            input_messages: r.counter_vec(
+                "gallop_input_messages_total",
+                "Input topic messages by outcome (processed: acknowledged after their events; retried: publishing failed)",
+                &["outcome"],
+            ),
+            dead_letters: r.counter_vec(
+                "gallop_dead_letters_total",
+                "Input records (or whole messages) sent to the dead letters, by reason",
+                &["reason"],
+            ),
             registry: r,
         }
     }

@@ -47,14 +47,14 @@ pub struct Gateway {
     state: Arc<AppState>,
 }
 
-struct AppState {
-    config: Config,
-    publisher: Arc<dyn Publisher>,
-    batcher: Batcher,
-    user_agents: UserAgents,
-    geo: Geo,
-    visitors: Visitors,
-    metrics: Metrics,
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) batcher: Batcher,
+    pub(crate) user_agents: UserAgents,
+    pub(crate) geo: Geo,
+    pub(crate) visitors: Visitors,
+    pub(crate) metrics: Metrics,
     run_id: String,
     next_id: AtomicU64,
 }
@@ -112,6 +112,11 @@ impl Gateway {
                 next_id: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Everything the gateway's handlers share.
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The gateway's metrics (to register more collectors on the same `/metrics`).
@@ -406,16 +411,16 @@ async fn accept(
 
 /// The events of one request bound for one partition.
 #[derive(Default)]
-struct Part {
-    payload: Vec<u8>,
-    events: u32,
+pub(crate) struct Part {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) events: u32,
     /// Hash of the (site, client id) pairs while every event so far had a client id.
     client_ids: Option<SipHasher13>,
     without_client_id: bool,
 }
 
 impl Part {
-    fn note_id(&mut self, site: &str, client_id: Option<&str>) {
+    pub(crate) fn note_id(&mut self, site: &str, client_id: Option<&str>) {
         match client_id {
             Some(id) if !self.without_client_id => {
                 let hasher = self.client_ids.get_or_insert_with(|| SipHasher13::new_with_keys(0x6761_6c6c_6f70, 1));
@@ -433,7 +438,7 @@ impl Part {
 
     /// A message id that a retry of the same request reproduces, when every event of the
     /// part carries a client id.
-    fn dedup_id(&self) -> Option<String> {
+    pub(crate) fn dedup_id(&self) -> Option<String> {
         let hasher = self.client_ids.as_ref().filter(|_| !self.without_client_id)?;
         let wide = hasher.finish128();
         Some(format!("c-{:016x}{:016x}-{}", wide.h1, wide.h2, self.events))
@@ -442,7 +447,7 @@ impl Part {
 
 /// Cuts an NDJSON payload of `count` lines into chunks of at most `max_bytes` (a single
 /// longer line stays whole).
-fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
+pub(crate) fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
     if payload.len() <= max_bytes {
         return vec![(payload, count)];
     }

@@ -53,6 +53,25 @@ impl Broker {
         format!("gallop_e2e_{}", self.tag)
     }
 
+    /// The input stream (topic ingestion).
+    pub(crate) fn input_stream(&self) -> String {
+        format!("GALLOP_E2E_IN_{}", self.tag)
+    }
+
+    /// The root of the input subjects: applications publish to `<root>.<anything>`.
+    pub(crate) fn input_subject(&self) -> String {
+        format!("e2e-in-{}", self.tag)
+    }
+
+    /// The dead-letter stream and subject.
+    pub(crate) fn dead_stream(&self) -> String {
+        format!("GALLOP_E2E_DEAD_{}", self.tag)
+    }
+
+    pub(crate) fn dead_subject(&self) -> String {
+        format!("e2e-dead-{}", self.tag)
+    }
+
     fn durable_prefix(&self) -> String {
         format!("e2e-{}", self.tag)
     }
@@ -79,6 +98,11 @@ impl Broker {
                 ("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-e2e-{}", self.tag)),
                 ("GALLOP_NATS__SALT_BUCKET", self.bucket()),
                 ("GALLOP_CONSUMER__DURABLE_PREFIX", self.durable_prefix()),
+                ("GALLOP_INPUT__NATS_STREAM", self.input_stream()),
+                ("GALLOP_INPUT__NATS_SUBJECT", format!("{}.>", self.input_subject())),
+                ("GALLOP_INPUT__NATS_DEAD_STREAM", self.dead_stream()),
+                ("GALLOP_INPUT__NATS_DEAD_SUBJECT", self.dead_subject()),
+                ("GALLOP_INPUT__NATS_CONSUMER", format!("e2e-in-{}", self.tag)),
             ],
             Kind::Kafka => vec![
                 ("GALLOP_BROKER__KIND", "kafka".to_owned()),
@@ -248,7 +272,9 @@ impl Broker {
             Kind::Nats => {
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let js = async_nats::jetstream::new(client);
-                    for stream in [self.stream(), format!("KV_{}", self.bucket())] {
+                    for stream in
+                        [self.stream(), format!("KV_{}", self.bucket()), self.input_stream(), self.dead_stream()]
+                    {
                         let _ = js.delete_stream(&stream).await;
                     }
                 }

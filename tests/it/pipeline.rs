@@ -49,7 +49,7 @@ pub(crate) struct Sent {
 }
 
 impl Sent {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let mut event = serde_json::json!({
             "id": self.id,
             "site": self.site,
@@ -170,7 +170,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Runs `sql` against `url`, panicking with the server's message.
-async fn sql(url: &str, query: &str) -> String {
+pub(crate) async fn sql(url: &str, query: &str) -> String {
     let response = reqwest::Client::new()
         .post(format!("{url}/?output_format_json_quote_64bit_integers=0"))
         .body(query.to_owned())
@@ -275,9 +275,9 @@ impl Drop for PrivateClickHouse {
 /// One pipeline: its own stream or topics, salt store, consumers and database.
 pub(crate) struct Pipeline {
     tag: String,
-    broker: Broker,
+    pub(crate) broker: Broker,
     database: String,
-    clickhouse_url: String,
+    pub(crate) clickhouse_url: String,
     pub(crate) gateway: Option<Child>,
     address: String,
     processors: Vec<Option<Child>>,
@@ -319,7 +319,7 @@ impl Pipeline {
         self.address = address.expect("gateway address");
     }
 
-    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
+    pub(crate) fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gallop"));
         command
             .arg("--log-json")
@@ -392,7 +392,7 @@ impl Pipeline {
     }
 
     /// Starts a processor owning `partitions` (all when empty); returns its index.
-    async fn start_processor(&mut self, partitions: &[u32]) -> usize {
+    pub(crate) async fn start_processor(&mut self, partitions: &[u32]) -> usize {
         let child = self.spawn_processor(partitions).await;
         self.processors.push(Some(child));
         self.processors.len() - 1
@@ -415,7 +415,7 @@ impl Pipeline {
         }
     }
 
-    fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         format!("`{}`.`aggregates`", self.database)
     }
 
@@ -451,7 +451,7 @@ impl Pipeline {
     }
 
     /// Compares ClickHouse with the truth computed from `sent`.
-    async fn check(&self, sent: &[Sent]) {
+    pub(crate) async fn check(&self, sent: &[Sent]) {
         let (ids, records) = self.broker.visitor_ids(sent.len()).await;
         assert_eq!(ids.len(), sent.len(), "every event is in the broker's log");
         if self.broker.kind == Kind::Nats {
@@ -752,7 +752,7 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind)
 }
 
 /// The value of the Prometheus sample `name` (with its labels) at `address`'s /metrics.
-async fn metric(address: &str, name: &str) -> Option<f64> {
+pub(crate) async fn metric(address: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

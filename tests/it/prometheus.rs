@@ -198,6 +198,18 @@ async fn prometheus_scrapes_gallop_run_and_answers_every_pipeline_panel() {
         .await;
     assert_eq!(targets.len(), 2);
 
+    // `gallop probe`, the compose stack's health check, agrees with /ready and /health.
+    for (url, ok) in [
+        (format!("http://{processor}/ready"), true),
+        (format!("http://{gateway}/ready"), true),
+        (format!("http://{gateway}/no-such-page"), false),
+        (format!("http://127.0.0.1:{}/ready", free_port()), false),
+    ] {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_gallop")).args(["probe", &url]).output().await.expect("gallop probe");
+        assert_eq!(output.status.success(), ok, "gallop probe {url}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
     // Counters equal what was sent.
     let n = sent.len() as f64;
     for (expr, want) in [

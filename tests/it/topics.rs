@@ -1,0 +1,218 @@
+//! Topic ingestion on NATS: events published straight to the input subject (the public
+//! event contract) by `gallop publish` and by a plain NATS client go through `gallop ingest`
+//! into ClickHouse, checked cell by cell against the truth; bad records land in the dead
+//! letters with their reason, field and original bytes, and nothing else is affected; a
+//! message published twice counts once; a SIGKILLed gateway loses and doubles nothing.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+
+use crate::{
+    brokers::{nats_url, Broker, Kind},
+    pipeline::{clickhouse_url, generate, metric, now_ms, sql, tag, Pipeline, Sent},
+};
+
+/// The gateway settings of these tests: topic ingestion on, and a short redelivery wait so
+/// that a killed gateway's messages come back quickly.
+fn input_env() -> Vec<(&'static str, String)> {
+    vec![("GALLOP_INPUT__ENABLED", "true".to_owned()), ("GALLOP_INPUT__NATS_ACK_WAIT", "3s".to_owned())]
+}
+
+/// A pipeline whose gateway consumes the input subject, with one processor; returns once
+/// the gateway made the input stream and its consumer.
+async fn start() -> (Pipeline, String) {
+    let mut pipeline = Pipeline::new(Broker::new(Kind::Nats, &tag()), clickhouse_url());
+    let address = start_gateway(&mut pipeline).await;
+    pipeline.start_processor(&[]).await;
+    // The processor has migrated ClickHouse once its table answers.
+    let started = Instant::now();
+    let probe = format!("SELECT count() FROM {}", pipeline.table());
+    while !reqwest::Client::new()
+        .post(&pipeline.clickhouse_url)
+        .body(probe.clone())
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "the processor made no table within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (pipeline, address)
+}
+
+/// Starts `gallop ingest` with topic ingestion and waits until it reads the input.
+async fn start_gateway(pipeline: &mut Pipeline) -> String {
+    let (gateway, address) = pipeline.spawn(&["ingest"], &input_env(), Some("gateway listening")).await;
+    pipeline.gateway = Some(gateway);
+    let js = jetstream().await;
+    let started = Instant::now();
+    loop {
+        if let Ok(mut stream) = js.get_stream(pipeline.broker.input_stream()).await {
+            if stream.info().await.is_ok_and(|info| info.state.consumer_count > 0) {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateway made no input consumer within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    address.expect("gateway address")
+}
+
+fn ndjson(events: &[Sent]) -> String {
+    events.iter().map(|e| format!("{}\n", e.json())).collect()
+}
+
+async fn jetstream() -> jetstream::Context {
+    jetstream::new(async_nats::connect(nats_url()).await.expect("NATS"))
+}
+
+/// Publishes `payload` to the input subject and waits for JetStream's acknowledgement.
+async fn publish(js: &jetstream::Context, broker: &Broker, payload: impl Into<Bytes>) {
+    js.publish(format!("{}.app", broker.input_subject()), payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("acknowledged by the input stream");
+}
+
+#[tokio::test]
+async fn a_stream_published_with_gallop_publish_lands_exactly() {
+    let (pipeline, _) = start().await;
+    let sent = generate(31, 20_000, now_ms(), 10);
+    let file = std::env::temp_dir().join(format!("gallop-publish-{}.ndjson", tag()));
+    std::fs::write(&file, ndjson(&sent)).expect("write the NDJSON file");
+    let subject = format!("{}.import", pipeline.broker.input_subject());
+    let output = pipeline
+        .command(&["publish", "--subject", &subject, &file.to_string_lossy()], &[])
+        .output()
+        .await
+        .expect("gallop publish runs");
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "gallop publish failed:\n{stderr}");
+    assert!(
+        stderr.contains("sent 20000 records in 40 messages") && stderr.contains("rejected locally 0; failed 0"),
+        "{stderr}"
+    );
+    pipeline.wait_for(sent.len()).await;
+    pipeline.check(&sent).await;
+
+    // Lines that are not JSON objects are refused before anything is sent, and reported.
+    let file = std::env::temp_dir().join(format!("gallop-publish-bad-{}.ndjson", tag()));
+    std::fs::write(&file, "[1,2]\nnot json\n").expect("write");
+    let output = pipeline.command(&["publish", "--subject", &subject, &file.to_string_lossy()], &[]).output().await;
+    let _ = std::fs::remove_file(&file);
+    let output = output.expect("gallop publish runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rejected lines make the exit code non-zero:\n{stderr}");
+    for part in ["line 1: not a JSON object", "line 2: not a JSON object", "rejected locally 2"] {
+        assert!(stderr.contains(part), "{part:?} missing:\n{stderr}");
+    }
+}
+
+/// One dead letter as stored: (reason, field, record, payload).
+type Letter = (String, String, Option<String>, String);
+
+/// Every dead letter in the dead-letter stream, once `n` are there.
+async fn dead_letters(js: &jetstream::Context, broker: &Broker, n: usize) -> Vec<Letter> {
+    let started = Instant::now();
+    let mut stream = js.get_stream(broker.dead_stream()).await.expect("dead-letter stream");
+    loop {
+        let info = stream.info().await.expect("stream info");
+        if info.state.messages as usize >= n {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "only {} of {n} dead letters", info.state.messages);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut letters = Vec::new();
+    for sequence in 1..=stream.info().await.expect("info").state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.expect("dead letter");
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        letters.push((
+            header("Gallop-Dead-Reason").unwrap_or_default(),
+            header("Gallop-Dead-Field").unwrap_or_default(),
+            header("Gallop-Record"),
+            String::from_utf8_lossy(&message.payload).into_owned(),
+        ));
+    }
+    letters.sort();
+    letters
+}
+
+#[tokio::test]
+async fn bad_records_go_to_the_dead_letters_and_a_republished_message_counts_once() {
+    let (pipeline, gateway) = start().await;
+    let js = jetstream().await;
+    let good = generate(32, 1_000, now_ms(), 5);
+
+    // An application retrying a publish: the same message twice.
+    let first = ndjson(&good[..500]);
+    publish(&js, &pipeline.broker, first.clone()).await;
+    publish(&js, &pipeline.broker, first).await;
+
+    // Good records with bad ones among them: none of them holds up the others.
+    let no_url = r#"{"site":"a.test","name":"pageview","visitor":"v1"}"#;
+    let bad_ip = r#"{"site":"a.test","name":"pageview","url":"https://a.test/","ip":"300.0.0.1","user_agent":"x"}"#;
+    let no_visitor = r#"{"site":"a.test","name":"pageview","url":"https://a.test/"}"#;
+    let mixed = format!("{no_url}\nnot json at all\n{}{bad_ip}\n{no_visitor}\n", ndjson(&good[500..]));
+    publish(&js, &pipeline.broker, mixed).await;
+    // A message that is no JSON at all is refused once, whole.
+    publish(&js, &pipeline.broker, "\u{1}\u{2} binary garbage\nmore".as_bytes().to_vec()).await;
+
+    pipeline.wait_for(good.len()).await;
+    pipeline.check(&good).await;
+
+    let letters = dead_letters(&js, &pipeline.broker, 5).await;
+    let mut want: Vec<Letter> = vec![
+        ("invalid".into(), "url".into(), Some("0".into()), no_url.into()),
+        ("not_json".into(), "body".into(), Some("1".into()), "not json at all".into()),
+        // Lines 2..=501 are the good records.
+        ("invalid".into(), "ip".into(), Some("502".into()), bad_ip.into()),
+        ("invalid".into(), "visitor".into(), Some("503".into()), no_visitor.into()),
+        ("not_json".into(), "message".into(), None, "\u{1}\u{2} binary garbage\nmore".into()),
+    ];
+    want.sort();
+    assert_eq!(letters, want);
+
+    for (reason, count) in [("invalid", 3.0), ("not_json", 2.0)] {
+        let name = format!("gallop_dead_letters_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&gateway, &name).await, Some(count), "{name}");
+    }
+    assert_eq!(metric(&gateway, r#"gallop_input_messages_total{outcome="processed"}"#).await, Some(4.0));
+}
+
+#[tokio::test]
+async fn a_killed_gateway_loses_and_doubles_nothing() {
+    let (mut pipeline, _) = start().await;
+    let js = jetstream().await;
+    let sent = generate(33, 30_000, now_ms(), 10);
+    for chunk in sent.chunks(500) {
+        publish(&js, &pipeline.broker, ndjson(chunk)).await;
+    }
+    // SIGKILL the gateway once events started to land, then start another.
+    let started = Instant::now();
+    loop {
+        let landed = sql(
+            &pipeline.clickhouse_url,
+            &format!(
+                "SELECT sumMerge(events) FROM {} WHERE kind = 'rollup' AND granularity = 'minute' \
+                 AND dimension = 'total' FORMAT TSV",
+                pipeline.table()
+            ),
+        )
+        .await;
+        if landed.trim().parse::<u64>().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing landed within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut gateway = pipeline.gateway.take().expect("gateway");
+    gateway.kill().await.expect("SIGKILL the gateway");
+    start_gateway(&mut pipeline).await;
+    pipeline.wait_for(sent.len()).await;
+    pipeline.check(&sent).await;
+}
