@@ -4,7 +4,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use gallop_broker::{
-    KafkaBroker, KafkaSource, NatsBroker, NatsDeadLetters, NatsInput, NatsSource, Publisher, SaltStore,
+    KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaSource, NatsBroker, NatsDeadLetters, NatsInput, NatsSource,
+    Publisher, SaltStore,
 };
 use gallop_config::{BrokerKind, Config};
 use tokio::net::TcpListener;
@@ -68,9 +69,12 @@ impl Broker {
     }
 }
 
-/// The input subject or topic of the configured broker, opened (`input.enabled`).
+/// The input subject or topic of the configured broker, opened (`input.enabled`); one per
+/// process, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Input {
     Nats(NatsInput, NatsDeadLetters),
+    Kafka(KafkaInput, KafkaDeadLetters),
 }
 
 impl Input {
@@ -81,9 +85,10 @@ impl Input {
                 let (input, dead) = NatsInput::open(nats, &config.nats, &config.input).await?;
                 Ok(Self::Nats(input, dead))
             }
-            Broker::Kafka(_) => anyhow::bail!(
-                "input.enabled = true needs broker.kind = \"nats\" for now: topic ingestion on Kafka is not built yet"
-            ),
+            Broker::Kafka(_) => {
+                let (input, dead) = KafkaInput::open(&config.kafka, config.broker.partitions, &config.input).await?;
+                Ok(Self::Kafka(input, dead))
+            }
         }
     }
 
@@ -91,6 +96,7 @@ impl Input {
     async fn run(self, gateway: gallop_ingest::Gateway, shutdown: impl Future<Output = ()>) {
         match self {
             Self::Nats(input, dead) => gallop_ingest::run_input(gateway, input, Arc::new(dead), shutdown).await,
+            Self::Kafka(input, dead) => gallop_ingest::run_input(gateway, input, Arc::new(dead), shutdown).await,
         }
     }
 }

@@ -43,7 +43,7 @@ enum Command {
     Migrate,
     /// Print a site's numbers for a time range.
     Query(query::QueryArgs),
-    /// Publish NDJSON events (a file or stdin) to the input subject, for backfills and imports.
+    /// Publish NDJSON events (a file or stdin) to the input subject or topic, for backfills and imports.
     Publish(publish::PublishArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,

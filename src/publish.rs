@@ -1,5 +1,6 @@
 //! `gallop publish`: NDJSON events (the public event contract, docs/topics.md) from a file
-//! or stdin to the input subject of the configured broker, for backfills and imports.
+//! or stdin to the input subject (NATS) or topic (Kafka) of the configured broker, for
+//! backfills and imports.
 //! Lines that are not JSON objects are rejected here and reported with their line number;
 //! everything else is checked by the gateways that consume the input, which dead-letter
 //! what they refuse.
@@ -13,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures::{stream::FuturesUnordered, StreamExt};
-use gallop_broker::{NatsBroker, NatsInput};
+use gallop_broker::{KafkaInputPublisher, NatsBroker, NatsInput};
 use gallop_config::{BrokerKind, Config};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -23,7 +24,7 @@ pub(crate) struct PublishArgs {
     /// NDJSON file, one event per line ("-" or none: standard input).
     file: Option<PathBuf>,
     /// NATS subject to publish to (default: `input.nats_subject` with `*` and `>` replaced
-    /// by `import`).
+    /// by `import`). On Kafka the records go to `input.kafka_topic`.
     #[arg(long)]
     subject: Option<String>,
     /// Records per broker message (at most `input.max_records_per_message`).
@@ -49,10 +50,6 @@ const IN_FLIGHT: usize = 64;
 const REPORTED: u64 = 20;
 
 pub(crate) fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        config.broker.kind == BrokerKind::Nats,
-        "gallop publish needs broker.kind = \"nats\" for now: topic ingestion on Kafka is not built yet"
-    );
     let batch = args.batch.clamp(1, config.input.max_records_per_message.max(1));
     let (reader, total): (Box<dyn Read>, Option<u64>) = match args.file.as_deref() {
         None => (Box::new(std::io::stdin()), None),
@@ -63,12 +60,20 @@ pub(crate) fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
             (Box::new(file), size)
         }
     };
-    let subject = args.subject.clone().unwrap_or_else(|| default_subject(&config.input.nats_subject));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting Tokio")?;
-    let summary = runtime.block_on(publish(config, BufReader::new(reader), total, &subject, batch))?;
+    let (target, summary) = runtime.block_on(async {
+        let target = Target::open(config, args).await?;
+        let summary = publish(&target, BufReader::new(reader), total, batch).await?;
+        anyhow::Ok((target, summary))
+    })?;
     eprintln!(
-        "gallop publish: sent {} records in {} messages ({} bytes) to {subject}; rejected locally {}; failed {}",
-        summary.sent, summary.messages, summary.bytes, summary.rejected, summary.failed
+        "gallop publish: sent {} records in {} messages ({} bytes) to {}; rejected locally {}; failed {}",
+        summary.sent,
+        summary.messages,
+        summary.bytes,
+        target.describe(),
+        summary.rejected,
+        summary.failed
     );
     anyhow::ensure!(
         summary.rejected == 0 && summary.failed == 0,
@@ -84,16 +89,65 @@ fn default_subject(pattern: &str) -> String {
     pattern.split('.').map(|t| if t == "*" || t == ">" { "import" } else { t }).collect::<Vec<_>>().join(".")
 }
 
+/// Where the records go: the input subject (NATS) or topic (Kafka) of the configured broker.
+enum Target {
+    Nats(Arc<async_nats::jetstream::Context>, String),
+    Kafka(KafkaInputPublisher),
+}
+
+impl Target {
+    /// Connects and makes the input (and dead-letter) stream or topic exist.
+    async fn open(config: &Config, args: &PublishArgs) -> anyhow::Result<Self> {
+        Ok(match config.broker.kind {
+            BrokerKind::Nats => {
+                let broker =
+                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
+                NatsInput::create_streams(&broker, &config.nats, &config.input).await?;
+                let subject = args.subject.clone().unwrap_or_else(|| default_subject(&config.input.nats_subject));
+                Self::Nats(Arc::new(broker.jetstream().clone()), subject)
+            }
+            BrokerKind::Kafka => {
+                anyhow::ensure!(
+                    args.subject.is_none(),
+                    "--subject is for NATS; on Kafka the topic is input.kafka_topic"
+                );
+                Self::Kafka(KafkaInputPublisher::open(&config.kafka, config.broker.partitions, &config.input).await?)
+            }
+        })
+    }
+
+    /// Publishes one message and waits for the broker's acknowledgement.
+    fn send(&self, payload: Bytes) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        use futures::FutureExt as _;
+        match self {
+            Self::Nats(jetstream, subject) => {
+                let (jetstream, subject) = (Arc::clone(jetstream), subject.clone());
+                async move {
+                    match jetstream.publish(subject, payload).await {
+                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                .boxed()
+            }
+            Self::Kafka(publisher) => publisher.send(payload),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Nats(_, subject) => format!("NATS subject {subject}"),
+            Self::Kafka(publisher) => format!("Kafka topic {}", publisher.topic()),
+        }
+    }
+}
+
 async fn publish(
-    config: &Config,
+    target: &Target,
     mut reader: impl BufRead,
     total: Option<u64>,
-    subject: &str,
     batch: usize,
 ) -> anyhow::Result<Summary> {
-    let broker = NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
-    NatsInput::create_streams(&broker, &config.nats, &config.input).await?;
-    let jetstream = Arc::new(broker.jetstream().clone());
     let progress = match total {
         Some(bytes) => ProgressBar::new(bytes).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
@@ -131,15 +185,9 @@ async fn publish(
         let full = records as usize >= batch || message.len() + line.len() > MAX_MESSAGE_BYTES;
         if (read == 0 || full) && records > 0 {
             let payload = Bytes::from(std::mem::take(&mut message));
-            let (jetstream, subject, n) = (jetstream.clone(), subject.to_owned(), records);
             summary.bytes += payload.len() as u64;
-            in_flight.push(async move {
-                let acked = match jetstream.publish(subject, payload).await {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                (n, acked)
-            });
+            let (sent, n) = (target.send(payload), records);
+            in_flight.push(async move { (n, sent.await) });
             records = 0;
             while in_flight.len() >= IN_FLIGHT {
                 settle(in_flight.next().await, &mut summary, &progress);

@@ -9,7 +9,7 @@
 //! [`KafkaSource`], [`MemorySource`]).
 //! [`SaltStore`] holds the daily visitor salt every gateway of a deployment shares.
 //! [`InputSource`] and [`DeadLetters`] are the public input applications publish to
-//! ([`NatsInput`]) and where its unusable records go.
+//! ([`NatsInput`], [`KafkaInput`]) and where its unusable records go.
 #![warn(missing_docs)]
 
 mod input;
@@ -24,7 +24,10 @@ mod salt;
 mod source;
 
 pub use input::{dead_letter_headers, DeadLetter, DeadLetters, InputError, InputMessage, InputSource};
-pub use kafka::{KafkaBroker, KafkaSaltStore, KafkaSetupError, KafkaSource, MESSAGE_ID_HEADER};
+pub use kafka::{
+    header_value, KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSaltStore, KafkaSetupError,
+    KafkaSource, MESSAGE_ID_HEADER,
+};
 pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
 pub use nats::{NatsBroker, NatsError, NatsSaltStore};
 pub use nats_input::{NatsDeadLetters, NatsInput};

@@ -2,16 +2,22 @@
 //! test's own: what `gallop` is told about it, and what a test reads from it directly (every
 //! record as it travelled, what is not acknowledged yet) or does to it (delete the log).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     config::ClientConfig,
     consumer::{BaseConsumer, Consumer},
-    message::Message,
+    message::{Headers as _, Message},
     Offset, TopicPartitionList,
 };
+
+/// A Kafka record as read: its headers (name, value) and payload.
+pub(crate) type KafkaRecord = (Vec<(String, String)>, Vec<u8>);
 
 /// The partitions every pipeline test uses (the default of `broker.partitions`).
 pub(crate) const PARTITIONS: u32 = 8;
@@ -72,6 +78,62 @@ impl Broker {
         format!("e2e-dead-{}", self.tag)
     }
 
+    /// The Kafka input and dead-letter topics (topic ingestion).
+    pub(crate) fn input_topic(&self) -> String {
+        format!("gallop-e2e-in-{}", self.tag)
+    }
+
+    pub(crate) fn dead_topic(&self) -> String {
+        format!("gallop-e2e-dead-{}", self.tag)
+    }
+
+    /// Every message of the Kafka topic `topic` with its headers, each once, read until
+    /// `expected` came or a minute passed.
+    pub(crate) fn read_with_headers(&self, topic: &str, expected: usize) -> Vec<KafkaRecord> {
+        let consumer = kafka_consumer(&self.bootstrap, None);
+        let mut list = TopicPartitionList::new();
+        for p in 0..PARTITIONS as i32 {
+            list.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&list).expect("assign");
+        let mut messages = BTreeMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while messages.len() < expected && std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(message)) => {
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let payload = message.payload().unwrap_or_default().to_vec();
+                    messages.insert((message.partition(), message.offset()), (headers, payload));
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        messages.into_values().collect()
+    }
+
+    /// Whether the Kafka topic `topic` exists with every partition.
+    pub(crate) fn has_topic(&self, topic: &str) -> bool {
+        let consumer = kafka_consumer(&self.bootstrap, None);
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && t.partitions().len() >= PARTITIONS as usize)
+        })
+    }
+
     fn durable_prefix(&self) -> String {
         format!("e2e-{}", self.tag)
     }
@@ -110,6 +172,9 @@ impl Broker {
                 ("GALLOP_KAFKA__TOPIC", self.topic()),
                 ("GALLOP_KAFKA__SALT_TOPIC", self.salt_topic()),
                 ("GALLOP_KAFKA__CONSUMER_GROUP", self.group()),
+                ("GALLOP_INPUT__KAFKA_TOPIC", self.input_topic()),
+                ("GALLOP_INPUT__KAFKA_DEAD_TOPIC", self.dead_topic()),
+                ("GALLOP_INPUT__KAFKA_GROUP", format!("gallop-e2e-in-{}", self.tag)),
             ],
         }
     }
@@ -283,7 +348,9 @@ impl Broker {
                 let admin: Result<AdminClient<DefaultClientContext>, _> =
                     ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create();
                 if let Ok(admin) = admin {
-                    let _ = admin.delete_topics(&[&self.topic(), &self.salt_topic()], &AdminOptions::new()).await;
+                    let topics = [self.topic(), self.salt_topic(), self.input_topic(), self.dead_topic()];
+                    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                    let _ = admin.delete_topics(&topics, &AdminOptions::new()).await;
                 }
             }
         }

@@ -685,6 +685,8 @@ macro_rules! on_both_brokers {
     };
 }
 
+pub(crate) use on_both_brokers;
+
 on_both_brokers!(
     two_hundred_thousand_events_land_exactly,
     two_processors_on_disjoint_partitions_add_up,

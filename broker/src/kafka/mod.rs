@@ -9,6 +9,7 @@
 //! the processor drops copies that a gateway or a client republished by their ids
 //! (`kafka.dedup_window`).
 
+mod input;
 mod salt;
 mod source;
 
@@ -35,6 +36,7 @@ use rdkafka::{
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use input::{header_value, KafkaDeadLetters, KafkaInput, KafkaInputPublisher};
 pub use salt::KafkaSaltStore;
 pub use source::KafkaSource;
 
