@@ -352,6 +352,47 @@ mod tests {
         assert_eq!(record_bytes(payload, None), payload);
     }
 
+    /// docs/event.schema.json, the published contract, agrees with what the gateway reads:
+    /// its examples are accepted by both, every property it lists is a field the gateway
+    /// knows, and records it refuses are refused by the gateway too.
+    #[test]
+    fn the_published_schema_matches_the_gateway() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/event.schema.json");
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema JSON");
+        let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+        let examples = schema["examples"].as_array().expect("examples");
+        assert!(examples.len() >= 2);
+        for example in examples {
+            assert!(validator.is_valid(example), "{example}");
+            parse_record(&example.to_string(), 0).unwrap_or_else(|e| panic!("{example}: {e:?}"));
+        }
+        let samples = serde_json::json!({
+            "site": "a.test", "name": "x", "url": "https://a.test/", "referrer": "https://b.test/",
+            "timestamp": 1, "props": {"k": "v"}, "value": 1.5, "currency": "EUR", "id": "i", "visitor": "v",
+            "interactive": false, "user_agent": "ua", "ip": "192.0.2.1"
+        });
+        let properties = schema["properties"].as_object().expect("properties");
+        let listed: Vec<&String> = properties.keys().collect();
+        let sampled: Vec<&String> = samples.as_object().expect("object").keys().collect();
+        assert_eq!(listed.len(), sampled.len(), "schema properties {listed:?} vs fields {sampled:?}");
+        for name in listed {
+            let one = serde_json::json!({ name.as_str(): samples[name.as_str()].clone() });
+            parse_record(&one.to_string(), 0).unwrap_or_else(|e| panic!("{name} is not read by the gateway: {e:?}"));
+        }
+        assert_eq!(schema["required"], serde_json::json!(["site", "name", "url"]));
+        assert!(validator.is_valid(&samples), "{samples}");
+        for refused in [
+            serde_json::json!({"site": "a.test", "name": "x", "url": "https://a.test/", "sight": 1}),
+            serde_json::json!({"site": "a.test", "name": "x", "url": "https://a.test/", "timestamp": true}),
+            serde_json::json!({"site": "a.test", "name": "x", "url": "https://a.test/", "value": "12"}),
+            serde_json::json!({"site": "a.test", "name": "x", "url": "https://a.test/", "props": [1]}),
+        ] {
+            assert!(!validator.is_valid(&refused), "the schema accepts {refused}");
+            assert!(parse_record(&refused.to_string(), 0).is_err(), "the gateway accepts {refused}");
+        }
+    }
+
     #[test]
     fn an_ip_must_be_an_address() {
         let error = parse_record(r#"{"ip":"300.1.1.1"}"#, 4).expect_err("bad ip");
