@@ -2,8 +2,10 @@
 //!
 //! `gallop ingest` and `gallop process` run as child processes (so each one's CPU time can
 //! be read from /proc) against the configured NATS or Kafka broker (`--broker`) and
-//! ClickHouse, in a stream or topics and a database of their own. This process sends the synthetic stream of `gallop-bench process`
-//! over HTTP (`POST /v1/events`) as fast as the gateway takes it, and watches ClickHouse
+//! ClickHouse, in a stream or topics and a database of their own. This process sends the
+//! synthetic stream of `gallop-bench process` over HTTP (`POST /v1/events`) or, with
+//! `--input topic`, as NDJSON messages to the input subject or topic that the gateway
+//! consumes (topic ingestion), as fast as it is taken or at `--rate`, and watches ClickHouse
 //! until every event has landed. It prints the sustained rate, the lag behind real time,
 //! the CPU split between gateway, broker, processor, ClickHouse and itself, the bytes the
 //! gateway published and the broker stores per million events, and the rows and bytes
@@ -67,6 +69,20 @@ pub(crate) struct PipelineBench {
     /// The broker between gateway and processor (default: `broker.kind` of the config).
     #[arg(long, value_enum)]
     broker: Option<BrokerArg>,
+    /// How the load reaches the gateway: `http` (`POST /v1/events`, a JSON array per
+    /// request) or `topic` (NDJSON messages of `--batch` events published to the input
+    /// subject or topic, which the gateway consumes: topic ingestion).
+    #[arg(long, value_enum, default_value = "http")]
+    input: InputArg,
+}
+
+/// `--input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InputArg {
+    /// HTTP requests to the gateway.
+    Http,
+    /// Messages to the input subject or topic.
+    Topic,
 }
 
 /// `--broker`.
@@ -135,7 +151,7 @@ pub(crate) fn pipeline(options: &PipelineBench, config: &Config, config_path: Op
 async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let tag = format!("{:x}{:x}", std::process::id(), now % 1_000_000_000);
-    let bench = Bench::new(&tag, config, config_path);
+    let bench = Bench::new(&tag, config, config_path, options.input == InputArg::Topic);
 
     // Events of the last minutes: on time for the processor, however long the run.
     let span_ms = options.span_minutes * 60_000;
@@ -146,12 +162,14 @@ async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathB
         span_ms,
         ..SynthConfig::default()
     };
-    let requests = requests(&synth, options.batch);
+    let topic = options.input == InputArg::Topic;
+    let requests = requests(&synth, options.batch, topic);
     let body_bytes: usize = requests.iter().map(|r| r.body.len()).sum();
     let offered =
         if options.rate > 0 { format!("{} events/s offered", options.rate) } else { "as fast as accepted".to_owned() };
+    let unit = if topic { "input messages (NDJSON)" } else { "requests" };
     println!(
-        "gallop bench pipeline: {} events over the last {} minutes ({} visitors, {} pages, {} referrers, {} sites) in {} requests of {} \
+        "gallop bench pipeline: {} events over the last {} minutes ({} visitors, {} pages, {} referrers, {} sites) in {} {unit} of {} \
          ({:.0} bytes/event of JSON), {} in flight, {offered}",
         options.events,
         options.span_minutes,
@@ -190,11 +208,29 @@ struct Bench {
     kafka_bootstrap: String,
     clickhouse: gallop_config::ClickHouseConfig,
     config_path: Option<PathBuf>,
+    /// The input settings the children get (names of this run's own).
+    input: gallop_config::InputConfig,
+    /// Topic ingestion: the gateway consumes the input.
+    topic_input: bool,
 }
 
 impl Bench {
-    fn new(tag: &str, config: &Config, config_path: Option<PathBuf>) -> Self {
+    fn new(tag: &str, config: &Config, config_path: Option<PathBuf>, topic_input: bool) -> Self {
+        let input = gallop_config::InputConfig {
+            enabled: topic_input,
+            nats_stream: format!("GALLOP_BENCH_IN_{tag}"),
+            nats_subject: format!("gallop-bench-in-{tag}.>"),
+            nats_dead_stream: format!("GALLOP_BENCH_DEAD_{tag}"),
+            nats_dead_subject: format!("gallop-bench-dead-{tag}"),
+            nats_consumer: format!("bench-in-{tag}"),
+            kafka_topic: format!("gallop-bench-in-{tag}"),
+            kafka_dead_topic: format!("gallop-bench-dead-{tag}"),
+            kafka_group: format!("gallop-bench-in-{tag}"),
+            ..config.input.clone()
+        };
         Self {
+            input,
+            topic_input,
             tag: tag.to_owned(),
             kind: config.broker.kind,
             stream: format!("GALLOP_BENCH_{tag}"),
@@ -236,6 +272,15 @@ impl Bench {
             .env("GALLOP_CONSUMER__LISTEN", "127.0.0.1:0")
             .env("GALLOP_CONSUMER__DURABLE_PREFIX", format!("bench-{}", self.tag))
             .env("GALLOP_CLICKHOUSE__DATABASE", &self.database)
+            .env("GALLOP_INPUT__ENABLED", (self.topic_input && command == "ingest").to_string())
+            .env("GALLOP_INPUT__NATS_STREAM", &self.input.nats_stream)
+            .env("GALLOP_INPUT__NATS_SUBJECT", &self.input.nats_subject)
+            .env("GALLOP_INPUT__NATS_DEAD_STREAM", &self.input.nats_dead_stream)
+            .env("GALLOP_INPUT__NATS_DEAD_SUBJECT", &self.input.nats_dead_subject)
+            .env("GALLOP_INPUT__NATS_CONSUMER", &self.input.nats_consumer)
+            .env("GALLOP_INPUT__KAFKA_TOPIC", &self.input.kafka_topic)
+            .env("GALLOP_INPUT__KAFKA_DEAD_TOPIC", &self.input.kafka_dead_topic)
+            .env("GALLOP_INPUT__KAFKA_GROUP", &self.input.kafka_group)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -295,7 +340,16 @@ impl Bench {
         let total = requests.len();
         let accepted = Arc::new(Mutex::new(vec![(0.0f64, 0u64)]));
         let pace = (options.rate > 0).then(|| Duration::from_secs_f64(options.batch as f64 / options.rate as f64));
-        let sender = send_all(address, requests, options.concurrency, pace, started, accepted.clone());
+        let load = if self.topic_input {
+            let mut input_config = config.clone();
+            input_config.input = self.input.clone();
+            input_config.broker.kind = self.kind;
+            let subject = (self.kind == BrokerKind::Nats).then(|| self.input.nats_subject.replace('>', "bench"));
+            Load::Topic(Arc::new(crate::publish::Target::open_for(&input_config, subject).await?))
+        } else {
+            Load::Http(address)
+        };
+        let sender = send_all(load, requests, options.concurrency, pace, started, accepted.clone());
 
         // Sample the landed count until everything is there.
         let mut samples: Vec<(f64, u64)> = Vec::new();
@@ -343,13 +397,27 @@ impl Bench {
 
         let n = options.events as f64;
         println!();
-        println!(
-            "sent:   {} events in {:.2} s → {:.0} events/s accepted by the gateway ({} requests)",
-            options.events,
-            sent_at,
-            n / sent_at,
-            total
-        );
+        if self.topic_input {
+            println!(
+                "sent:   {} events in {:.2} s → {:.0} events/s acknowledged by the input {} ({} messages)",
+                options.events,
+                sent_at,
+                n / sent_at,
+                match self.kind {
+                    BrokerKind::Nats => "subject",
+                    BrokerKind::Kafka => "topic",
+                },
+                total
+            );
+        } else {
+            println!(
+                "sent:   {} events in {:.2} s → {:.0} events/s accepted by the gateway ({} requests)",
+                options.events,
+                sent_at,
+                n / sent_at,
+                total
+            );
+        }
         println!(
             "landed: all {} in ClickHouse {:.2} s after the first request → {:.0} events/s end to end",
             options.events,
@@ -493,13 +561,17 @@ impl Bench {
                 ClientConfig::new().set("bootstrap.servers", &self.kafka_bootstrap).create();
             if let Ok(admin) = admin {
                 let salts = format!("{}-salts", self.topic);
-                let _ = admin.delete_topics(&[&self.topic, &salts], &AdminOptions::new()).await;
+                let topics = [&self.topic, &salts, &self.input.kafka_topic, &self.input.kafka_dead_topic];
+                let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+                let _ = admin.delete_topics(&topics, &AdminOptions::new()).await;
             }
         }
         if let Ok(client) = async_nats::connect(&self.nats_url).await {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(&self.stream).await;
             let _ = js.delete_stream(format!("KV_{}", self.bucket)).await;
+            let _ = js.delete_stream(&self.input.nats_stream).await;
+            let _ = js.delete_stream(&self.input.nats_dead_stream).await;
         }
         if let Ok(clickhouse) = ClickHouse::connect(&self.clickhouse).await {
             let _ = clickhouse.execute(&format!("DROP DATABASE IF EXISTS `{}`", self.database)).await;
@@ -507,8 +579,9 @@ impl Bench {
     }
 }
 
-/// The events of `synth` as `/v1/events` request bodies of `batch` events each.
-fn requests(synth: &SynthConfig, batch: usize) -> Vec<Request> {
+/// The events of `synth` as `/v1/events` request bodies (JSON arrays) or input messages
+/// (`ndjson`) of `batch` events each.
+fn requests(synth: &SynthConfig, batch: usize, ndjson: bool) -> Vec<Request> {
     let mut records = generate(synth);
     let mut requests = Vec::with_capacity(synth.events.div_ceil(batch));
     loop {
@@ -517,9 +590,14 @@ fn requests(synth: &SynthConfig, batch: usize) -> Vec<Request> {
             return requests;
         }
         let i = requests.len();
+        // Serializing plain JSON values cannot fail.
+        let body = if ndjson {
+            events.iter().flat_map(|e| serde_json::to_vec(e).unwrap_or_default().into_iter().chain([b'\n'])).collect()
+        } else {
+            serde_json::to_vec(&events).unwrap_or_default()
+        };
         requests.push(Request {
-            // Serializing plain JSON values cannot fail.
-            body: serde_json::to_vec(&events).unwrap_or_default(),
+            body,
             events: events.len() as u64,
             user_agent: USER_AGENTS[i % USER_AGENTS.len()],
             country: COUNTRIES[i % COUNTRIES.len()],
@@ -557,10 +635,19 @@ fn raw_event(r: &EventRecord) -> serde_json::Value {
     event
 }
 
+/// Where the load goes.
+enum Load {
+    /// `POST /v1/events` to the gateway at this address.
+    Http(String),
+    /// Messages to the input subject or topic.
+    Topic(Arc<crate::publish::Target>),
+}
+
 /// Sends every request, `concurrency` at a time (request `i` not before `i · pace` when
-/// paced), retrying 503s; records the cumulative accepted events with their time.
+/// paced), retrying 503s (HTTP) and failed publishes (topic); records the cumulative
+/// accepted events with their time.
 async fn send_all(
-    address: String,
+    load: Load,
     requests: Vec<Request>,
     concurrency: usize,
     pace: Option<Duration>,
@@ -568,14 +655,24 @@ async fn send_all(
     accepted: Arc<Mutex<Vec<(f64, u64)>>>,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("http://{address}/v1/events");
+    let (url, topic) = match load {
+        Load::Http(address) => (format!("http://{address}/v1/events"), None),
+        Load::Topic(target) => (String::new(), Some(target)),
+    };
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
     let count = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, requests, next, count, accepted) =
-            (client.clone(), url.clone(), requests.clone(), next.clone(), count.clone(), accepted.clone());
+        let (client, url, requests, next, count, accepted, topic) = (
+            client.clone(),
+            url.clone(),
+            requests.clone(),
+            next.clone(),
+            count.clone(),
+            accepted.clone(),
+            topic.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -583,7 +680,16 @@ async fn send_all(
                 if let Some(pace) = pace {
                     tokio::time::sleep_until((started + pace * i as u32).into()).await;
                 }
-                loop {
+                while let Some(target) = &topic {
+                    match target.send(bytes::Bytes::from(request.body.clone())).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            eprintln!("publishing to the input failed, retrying: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                while topic.is_none() {
                     let response = client
                         .post(&url)
                         .header("Content-Type", "application/json")

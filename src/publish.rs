@@ -90,7 +90,7 @@ fn default_subject(pattern: &str) -> String {
 }
 
 /// Where the records go: the input subject (NATS) or topic (Kafka) of the configured broker.
-enum Target {
+pub(crate) enum Target {
     Nats(Arc<async_nats::jetstream::Context>, String),
     Kafka(KafkaInputPublisher),
 }
@@ -98,26 +98,28 @@ enum Target {
 impl Target {
     /// Connects and makes the input (and dead-letter) stream or topic exist.
     async fn open(config: &Config, args: &PublishArgs) -> anyhow::Result<Self> {
+        Self::open_for(config, args.subject.clone()).await
+    }
+
+    /// The input of `config`'s broker; `subject` overrides the NATS subject.
+    pub(crate) async fn open_for(config: &Config, subject: Option<String>) -> anyhow::Result<Self> {
         Ok(match config.broker.kind {
             BrokerKind::Nats => {
                 let broker =
                     NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
                 NatsInput::create_streams(&broker, &config.nats, &config.input).await?;
-                let subject = args.subject.clone().unwrap_or_else(|| default_subject(&config.input.nats_subject));
+                let subject = subject.unwrap_or_else(|| default_subject(&config.input.nats_subject));
                 Self::Nats(Arc::new(broker.jetstream().clone()), subject)
             }
             BrokerKind::Kafka => {
-                anyhow::ensure!(
-                    args.subject.is_none(),
-                    "--subject is for NATS; on Kafka the topic is input.kafka_topic"
-                );
+                anyhow::ensure!(subject.is_none(), "--subject is for NATS; on Kafka the topic is input.kafka_topic");
                 Self::Kafka(KafkaInputPublisher::open(&config.kafka, config.broker.partitions, &config.input).await?)
             }
         })
     }
 
     /// Publishes one message and waits for the broker's acknowledgement.
-    fn send(&self, payload: Bytes) -> futures::future::BoxFuture<'static, Result<(), String>> {
+    pub(crate) fn send(&self, payload: Bytes) -> futures::future::BoxFuture<'static, Result<(), String>> {
         use futures::FutureExt as _;
         match self {
             Self::Nats(jetstream, subject) => {
