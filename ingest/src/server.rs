@@ -382,22 +382,7 @@ async fn accept(
         return Err(ApiError::Invalid(errors));
     }
 
-    let deadline = Instant::now() + config.ingest.publish_timeout;
-    let submissions = parts
-        .into_iter()
-        .enumerate()
-        .filter(|(_, part)| part.events > 0)
-        .flat_map(|(partition, part)| {
-            let dedup = part.dedup_id();
-            split_lines(part.payload, part.events, config.ingest.batching.max_bytes).into_iter().enumerate().map(
-                move |(chunk_index, (chunk, n))| {
-                    let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
-                    (partition as u32, chunk, n, id)
-                },
-            )
-        })
-        .map(|(partition, chunk, n, id)| state.batcher.submit(partition, chunk, n, id, deadline));
-    let results = futures::future::join_all(submissions).await;
+    let results = submit_parts(state, parts).await;
     if let Some(error) = results.into_iter().find_map(Result::err) {
         state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total as u64);
         return Err(match error {
@@ -407,6 +392,29 @@ async fn accept(
     }
     state.metrics.events_accepted.inc_by(total as u64);
     Ok(Outcome { accepted: total, dropped: 0 })
+}
+
+/// Hands each part (index = partition; cut to `batching.max_bytes`) to the batcher, under a
+/// message id derived from its events' ids where they all have one, and waits until every
+/// chunk is acknowledged or failed (at most `ingest.publish_timeout`).
+pub(crate) async fn submit_parts(state: &AppState, parts: Vec<Part>) -> Vec<Result<(), PublishError>> {
+    let deadline = Instant::now() + state.config.ingest.publish_timeout;
+    let max_bytes = state.config.ingest.batching.max_bytes;
+    let submissions = parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, part)| part.events > 0)
+        .flat_map(|(partition, part)| {
+            let dedup = part.dedup_id();
+            split_lines(part.payload, part.events, max_bytes).into_iter().enumerate().map(
+                move |(chunk_index, (chunk, n))| {
+                    let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
+                    (partition as u32, chunk, n, id)
+                },
+            )
+        })
+        .map(|(partition, chunk, n, id)| state.batcher.submit(partition, chunk, n, id, deadline));
+    futures::future::join_all(submissions).await
 }
 
 /// The events of one request bound for one partition.
@@ -447,7 +455,7 @@ impl Part {
 
 /// Cuts an NDJSON payload of `count` lines into chunks of at most `max_bytes` (a single
 /// longer line stays whole).
-pub(crate) fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
+fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
     if payload.len() <= max_bytes {
         return vec![(payload, count)];
     }

@@ -17,7 +17,6 @@ use gallop_broker::{partition_for, DeadLetter, DeadLetters, InputMessage, InputS
 use gallop_event::encode_into;
 use gallop_support::Backoff;
 use time::OffsetDateTime;
-use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -25,7 +24,7 @@ use crate::{
     input::{parse_record, RecordError, TopicRecord},
     normalize::{normalize, Rules, Sender},
     privacy::{visitor_from_key, visitor_from_request},
-    server::{split_lines, AppState, Part},
+    server::{submit_parts, AppState, Part},
     Gateway,
 };
 
@@ -185,21 +184,6 @@ pub(crate) async fn ingest_message(
         outcome.accepted += 1;
     }
 
-    let deadline = Instant::now() + config.ingest.publish_timeout;
-    let submissions = parts
-        .into_iter()
-        .enumerate()
-        .filter(|(_, part)| part.events > 0)
-        .flat_map(|(partition, part)| {
-            let dedup = part.dedup_id();
-            split_lines(part.payload, part.events, config.ingest.batching.max_bytes).into_iter().enumerate().map(
-                move |(chunk_index, (chunk, n))| {
-                    let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
-                    (partition as u32, chunk, n, id)
-                },
-            )
-        })
-        .map(|(partition, chunk, n, id)| state.batcher.submit(partition, chunk, n, id, deadline));
     let letters: Vec<(Refused, &[u8])> =
         refused.into_iter().map(|r| (r.clone(), record_bytes(&message.payload, r.record))).collect();
     let sends = letters.iter().map(|(r, payload)| {
@@ -213,8 +197,7 @@ pub(crate) async fn ingest_message(
             record: r.record,
         })
     });
-    let (published, sent) =
-        futures::future::join(futures::future::join_all(submissions), futures::future::join_all(sends)).await;
+    let (published, sent) = futures::future::join(submit_parts(state, parts), futures::future::join_all(sends)).await;
     if let Some(e) = published.into_iter().chain(sent).find_map(Result::err) {
         return Err(e);
     }

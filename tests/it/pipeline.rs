@@ -170,7 +170,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Runs `sql` against `url`, panicking with the server's message.
-pub(crate) async fn sql(url: &str, query: &str) -> String {
+async fn sql(url: &str, query: &str) -> String {
     let response = reqwest::Client::new()
         .post(format!("{url}/?output_format_json_quote_64bit_integers=0"))
         .body(query.to_owned())
@@ -419,21 +419,22 @@ impl Pipeline {
         format!("`{}`.`aggregates`", self.database)
     }
 
+    /// The events ClickHouse holds (minute rows of the `total` rollup).
+    pub(crate) async fn landed(&self) -> u64 {
+        let sql_text = format!(
+            "SELECT sumMerge(events) FROM {} WHERE kind = 'rollup' AND granularity = 'minute' AND dimension = 'total' \
+             FORMAT TSV",
+            self.table()
+        );
+        sql(&self.clickhouse_url, &sql_text).await.trim().parse().unwrap_or(0)
+    }
+
     /// Waits until ClickHouse holds `n` events and nothing more arrives for 2 s.
     pub(crate) async fn wait_for(&self, n: usize) {
         let started = Instant::now();
         let mut stable_since: Option<(u64, Instant)> = None;
         loop {
-            let got = sql(
-                &self.clickhouse_url,
-                &format!(
-                    "SELECT sumMerge(events) FROM {} WHERE kind = 'rollup' AND granularity = 'minute' \
-                     AND dimension = 'total' FORMAT TSV",
-                    self.table()
-                ),
-            )
-            .await;
-            let got: u64 = got.trim().parse().unwrap_or(0);
+            let got = self.landed().await;
             match stable_since {
                 Some((value, since)) if value == got => {
                     if got >= n as u64 && since.elapsed() > Duration::from_secs(2) {

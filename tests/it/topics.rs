@@ -17,7 +17,7 @@ use rdkafka::{
 
 use crate::{
     brokers::{nats_url, Broker, Kind},
-    pipeline::{clickhouse_url, generate, metric, now_ms, on_both_brokers, sql, tag, Pipeline, Sent},
+    pipeline::{clickhouse_url, generate, metric, now_ms, on_both_brokers, tag, Pipeline, Sent},
 };
 
 /// The gateway settings of these tests: topic ingestion on, and short redelivery waits so
@@ -276,19 +276,7 @@ async fn a_killed_gateway_loses_and_doubles_nothing(kind: Kind) {
     }
     // SIGKILL the gateway once events started to land, then start another.
     let started = Instant::now();
-    loop {
-        let landed = sql(
-            &pipeline.clickhouse_url,
-            &format!(
-                "SELECT sumMerge(events) FROM {} WHERE kind = 'rollup' AND granularity = 'minute' \
-                 AND dimension = 'total' FORMAT TSV",
-                pipeline.table()
-            ),
-        )
-        .await;
-        if landed.trim().parse::<u64>().unwrap_or(0) > 0 {
-            break;
-        }
+    while pipeline.landed().await == 0 {
         assert!(started.elapsed() < Duration::from_secs(60), "nothing landed within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
