@@ -34,7 +34,8 @@ pub struct Metrics {
     pub(crate) published_bytes: IntCounter,
     /// 1 while the broker is reachable (what `/ready` says), set when `/metrics` is read.
     pub(crate) broker_up: IntGauge,
-    /// Input messages (topic ingestion) by outcome: `processed`, `retried`.
+    /// Input messages (topic ingestion) by outcome: `processed`, `retried` (publishing
+    /// failed, tried again), `refused` (the broker refused its events: dead-lettered whole).
     pub(crate) input_messages: IntCounterVec,
     /// Records (or whole input messages) sent to the dead letters, by reason.
     pub(crate) dead_letters: IntCounterVec,
@@ -86,7 +87,8 @@ impl Metrics {
             broker_up: r.gauge("gallop_broker_up", "1 while the broker is reachable, 0 while it is not"),
             input_messages: r.counter_vec(
                 "gallop_input_messages_total",
-                "Input topic messages by outcome (processed: acknowledged after their events; retried: publishing failed)",
+                "Input topic messages by outcome (processed: acknowledged after their events; retried: publishing failed; \
+                 refused: the broker refused its events, dead-lettered whole)",
                 &["outcome"],
             ),
             dead_letters: r.counter_vec(

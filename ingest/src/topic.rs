@@ -115,10 +115,40 @@ async fn settle(gateway: Gateway, message: InputMessage, dead: Arc<dyn DeadLette
                 }
                 return;
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 state.metrics.input_messages.with_label_values(&["retried"]).inc();
                 warn!(origin = %message.origin, error = %e, "publishing an input message's events failed; retrying");
                 backoff.wait().await;
+            }
+            Err(e) => {
+                // Retrying cannot help (a chunk larger than the broker takes): the message
+                // goes to the dead letters whole, loudly; chunks stored before stay stored.
+                error!(origin = %message.origin, error = %e, "the broker refused an input message's events; \
+                    the whole message goes to the dead letters");
+                let detail = format!("the broker refused the events made from this message: {e}");
+                let letter = DeadLetter {
+                    payload: &message.payload,
+                    reason: "broker_refused",
+                    field: "message",
+                    detail: &detail,
+                    origin: &message.origin,
+                    source: &message.source,
+                    record: None,
+                };
+                match dead.send(letter).await {
+                    Ok(()) => {
+                        state.metrics.dead_letters.with_label_values(&["broker_refused"]).inc();
+                        state.metrics.input_messages.with_label_values(&["refused"]).inc();
+                        if let Err(e) = message.ack.ack().await {
+                            warn!(origin = %message.origin, error = %e, "acknowledging an input message failed");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(origin = %message.origin, error = %e, "sending a dead letter failed; retrying");
+                        backoff.wait().await;
+                    }
+                }
             }
         }
     }
