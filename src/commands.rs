@@ -102,8 +102,9 @@ impl Input {
 }
 
 /// Serves `gateway` on `listener` and, with `input.enabled`, consumes the input subject or
-/// topic into it, until `shutdown` resolves: then HTTP stops taking requests and topic
-/// ingestion finishes what it holds.
+/// topic into it, until `shutdown` resolves: then topic ingestion stops taking messages and
+/// finishes those it holds (their events still need the gateway's batcher), and only then
+/// does HTTP stop.
 async fn serve_gateway(
     config: &Config,
     broker: &Broker,
@@ -111,30 +112,37 @@ async fn serve_gateway(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let when_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
+    let (stop_input, input_stopped) = tokio::sync::watch::channel(false);
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let input = match config.input.enabled {
         true => {
-            Some(tokio::spawn(Input::open(broker, config).await?.run(gateway.clone(), when_stopped(stopped.clone()))))
+            Some(tokio::spawn(Input::open(broker, config).await?.run(gateway.clone(), when_stopped(input_stopped))))
         }
         false => None,
     };
-    let http = gallop_ingest::run(gateway, listener, when_stopped(stopped));
-    tokio::pin!(http);
-    let served = tokio::select! {
-        result = &mut http => result,
-        () = shutdown => {
-            let _ = stop.send(true);
-            http.await
+    let stop_input = async move {
+        let _ = stop_input.send(true);
+        match input {
+            Some(input) => input.await.context("topic ingestion task panicked"),
+            None => Ok(()),
         }
     };
-    let _ = stop.send(true);
-    if let Some(input) = input {
-        input.await.context("topic ingestion task panicked")?;
+    let http = gallop_ingest::run(gateway, listener, when_stopped(http_stopped));
+    tokio::pin!(http);
+    tokio::select! {
+        result = &mut http => {
+            stop_input.await?;
+            Ok(result?)
+        }
+        () = shutdown => {
+            stop_input.await?;
+            let _ = stop_http.send(true);
+            Ok(http.await?)
+        }
     }
-    Ok(served?)
 }
 
 async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {

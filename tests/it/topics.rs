@@ -18,6 +18,7 @@ use rdkafka::{
 use crate::{
     brokers::{nats_url, Broker, Kind},
     pipeline::{clickhouse_url, generate, metric, now_ms, on_both_brokers, tag, Pipeline, Sent},
+    terminate,
 };
 
 /// The gateway settings of these tests: topic ingestion on, and short redelivery waits so
@@ -227,7 +228,7 @@ async fn dead_letters(broker: &Broker, n: usize) -> Vec<Letter> {
 }
 
 async fn bad_records_go_to_the_dead_letters_and_a_republished_message_counts_once(kind: Kind) {
-    let (pipeline, gateway) = start(kind).await;
+    let (mut pipeline, gateway) = start(kind).await;
     let app = App::new(&pipeline.broker).await;
     let good = generate(32, 1_000, now_ms(), 5);
 
@@ -265,6 +266,10 @@ async fn bad_records_go_to_the_dead_letters_and_a_republished_message_counts_onc
         assert_eq!(metric(&gateway, &name).await, Some(count), "{name}");
     }
     assert_eq!(metric(&gateway, r#"gallop_input_messages_total{outcome="processed"}"#).await, Some(4.0));
+
+    // SIGTERM: topic ingestion stops, then HTTP; a clean exit.
+    let mut gateway = pipeline.gateway.take().expect("gateway");
+    assert_eq!(terminate(&mut gateway, Duration::from_secs(30)).await, Some(0), "SIGTERM is a clean stop");
 }
 
 async fn a_killed_gateway_loses_and_doubles_nothing(kind: Kind) {
