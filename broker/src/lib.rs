@@ -25,8 +25,8 @@ mod source;
 
 pub use input::{dead_letter_headers, DeadLetter, DeadLetters, InputError, InputMessage, InputSource};
 pub use kafka::{
-    header_value, KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSaltStore, KafkaSetupError,
-    KafkaSource, MESSAGE_ID_HEADER,
+    KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSaltStore, KafkaSetupError, KafkaSource,
+    MESSAGE_ID_HEADER,
 };
 pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
 pub use nats::{NatsBroker, NatsError, NatsSaltStore};

@@ -17,7 +17,7 @@ use gallop_config::{InputConfig, KafkaConfig};
 use rdkafka::{
     client::ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
-    message::{Header, Headers as _, Message as _, OwnedHeaders},
+    message::{Header, Message as _, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
     Offset, TopicPartitionList,
@@ -277,11 +277,6 @@ impl KafkaInputPublisher {
         }
         .boxed()
     }
-}
-
-/// A header's value as text, for tests and tools reading dead letters.
-pub fn header_value(headers: &OwnedHeaders, name: &str) -> Option<String> {
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use rdkafka::{
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use input::{header_value, KafkaDeadLetters, KafkaInput, KafkaInputPublisher};
+pub use input::{KafkaDeadLetters, KafkaInput, KafkaInputPublisher};
 pub use salt::KafkaSaltStore;
 pub use source::KafkaSource;
 
