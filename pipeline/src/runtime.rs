@@ -267,6 +267,8 @@ impl<S: Source, T: Store> Runtime<S, T> {
                 },
             );
         }
+        // A setting: set once, not on every turn of the loop.
+        metrics.live_keys_limit.set(i64::try_from(processor.max_live_keys()).unwrap_or(i64::MAX));
         Ok(Self { source, processor, store, options, metrics, health, partitions, retries_seen: 0 })
     }
 
@@ -499,7 +501,6 @@ impl<S: Source, T: Store> Runtime<S, T> {
         let (broker_up, store_up) = (self.source.is_ready(), self.store.is_healthy());
         metrics.broker_up.set(i64::from(broker_up));
         metrics.store_up.set(i64::from(store_up));
-        metrics.live_keys_limit.set(i64::try_from(self.processor.max_live_keys()).unwrap_or(i64::MAX));
         self.health.set(broker_up, store_up);
     }
 }
