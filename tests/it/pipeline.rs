@@ -419,6 +419,23 @@ impl Pipeline {
         format!("`{}`.`aggregates`", self.database)
     }
 
+    /// Waits until a processor has migrated ClickHouse (the table answers): `gallop run`
+    /// and `gallop process` log that they listen before they migrate.
+    pub(crate) async fn wait_for_table(&self) {
+        let started = Instant::now();
+        let probe = format!("SELECT count() FROM {}", self.table());
+        while !reqwest::Client::new()
+            .post(&self.clickhouse_url)
+            .body(probe.clone())
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "no processor made the table within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The events ClickHouse holds (minute rows of the `total` rollup).
     pub(crate) async fn landed(&self) -> u64 {
         let sql_text = format!(

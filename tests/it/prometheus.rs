@@ -136,6 +136,7 @@ async fn prometheus_scrapes_gallop_run_and_answers_every_pipeline_panel() {
     let env = [("GALLOP_INGEST__LISTEN", gateway.clone()), ("GALLOP_CONSUMER__LISTEN", processor.clone())];
     let (run, _) = pipeline.spawn(&["run"], &env, Some("listening")).await;
     pipeline.gateway = Some(run);
+    pipeline.wait_for_table().await;
 
     // What the test sends: accepted events, and one request rejected as invalid.
     let sent = generate(21, 3_000, now_ms(), 5);

@@ -81,18 +81,7 @@ async fn start(kind: Kind) -> (Pipeline, String) {
     let mut pipeline = Pipeline::new(Broker::new(kind, &tag()), clickhouse_url());
     let address = start_gateway(&mut pipeline).await;
     pipeline.start_processor(&[]).await;
-    let started = Instant::now();
-    let probe = format!("SELECT count() FROM {}", pipeline.table());
-    while !reqwest::Client::new()
-        .post(&pipeline.clickhouse_url)
-        .body(probe.clone())
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(started.elapsed() < Duration::from_secs(30), "the processor made no table within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pipeline.wait_for_table().await;
     (pipeline, address)
 }
 
