@@ -11,5 +11,5 @@ mod record;
 mod view;
 
 pub use message::{decode_message, encode_into, DecodeError};
-pub use record::{EventRecord, Props, FORMAT_VERSION};
+pub use record::{EventRecord, Props, ENGAGEMENT, FORMAT_VERSION};
 pub use view::{decode_message_view, EventFields, EventView, ViewProps};

@@ -86,7 +86,19 @@ pub struct EventRecord {
     /// `false` for events that should not count as interaction (Plausible's `interactive`).
     #[serde(skip_serializing_if = "is_true")]
     pub interactive: bool,
+    /// Engagement events only: the deepest point of the page the visitor scrolled to, in
+    /// percent of its height (0-100; Plausible's `sd`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scroll_depth: Option<u8>,
+    /// Engagement events only: milliseconds the page was visible and focused since the
+    /// previous engagement event of the same pageview (Plausible's `e`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engaged_ms: Option<u64>,
 }
+
+/// The name of Plausible's engagement events: sent when a visitor leaves or hides a page,
+/// with scroll depth and engaged time. Not a custom event, not a pageview.
+pub const ENGAGEMENT: &str = "engagement";
 
 fn is_true(b: &bool) -> bool {
     *b
@@ -129,6 +141,8 @@ impl Default for EventRecord {
             value: None,
             currency: String::new(),
             interactive: true,
+            scroll_depth: None,
+            engaged_ms: None,
         }
     }
 }

@@ -60,6 +60,12 @@ pub trait EventFields {
     fn visitor(&self) -> u64;
     /// Numeric value.
     fn value(&self) -> Option<f64>;
+    /// Whether the event counts as interaction (Plausible's `interactive`).
+    fn interactive(&self) -> bool;
+    /// Scroll depth in percent (engagement events).
+    fn scroll_depth(&self) -> Option<u8>;
+    /// Engaged milliseconds since the previous engagement event (engagement events).
+    fn engaged_ms(&self) -> Option<u64>;
     /// The value of property `key`.
     fn prop(&self, key: &str) -> Option<&str>;
     /// Every property, each key once.
@@ -82,6 +88,18 @@ macro_rules! plain_fields {
 
         fn value(&self) -> Option<f64> {
             self.value
+        }
+
+        fn interactive(&self) -> bool {
+            self.interactive
+        }
+
+        fn scroll_depth(&self) -> Option<u8> {
+            self.scroll_depth
+        }
+
+        fn engaged_ms(&self) -> Option<u64> {
+            self.engaged_ms
         }
     };
     (@str $($field:ident),*) => {
@@ -166,6 +184,8 @@ pub struct EventView<'a> {
     #[serde(borrow)]
     pub currency: Cow<'a, str>,
     pub interactive: bool,
+    pub scroll_depth: Option<u8>,
+    pub engaged_ms: Option<u64>,
 }
 
 impl Default for EventView<'_> {
@@ -198,6 +218,8 @@ impl Default for EventView<'_> {
             value: None,
             currency: empty(),
             interactive: true,
+            scroll_depth: None,
+            engaged_ms: None,
         }
     }
 }
@@ -231,6 +253,8 @@ impl EventView<'_> {
             value: self.value,
             currency: self.currency.to_string(),
             interactive: self.interactive,
+            scroll_depth: self.scroll_depth,
+            engaged_ms: self.engaged_ms,
         }
     }
 }

@@ -29,6 +29,10 @@ pub(crate) struct RawEvent {
     /// Client-chosen visitor identity (hashed with the day's salt; never forwarded).
     pub(crate) visitor: Option<String>,
     pub(crate) interactive: bool,
+    /// Engagement events: scroll depth in percent, as sent (checked by `normalize`).
+    pub(crate) scroll_depth: Option<f64>,
+    /// Engagement events: engaged milliseconds, as sent (checked by `normalize`).
+    pub(crate) engaged_ms: Option<f64>,
 }
 
 /// Gallop's own event form (`/v1/events`). Unknown fields are errors, to catch typos.
@@ -46,6 +50,8 @@ struct GallopInput {
     id: Option<String>,
     visitor: Option<String>,
     interactive: Option<bool>,
+    scroll_depth: Option<f64>,
+    engaged_ms: Option<f64>,
 }
 
 /// Plausible's form, as its tracker script sends it. Unknown fields are ignored, as
@@ -66,6 +72,10 @@ struct PlausibleInput {
     revenue: Option<Box<RawValue>>,
     #[serde(alias = "i")]
     interactive: Option<bool>,
+    /// Engagement events: scroll depth in percent.
+    sd: Option<f64>,
+    /// Engagement events: engaged milliseconds since the previous engagement event.
+    e: Option<f64>,
 }
 
 /// Parses a Plausible body into one event per listed domain.
@@ -109,6 +119,8 @@ pub(crate) fn parse_plausible(body: &str, max_domains: usize) -> Result<Vec<RawE
             id: None,
             visitor: None,
             interactive: input.interactive.unwrap_or(true),
+            scroll_depth: input.sd,
+            engaged_ms: input.e,
         })
         .collect())
 }
@@ -197,6 +209,8 @@ pub(crate) fn parse_batch(body: &str, framing: Framing, max_events: usize) -> Re
                 id: input.id,
                 visitor: input.visitor,
                 interactive: input.interactive.unwrap_or(true),
+                scroll_depth: input.scroll_depth,
+                engaged_ms: input.engaged_ms,
             }),
             Err(e) => errors.push(e.into_field_error(Some(index))),
         }
@@ -226,6 +240,8 @@ struct TopicInput {
     id: Option<String>,
     visitor: Option<String>,
     interactive: Option<bool>,
+    scroll_depth: Option<f64>,
+    engaged_ms: Option<f64>,
     user_agent: Option<String>,
     ip: Option<String>,
 }
@@ -272,6 +288,8 @@ pub(crate) fn parse_record(text: &str, index: usize) -> Result<TopicRecord, Reco
             id: input.id,
             visitor: input.visitor,
             interactive: input.interactive.unwrap_or(true),
+            scroll_depth: input.scroll_depth,
+            engaged_ms: input.engaged_ms,
         },
         user_agent: input.user_agent.filter(|ua| !ua.trim().is_empty()),
         ip,

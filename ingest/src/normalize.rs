@@ -2,7 +2,7 @@
 //! becomes an [`EventRecord`], or a list of every problem with it.
 
 use gallop_config::{LimitsConfig, TimeConfig};
-use gallop_event::EventRecord;
+use gallop_event::{EventRecord, ENGAGEMENT};
 use url::Url;
 
 use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo};
@@ -119,6 +119,9 @@ pub(crate) fn normalize(
             error("currency", "must be a 3-letter ISO 4217 code such as EUR".into());
         }
     }
+    let engagement = name.as_deref() == Some(ENGAGEMENT);
+    let scroll_depth = engagement_number(raw.scroll_depth, "scroll_depth", MAX_SCROLL_DEPTH, engagement, &mut error);
+    let engaged_ms = engagement_number(raw.engaged_ms, "engaged_ms", MAX_ENGAGED_MS, engagement, &mut error);
     let ts = raw.timestamp_ms.unwrap_or(sender.now_ms);
     let lateness_ms = millis(rules.time.allowed_lateness);
     let future_ms = millis(rules.time.max_future);
@@ -192,7 +195,38 @@ pub(crate) fn normalize(
     record.value = raw.value;
     record.currency = raw.currency.map(|c| c.to_ascii_uppercase()).unwrap_or_default();
     record.interactive = raw.interactive;
+    // Both fit: checked against their maxima above.
+    record.scroll_depth = scroll_depth.map(|v| v as u8);
+    record.engaged_ms = engaged_ms;
     Ok(record)
+}
+
+/// Most a scroll depth can be, in percent.
+const MAX_SCROLL_DEPTH: u64 = 100;
+/// Most engaged time one engagement event may report: a day, in milliseconds. The tracker
+/// sends one whenever a page is hidden, so a real value is minutes at most.
+const MAX_ENGAGED_MS: u64 = 86_400_000;
+
+/// Checks an engagement field (`scroll_depth` / Plausible `sd`, `engaged_ms` / `e`): only
+/// engagement events carry it, and it is a whole number in `0..=max`.
+fn engagement_number(
+    value: Option<f64>,
+    field: &str,
+    max: u64,
+    engagement: bool,
+    error: &mut impl FnMut(&str, String),
+) -> Option<u64> {
+    let value = value?;
+    let alias = if field == "scroll_depth" { "sd" } else { "e" };
+    if !engagement {
+        error(field, format!("only `{ENGAGEMENT}` events carry {field} (Plausible: {alias})"));
+        return None;
+    }
+    if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= max as f64) {
+        error(field, format!("must be a whole number from 0 to {max} (Plausible: {alias}), got {value}"));
+        return None;
+    }
+    Some(value as u64)
 }
 
 fn required(

@@ -87,15 +87,45 @@ impl UserAgents {
         let lower = ua.to_ascii_lowercase();
         let spider = device.as_ref().is_some_and(|d| d.device == "Spider");
         let bot = spider || BOT_MARKERS.iter().any(|m| lower.contains(m));
-        let browser = agent.as_ref().map(|a| a.family.to_string()).filter(|f| f != "Other").unwrap_or_default();
+        let browser = agent
+            .as_ref()
+            .map(|a| plausible_browser(&a.family).to_owned())
+            .filter(|f| f != "Other")
+            .unwrap_or_default();
         let browser_version = agent.as_ref().and_then(|a| a.major).unwrap_or_default().to_owned();
-        let os_name = os.as_ref().map(|o| o.os.to_string()).filter(|f| f != "Other").unwrap_or_default();
+        let os_name = os.as_ref().map(|o| plausible_os(&o.os).to_owned()).filter(|f| f != "Other").unwrap_or_default();
         let device_family = device.as_ref().map(|d| d.device.as_ref()).unwrap_or("");
         UaInfo { browser, browser_version, device: device_class(&lower, device_family, &os_name), os: os_name, bot }
     }
 }
 
 /// `tablet`, `mobile` or `desktop`, from the UA text, the uap device family and the OS.
+/// The browser name Plausible shows for a uap-core family: one name per browser, not one
+/// per platform ("Safari" for Mobile Safari, "Chrome" for Chrome Mobile and Chrome on iOS),
+/// and in-app web views as "Mobile App", as Plausible's ingestion maps them.
+fn plausible_browser(family: &str) -> &str {
+    match family {
+        "Mobile Safari" | "Mobile Safari UI/WKWebView" => "Safari",
+        "Chrome Mobile" | "Chrome Mobile iOS" => "Chrome",
+        "Chrome Mobile WebView" | "Facebook" | "Instagram" => "Mobile App",
+        "Firefox Mobile" | "Firefox iOS" => "Firefox",
+        "Opera Mobile" | "Opera Mini" => "Opera",
+        "Edge" | "Edge Mobile" => "Microsoft Edge",
+        "Yandex Browser Lite" => "Yandex Browser",
+        other => other,
+    }
+}
+
+/// The operating system name Plausible shows for a uap-core name ("Mac" for Mac OS X,
+/// "GNU/Linux" for Linux).
+fn plausible_os(os: &str) -> &str {
+    match os {
+        "Mac OS X" | "Mac OS" => "Mac",
+        "Linux" => "GNU/Linux",
+        other => other,
+    }
+}
+
 fn device_class(lower_ua: &str, device_family: &str, os: &str) -> &'static str {
     let tablet = device_family == "iPad"
         || lower_ua.contains("tablet")
@@ -137,23 +167,60 @@ mod tests {
         );
         check(
             "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-            ("Chrome", "120", "Mac OS X", "desktop", false),
+            ("Chrome", "120", "Mac", "desktop", false),
         );
         check(
             "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
-            ("Mobile Safari", "17", "iOS", "mobile", false),
+            ("Safari", "17", "iOS", "mobile", false),
         );
         check(
             "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1",
-            ("Mobile Safari", "16", "iOS", "tablet", false),
+            ("Safari", "16", "iOS", "tablet", false),
         );
         check(
             "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
-            ("Chrome Mobile", "120", "Android", "mobile", false),
+            ("Chrome", "120", "Android", "mobile", false),
         );
         check(
             "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36",
             ("Chrome", "119", "Android", "tablet", false),
+        );
+        // Labels as Plausible shows them: one name per browser and platform family.
+        check(
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+            ("Safari", "17", "Mac", "desktop", false),
+        );
+        check(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/120.0.6099.119 Mobile/15E148 Safari/604.1",
+            ("Chrome", "120", "iOS", "mobile", false),
+        );
+        check(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/121.0 Mobile/15E148 Safari/605.1.15",
+            ("Firefox", "121", "iOS", "mobile", false),
+        );
+        check(
+            "Mozilla/5.0 (Android 14; Mobile; rv:121.0) Gecko/121.0 Firefox/121.0",
+            ("Firefox", "121", "Android", "mobile", false),
+        );
+        check(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91",
+            ("Microsoft Edge", "120", "Windows", "desktop", false),
+        );
+        check(
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            ("Firefox", "121", "GNU/Linux", "desktop", false),
+        );
+        check(
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+            ("Samsung Internet", "23", "Android", "mobile", false),
+        );
+        check(
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240105.004; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0.6099.193 Mobile Safari/537.36",
+            ("Mobile App", "120", "Android", "mobile", false),
+        );
+        check(
+            "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            ("Chrome", "120", "Chrome OS", "desktop", false),
         );
     }
 
