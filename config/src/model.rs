@@ -451,6 +451,17 @@ pub struct ProcessorConfig {
     pub empty_values: EmptyValues,
     /// What to do with an event older than `watermark - time.allowed_lateness`.
     pub late_events: LateEvents,
+    /// Keep visits (sessions): visits, bounces, duration, entry and exit pages per
+    /// source, country, device, browser and OS, written as `session:*` rows.
+    pub sessions: bool,
+    /// A visit ends after this long without an event from its visitor (and at the UTC day
+    /// boundary, where the daily salt changes the visitor id anyway).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Most visits held open at once. At the bound the processor first drops visits that
+    /// can no longer be extended, then ends the eighth of the rest that was idle longest
+    /// (their next event starts a new visit), counted in `gallop_sessions_evicted_total`.
+    pub max_open_sessions: usize,
 }
 
 impl Default for ProcessorConfig {
@@ -466,6 +477,9 @@ impl Default for ProcessorConfig {
             max_combinations_per_event: 64,
             empty_values: EmptyValues::Keep,
             late_events: LateEvents::Drop,
+            sessions: true,
+            session_timeout: Duration::from_secs(30 * 60),
+            max_open_sessions: 500_000,
         }
     }
 }

@@ -177,6 +177,8 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(processor.max_live_keys >= processor.flush_keys, "processor.max_live_keys", "at least processor.flush_keys");
     need(processor.max_value_bytes >= 8, "processor.max_value_bytes", "at least 8");
     need(processor.max_combinations_per_event >= 1, "processor.max_combinations_per_event", "at least 1");
+    need(!processor.session_timeout.is_zero(), "processor.session_timeout", "greater than 0");
+    need(processor.max_open_sessions >= 8, "processor.max_open_sessions", "at least 8");
     for (i, rollup) in processor.rollups.iter().enumerate() {
         need(!rollup.dimension.trim().is_empty(), &format!("processor.rollups[{i}].dimension"), "a field such as path");
     }

@@ -6,6 +6,7 @@ use std::{
 };
 
 use futures::future::{BoxFuture, FutureExt};
+use gallop_processor::OpenSessions;
 use gallop_sink::{Mark, SinkError, Writer, WriterStatus};
 
 use crate::store::{Flush, Store, WriteReport};
@@ -33,6 +34,11 @@ impl Store for ClickHouseStore {
     fn positions(&self, partitions: &[u32]) -> BoxFuture<'_, Result<BTreeMap<u32, Mark>, SinkError>> {
         let partitions = partitions.to_vec();
         async move { self.writer.clickhouse().positions(&self.stream, &partitions).await }.boxed()
+    }
+
+    fn open_sessions(&self, partitions: &[u32], horizon_ms: i64) -> BoxFuture<'_, Result<OpenSessions, SinkError>> {
+        let partitions = partitions.to_vec();
+        async move { self.writer.clickhouse().open_sessions(&self.stream, &partitions, horizon_ms).await }.boxed()
     }
 
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, SinkError>> {

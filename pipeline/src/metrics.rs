@@ -28,6 +28,10 @@ pub struct ProcessMetrics {
     pub live_keys: IntGauge,
     /// `processor.max_live_keys`: at this many live keys intake pauses (backpressure).
     pub live_keys_limit: IntGauge,
+    /// Visits held open.
+    pub sessions_open: IntGauge,
+    /// Visits ended early at `processor.max_open_sessions`.
+    pub sessions_evicted: IntCounter,
     /// 1 while the broker delivers, 0 while it is unreachable.
     pub broker_up: IntGauge,
     /// 1 while writes land, 0 while inserts are failing.
@@ -78,6 +82,11 @@ impl ProcessMetrics {
             live_keys_limit: r.gauge(
                 "gallop_live_keys_limit",
                 "processor.max_live_keys: at this many live keys the processor stops taking messages until a flush lands",
+            ),
+            sessions_open: r.gauge("gallop_sessions_open", "Visits (sessions) held open in memory"),
+            sessions_evicted: r.counter(
+                "gallop_sessions_evicted_total",
+                "Visits ended early because processor.max_open_sessions were open; their next event starts a new visit",
             ),
             broker_up: r.gauge("gallop_broker_up", "1 while the broker is reachable, 0 while it is not"),
             store_up: r.gauge("gallop_clickhouse_up", "1 while ClickHouse inserts land, 0 while they are failing"),

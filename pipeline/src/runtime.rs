@@ -231,6 +231,13 @@ impl<S: Source, T: Store> Runtime<S, T> {
     ) -> Result<Self, RunError> {
         let owned = source.partitions().to_vec();
         let stored = store.positions(&owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
+        let mut processor = processor;
+        let open = store
+            .open_sessions(&owned, processor.session_horizon_ms())
+            .await
+            .map_err(|e| RunError::Positions(Box::new(e)))?;
+        info!(sessions = open.sessions.len(), watermarks = ?open.watermarks, "open visits read back");
+        processor.restore(open);
         let name = source.describe();
         let window = source.dedup_window();
         let mut partitions = BTreeMap::new();
@@ -470,6 +477,9 @@ impl<S: Source, T: Store> Runtime<S, T> {
     fn observe(&mut self) {
         let metrics = &self.metrics;
         metrics.live_keys.set(self.processor.live_keys() as i64);
+        metrics.sessions_open.set(i64::try_from(self.processor.open_sessions()).unwrap_or(i64::MAX));
+        let evicted = self.processor.stats().sessions_evicted;
+        metrics.sessions_evicted.inc_by(evicted.saturating_sub(metrics.sessions_evicted.get()));
         let retries = self.store.retries();
         metrics.insert_retries.inc_by(retries.saturating_sub(self.retries_seen));
         self.retries_seen = self.retries_seen.max(retries);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use futures::future::{self, BoxFuture, FutureExt};
-use gallop_processor::{sketch::UniqHll12, Delta};
+use gallop_processor::{sketch::UniqHll12, Delta, OpenSessions, SessionState};
 use gallop_sink::Mark;
 use tokio::sync::Notify;
 
@@ -44,6 +44,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest stored mark of each of `partitions` (absent: nothing stored).
     fn positions(&self, partitions: &[u32]) -> BoxFuture<'_, Result<BTreeMap<u32, Mark>, Self::Error>>;
+
+    /// What the last stored flushes of `partitions` left for a restart: watermarks and
+    /// the stored versions of visits whose last event is no older than the oldest
+    /// watermark less `horizon_ms` (see [`gallop_processor::OpenSessions`]).
+    fn open_sessions(&self, partitions: &[u32], horizon_ms: i64) -> BoxFuture<'_, Result<OpenSessions, Self::Error>>;
 
     /// Stores `flush`, waiting until it landed.
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Self::Error>>;
@@ -127,6 +132,9 @@ impl MemoryStoreFaults {
 struct Stored {
     cells: BTreeMap<(String, i64, String, String), Cell>,
     marks: BTreeMap<u32, Mark>,
+    /// Every stored version of every visit, as ClickHouse keeps them.
+    sessions: Vec<SessionState>,
+    watermarks: BTreeMap<u32, i64>,
 }
 
 /// A store in memory that merges flushes as ClickHouse would; for tests of the runtime.
@@ -192,10 +200,15 @@ impl MemoryStore {
         for row in &flush.delta.rows {
             let key = (row.site.clone(), row.bucket, row.dimension.clone(), row.value.clone());
             let cell = stored.cells.entry(key).or_default();
-            cell.events += row.events;
+            cell.events = cell.events.wrapping_add(row.events);
             cell.value_sum += row.value_sum;
-            cell.value_count += row.value_count;
+            cell.value_count = cell.value_count.wrapping_add(row.value_count);
             cell.visitors.merge(&row.visitors);
+        }
+        stored.sessions.extend(flush.delta.sessions.iter().cloned());
+        for (&partition, &watermark) in &flush.delta.watermarks {
+            let newest = stored.watermarks.entry(partition).or_insert(watermark);
+            *newest = (*newest).max(watermark);
         }
         for (&partition, &mark) in &flush.marks {
             let newest = stored.marks.entry(partition).or_insert(mark);
@@ -213,6 +226,20 @@ impl Store for MemoryStore {
     fn positions(&self, partitions: &[u32]) -> BoxFuture<'_, Result<BTreeMap<u32, Mark>, Rejected>> {
         let marks = self.lock().marks.iter().filter(|(p, _)| partitions.contains(p)).map(|(&p, &m)| (p, m)).collect();
         future::ready(Ok(marks)).boxed()
+    }
+
+    fn open_sessions(&self, partitions: &[u32], horizon_ms: i64) -> BoxFuture<'_, Result<OpenSessions, Rejected>> {
+        let stored = self.lock();
+        let watermarks: BTreeMap<u32, i64> =
+            stored.watermarks.iter().filter(|(p, _)| partitions.contains(p)).map(|(&p, &w)| (p, w)).collect();
+        let since = watermarks.values().min().map_or(i64::MAX, |w| w.saturating_sub(horizon_ms));
+        let sessions = stored
+            .sessions
+            .iter()
+            .filter(|s| partitions.contains(&s.partition) && s.last_ts >= since)
+            .cloned()
+            .collect();
+        future::ready(Ok(OpenSessions { watermarks, sessions })).boxed()
     }
 
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Rejected>> {

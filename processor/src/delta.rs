@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::sketch::{TopK, UniqHll12};
+use crate::{
+    session::SessionState,
+    sketch::{TopK, UniqHll12},
+};
 
 /// The aggregates of one (site, bucket, dimension, value) since the last flush.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +53,11 @@ pub struct Delta {
     /// epochs, caught-up idle partitions and skipped duplicates, which the processor does
     /// not see); this is for callers of the core alone (tests, benchmarks).
     pub positions: BTreeMap<u32, u64>,
+    /// Visits that changed since the previous flush (ended ones as tombstones); stored
+    /// with the rows so a restart goes on with them ([`crate::OpenSessions`]).
+    pub sessions: Vec<SessionState>,
+    /// Event-time watermark of every partition seen, ms; stored with the rows.
+    pub watermarks: BTreeMap<u32, i64>,
 }
 
 impl Delta {

@@ -13,8 +13,10 @@ mod dimension;
 mod error;
 mod processor;
 mod rules;
+mod session;
 pub mod sketch;
 
 pub use delta::{Delta, LeaderboardRow, RollupRow};
 pub use error::ProcessorError;
 pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};
+pub use session::{EngagedPage, OpenSessions, SessionState};

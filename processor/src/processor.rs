@@ -17,7 +17,7 @@ use std::{
 use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
-use gallop_event::{decode_message_view, DecodeError, EventFields};
+use gallop_event::{decode_message_view, DecodeError, EventFields, ENGAGEMENT};
 use hashbrown::HashTable;
 
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
     dimension::{compose, truncate},
     error::ProcessorError,
     rules::Rules,
+    session::{Change, OpenSessions, Sessions, DIMENSIONS},
     sketch::{TopK, UniqHll12},
 };
 
@@ -55,6 +56,12 @@ pub struct Stats {
     pub flushes: u64,
     /// Rows and leaderboards handed out by flushes.
     pub keys_flushed: u64,
+    /// Engagement events folded into per-page engagement (not counted in `events`).
+    pub engagements: u64,
+    /// Visits started.
+    pub sessions_started: u64,
+    /// Visits ended early at `processor.max_open_sessions`.
+    pub sessions_evicted: u64,
 }
 
 /// What happened to one event.
@@ -156,6 +163,9 @@ pub struct Processor {
     /// Interned ids of each rollup's and leaderboard's own spec.
     rollup_ids: Vec<u32>,
     board_ids: Vec<u32>,
+    /// Interned id of the first of the visit and engagement dimensions ([`DIMENSIONS`]).
+    session_base: u32,
+    sessions: Sessions,
     state: State,
     watermarks: HashMap<u32, i64, FixedState>,
     positions: BTreeMap<u32, u64>,
@@ -191,7 +201,12 @@ impl Processor {
         let mut dimensions = Interner::default();
         let rollup_ids = rules.rollups.iter().map(|r| dimensions.id(&r.dimension.spec)).collect();
         let board_ids = rules.leaderboards.iter().map(|l| dimensions.id(&l.dimension.spec)).collect();
+        let session_base = dimensions.names.len() as u32;
+        for name in DIMENSIONS {
+            dimensions.id(name);
+        }
         dimensions.keep = dimensions.names.len();
+        let sessions = Sessions::new(rules.session_timeout_ms, rules.allowed_lateness_ms, rules.max_open_sessions);
         let state = State {
             hasher: FixedState::with_seed(0x6761_6c6c_6f70),
             buckets: HashTable::new(),
@@ -208,6 +223,8 @@ impl Processor {
             rules,
             rollup_ids,
             board_ids,
+            session_base,
+            sessions,
             state,
             watermarks: HashMap::default(),
             positions: BTreeMap::new(),
@@ -223,6 +240,27 @@ impl Processor {
     /// Cumulative counters.
     pub fn stats(&self) -> &Stats {
         &self.state.stats
+    }
+
+    /// How far before a partition's watermark a stored visit may have ended and still be
+    /// extended: `time.allowed_lateness` + `processor.session_timeout`, ms.
+    pub fn session_horizon_ms(&self) -> i64 {
+        self.rules.allowed_lateness_ms.saturating_add(self.rules.session_timeout_ms)
+    }
+
+    /// Visits held open (for the `gallop_sessions_open` gauge).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Takes back what a previous run stored with its last flush: the watermarks and
+    /// the open visits of the partitions this processor folds. Call before any event.
+    pub fn restore(&mut self, stored: OpenSessions) {
+        for (partition, watermark) in stored.watermarks {
+            let known = self.watermarks.entry(partition).or_insert(watermark);
+            *known = (*known).max(watermark);
+        }
+        self.sessions.restore(stored.sessions, &self.watermarks);
     }
 
     /// The event-time watermark of `partition`: the newest event time seen there (ms).
@@ -343,10 +381,27 @@ impl Processor {
                 }
             }
         }
-        stats.events += 1;
         // Minutes since the epoch fit u32 until the year 10136.
         let bucket = ts.div_euclid(BUCKET_MS) as u32;
-        self.state.aggregate(&self.rules, &self.rollup_ids, &self.board_ids, event, bucket);
+        let (state, base) = (&mut self.state, self.session_base);
+        if event.name() == ENGAGEMENT {
+            state.stats.engagements += 1;
+            let site = state.sites.id(event.site());
+            self.sessions.on_engagement(event, ts, &mut |bucket, dim, value, change| {
+                state.apply(site, bucket, base + dim as u32, value, change);
+            });
+            return outcome;
+        }
+        state.stats.events += 1;
+        state.aggregate(&self.rules, &self.rollup_ids, &self.board_ids, event, bucket);
+        if self.rules.sessions {
+            let site = state.sites.id(event.site());
+            self.sessions.on_event(partition, event, ts, &self.watermarks, &mut |bucket, dim, value, change| {
+                state.apply(site, bucket, base + dim as u32, value, change);
+            });
+            state.stats.sessions_started = self.sessions.started;
+            state.stats.sessions_evicted = self.sessions.evicted;
+        }
         outcome
     }
 
@@ -358,6 +413,8 @@ impl Processor {
             rows: Vec::with_capacity(state.live_keys),
             leaderboards: Vec::new(),
             positions: std::mem::take(&mut self.positions),
+            sessions: self.sessions.take_changed(&self.watermarks),
+            watermarks: self.watermarks.iter().map(|(&p, &w)| (p, w)).collect(),
         };
         for entry in state.buckets.drain() {
             let site = state.sites.name(entry.site);
@@ -399,6 +456,20 @@ impl Processor {
 }
 
 impl State {
+    /// Adds `change` to the row `(site, bucket, dimension id, value)` (visits, engagement).
+    fn apply(&mut self, site: u32, bucket: u32, id: u32, value: &str, change: Change) {
+        let value = if value.len() > self.max_value_bytes {
+            self.scratch.clear();
+            self.scratch.push_str(value);
+            count_truncation(&mut self.stats, self.max_value_bytes, &mut self.scratch);
+            self.scratch.as_str()
+        } else {
+            value
+        };
+        let entry = bucket_entry(&mut self.buckets, &self.hasher, site, bucket);
+        self.live_keys += add_change(entry, &self.hasher, id, value, change);
+    }
+
     /// Updates every rollup and leaderboard of `rules` with `event`, in `bucket`.
     fn aggregate<E: EventFields>(
         &mut self,
@@ -553,6 +624,39 @@ fn upsert_cell<E: EventFields>(
     }
     if let Some(hll) = &mut cell.visitors {
         hll.insert_u64(event.visitor());
+    }
+    new
+}
+
+/// Adds `change` to the cell of `value` in dimension `id`; 1 if the cell is new. Counters
+/// wrap, so a change of `u64::MAX` takes one away (see `session`).
+fn add_change(entry: &mut BucketState, hasher: &FixedState, id: u32, value: &str, change: Change) -> usize {
+    let index = id as usize;
+    if entry.rows.len() <= index {
+        entry.rows.resize_with(index + 1, || None);
+    }
+    let table = entry.rows[index].get_or_insert_with(HashTable::new);
+    let hash = hasher.hash_one(value);
+    let (cell, new) =
+        match table.find_entry(hash, |c| c.hash == hash && same_bytes(c.value.as_bytes(), value.as_bytes())) {
+            Ok(found) => (found.into_mut(), 0),
+            Err(absent) => {
+                let cell = Cell {
+                    hash,
+                    value: CompactString::new(value),
+                    events: 0,
+                    value_sum: 0.0,
+                    value_count: 0,
+                    visitors: None,
+                };
+                (absent.into_table().insert_unique(hash, cell, |c| c.hash).into_mut(), 1)
+            }
+        };
+    cell.events = cell.events.wrapping_add(change.events);
+    cell.value_sum += change.sum;
+    cell.value_count = cell.value_count.wrapping_add(change.count);
+    if let Some(visitor) = change.visitor {
+        cell.visitors.get_or_insert_with(UniqHll12::new).insert_u64(visitor);
     }
     new
 }

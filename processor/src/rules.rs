@@ -55,6 +55,9 @@ pub(crate) struct Rules {
     pub(crate) max_live_keys: usize,
     pub(crate) empty_values: EmptyValues,
     pub(crate) late_events: LateEvents,
+    pub(crate) sessions: bool,
+    pub(crate) session_timeout_ms: i64,
+    pub(crate) max_open_sessions: usize,
 }
 
 impl Rules {
@@ -110,6 +113,9 @@ impl Rules {
             max_live_keys: config.max_live_keys,
             empty_values: config.empty_values,
             late_events: config.late_events,
+            sessions: config.sessions,
+            session_timeout_ms: millis(config.session_timeout),
+            max_open_sessions: config.max_open_sessions,
         })
     }
 }

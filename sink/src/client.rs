@@ -6,11 +6,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use clickhouse::{Client, Compression};
 use gallop_config::ClickHouseConfig;
+use gallop_processor::OpenSessions;
 use serde::{de::DeserializeOwned, Deserialize};
 use tracing::info;
 
 use crate::{
-    encode::{parse_marker, EncodedFlush, Mark},
+    encode::{
+        parse_marker, parse_session_value, parse_watermark_value, session_dimension, watermark_dimension, EncodedFlush,
+        Mark,
+    },
     error::{classify, server_code, SinkError},
     schema::{Schema, AGGREGATES_TABLE, MIGRATIONS_TABLE},
     version::ServerVersion,
@@ -285,6 +289,55 @@ impl ClickHouse {
         Ok(positions)
     }
 
+    /// What a processor of `partitions` of `stream` stored for a restart besides positions:
+    /// each partition's newest watermark and the stored versions of every visit that may
+    /// still be open (last event no older than the oldest watermark less `horizon_ms`).
+    pub async fn open_sessions(
+        &self,
+        stream: &str,
+        partitions: &[u32],
+        horizon_ms: i64,
+    ) -> Result<OpenSessions, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: String,
+        }
+        let table = self.schema.table(AGGREGATES_TABLE);
+        let sql = format!(
+            "SELECT max(value) AS value FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+             AND dimension = '{}' GROUP BY substring(value, 1, 10)",
+            escape(&watermark_dimension(stream))
+        );
+        let mut open = OpenSessions::default();
+        for row in self.fetch::<Row>(&sql).await? {
+            let (partition, watermark) = parse_watermark_value(&row.value).ok_or_else(|| SinkError::Corrupt {
+                what: format!("watermark of stream {stream}"),
+                reason: format!("{:?} is not <partition>/<watermark ms>", row.value),
+            })?;
+            if partitions.contains(&partition) {
+                open.watermarks.insert(partition, watermark);
+            }
+        }
+        let Some(oldest) = open.watermarks.values().min() else { return Ok(open) };
+        let since = oldest.saturating_sub(horizon_ms).div_euclid(1000) - 60;
+        let owned: Vec<String> = partitions.iter().map(|p| format!("'{p:010}'")).collect();
+        let sql = format!(
+            "SELECT value FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+             AND dimension = '{}' AND bucket >= toDateTime({}, 'UTC') AND substring(value, 1, 10) IN ({})",
+            escape(&session_dimension(stream)),
+            since.max(0),
+            owned.join(", ")
+        );
+        for row in self.fetch::<Row>(&sql).await? {
+            let state = parse_session_value(&row.value).ok_or_else(|| SinkError::Corrupt {
+                what: format!("open visit of stream {stream}"),
+                reason: format!("{:?} is not <partition>/<visit as JSON>", truncate_for_error(&row.value)),
+            })?;
+            open.sessions.push(state);
+        }
+        Ok(open)
+    }
+
     /// Whether the markers of `encoded` are stored, i.e. an insert of it landed.
     pub async fn landed(&self, stream: &str, encoded: &EncodedFlush) -> Result<bool, SinkError> {
         let Some((_, marker)) = encoded.markers.first() else { return Ok(false) };
@@ -363,4 +416,12 @@ fn short(sql: &str) -> String {
     } else {
         line.to_owned()
     }
+}
+/// The first 200 bytes of `text`, for an error message.
+fn truncate_for_error(text: &str) -> &str {
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use gallop_processor::{
     sketch::{SumF64, SumU64, TopK, UniqHll12},
-    Delta,
+    Delta, SessionState,
 };
 
 use crate::schema::{Granularity, Kind, MAX_LEADERBOARD_K};
@@ -117,6 +117,35 @@ pub fn parse_marker(value: &str) -> Option<(u32, Mark)> {
     parts.next().is_none().then_some((partition, mark))
 }
 
+/// The `dimension` of the open-visit rows of `stream` (kind `position`).
+pub fn session_dimension(stream: &str) -> String {
+    format!("{stream}#sessions")
+}
+
+/// The `dimension` of the watermark rows of `stream` (kind `position`).
+pub fn watermark_dimension(stream: &str) -> String {
+    format!("{stream}#watermarks")
+}
+
+/// The `value` of an open-visit row: `<partition:010>/` and the state as JSON.
+fn session_value(state: &SessionState) -> String {
+    // Serializing plain strings and numbers cannot fail.
+    let json = serde_json::to_string(state).unwrap_or_default();
+    format!("{:010}/{json}", state.partition)
+}
+
+/// Parses an open-visit row's `value` (see [`session_dimension`]).
+pub fn parse_session_value(value: &str) -> Option<SessionState> {
+    let (_, json) = value.split_once('/')?;
+    serde_json::from_str(json).ok()
+}
+
+/// Parses a watermark row's `value`: `(partition, watermark ms)`.
+pub fn parse_watermark_value(value: &str) -> Option<(u32, i64)> {
+    let (partition, watermark) = value.split_once('/')?;
+    Some((partition.parse().ok()?, watermark.parse().ok()?))
+}
+
 /// (site, dimension, value, bucket) of a coarser rollup row.
 type RowKey<'a> = (&'a str, &'a str, &'a str, i64);
 
@@ -146,10 +175,12 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
         for (map, granularity) in coarse.iter_mut().zip([Granularity::Hour, Granularity::Day]) {
             let bucket = row.bucket - row.bucket.rem_euclid(granularity.seconds());
             let acc = map.entry((&row.site, &row.dimension, &row.value, bucket)).or_default();
-            acc.events += row.events;
+            // Visit rows carry −1 as 2^64 − 1 (see the processor's `session` module):
+            // counters wrap, as ClickHouse's `sum(UInt64)` does.
+            acc.events = acc.events.wrapping_add(row.events);
             acc.visitors.merge(&row.visitors);
             acc.value_sum += row.value_sum;
-            acc.value_count += row.value_count;
+            acc.value_count = acc.value_count.wrapping_add(row.value_count);
         }
     }
     for (map, (granularity, count)) in
@@ -200,6 +231,34 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
         write_empty_top(&mut out, context.top_as_string);
         write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
         markers.push((partition, value));
+        rows += 1;
+    }
+
+    // What a restart needs besides positions: open visits and watermarks (see the
+    // processor's `session` module), in the same insert, so they match the positions.
+    let sessions = session_dimension(context.stream);
+    for state in &delta.sessions {
+        write_key(
+            &mut out,
+            "",
+            Kind::Position,
+            Granularity::Minute,
+            state.last_ts.div_euclid(1000),
+            &sessions,
+            &session_value(state),
+        );
+        write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
+        write_empty_top(&mut out, context.top_as_string);
+        write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
+        rows += 1;
+    }
+    let watermarks = watermark_dimension(context.stream);
+    for (&partition, &watermark) in &delta.watermarks {
+        let value = format!("{partition:010}/{:020}", watermark.max(0));
+        write_key(&mut out, "", Kind::Position, Granularity::Minute, context.now, &watermarks, &value);
+        write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
+        write_empty_top(&mut out, context.top_as_string);
+        write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
         rows += 1;
     }
 

@@ -18,7 +18,10 @@ mod version;
 mod writer;
 
 pub use client::{ClickHouse, MigrationReport};
-pub use encode::{encode_flush, marker_value, parse_marker, EncodedFlush, FlushContext, Mark, Retention};
+pub use encode::{
+    encode_flush, marker_value, parse_marker, parse_session_value, parse_watermark_value, session_dimension,
+    watermark_dimension, EncodedFlush, FlushContext, Mark, Retention,
+};
 pub use error::SinkError;
 pub use reader::{Breakdown, BreakdownRow, Headline, Leader, Reader, TimeRange};
 pub use schema::{Granularity, Kind, Migration, Schema, AGGREGATES_TABLE, MAX_LEADERBOARD_K, MIGRATIONS_TABLE};

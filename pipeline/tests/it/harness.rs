@@ -55,7 +55,7 @@ impl Harness {
     }
 
     /// One message of `events` generated events for `partition`: (message id, payload).
-    fn message(&mut self, events: usize) -> (String, Bytes) {
+    fn message(&mut self, partition: u32, events: usize) -> (String, Bytes) {
         let now = now_ms();
         let mut payload = Vec::new();
         for _ in 0..events {
@@ -67,7 +67,9 @@ impl Harness {
             record.name = ["pageview", "pageview", "signup"][self.rng.random_range(0..3)].to_owned();
             record.host = record.site.clone();
             record.path = format!("/p{}", self.rng.random_range(0..40));
-            record.visitor = self.rng.random_range(0..500);
+            // A visitor's events all travel in one partition, as the gateway partitions by
+            // (site, visitor): visits are folded per partition in order.
+            record.visitor = self.rng.random_range(0..500) * u64::from(self.partitions()) + u64::from(partition);
             if record.name == "signup" {
                 record.value = Some(f64::from(self.rng.random_range(1..100u32)) * 0.5);
             }
@@ -87,7 +89,7 @@ impl Harness {
     /// Publishes one message to `partition`; returns its id and payload (to publish again).
     pub(crate) async fn publish_to(&mut self, partition: u32) -> (String, Bytes) {
         let events = self.rng.random_range(1..=20);
-        let (id, payload) = self.message(events);
+        let (id, payload) = self.message(partition, events);
         let position = self.send(partition, &id, payload.clone()).await;
         self.published.push((partition, position, payload.clone()));
         (id, payload)

@@ -1,0 +1,458 @@
+//! Visits (sessions) and engagement, as Plausible counts them, written as additive rows.
+//!
+//! A visit is a run of events of one visitor of one site with no gap longer than
+//! `processor.session_timeout`, inside one UTC day (the daily salt gives the visitor a new
+//! id at midnight anyway). Every change of a visit is written as a *delta* of plain sums
+//! into rows of the minute bucket where the visit started, so ClickHouse only ever adds:
+//!
+//! | dimension | value | `events` | `value_sum` | `value_count` |
+//! |---|---|---|---|---|
+//! | `session:total` | `""` | visits | duration, ms | bounces |
+//! | `session:entry_page`, `session:source`, `session:country`, `session:device`, `session:browser`, `session:os` | the visit's first event's | visits | duration, ms | bounces |
+//! | `session:exit_page` | path of the visit's last pageview | exits | 0 | 0 |
+//! | `session:pageviews` | `""` | pageviews in visits | 0 | 0 |
+//! | `engagement:total`, `engagement:path` | `""`, the page | engaged pageviews | engaged ms | sum of each pageview's deepest scroll, % |
+//!
+//! A bounce is a visit with exactly one interactive event (pageviews and custom events not
+//! marked `interactive: false`). When a visit's second interactive event arrives its
+//! bounce is taken back (−1), and when a later pageview moves its exit page the old page
+//! gets −1 and the new one +1: `UInt64` sums wrap, so the −1 is written as `2^64 − 1` and
+//! every merged total is exact; a reader sums all rows of a bucket, never a part of them.
+//! Durations are whole milliseconds in a `Float64` sum (exact below 2^53).
+//!
+//! Engagement events (`engagement`, sent by Plausible's tracker when a page is left or
+//! hidden: `sd` = deepest scroll so far of that pageview, `e` = engaged time since the
+//! previous engagement event) count nowhere else. Within a visit each page's deepest
+//! scroll is kept, so a pageview's later engagement events add only the difference; the
+//! first one counts the engaged pageview.
+//!
+//! Open visits span flushes, so each flush carries every visit that changed since the
+//! previous one ([`SessionState`], written by the sink in the same atomic insert as the
+//! rows and positions) and each partition's watermark; at start the pipeline hands the
+//! newest stored states back ([`OpenSessions`]) and the processor goes on exactly where the
+//! stored positions say it was.
+
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::FixedState;
+use gallop_event::EventFields;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds in one UTC day.
+const DAY_MS: i64 = 86_400_000;
+/// Most engaged pages a visit remembers the deepest scroll of; older ones are forgotten
+/// (a later engagement event of a forgotten page counts as a new engaged pageview).
+const MAX_ENGAGED_PAGES: usize = 16;
+
+/// The rows visits and engagement write, in the order of [`DIMENSIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dim {
+    Total,
+    EntryPage,
+    Source,
+    Country,
+    Device,
+    Browser,
+    Os,
+    ExitPage,
+    Pageviews,
+    EngagementTotal,
+    EngagementPath,
+}
+
+/// Dimension names of [`Dim`], in order.
+pub(crate) const DIMENSIONS: [&str; 11] = [
+    "session:total",
+    "session:entry_page",
+    "session:source",
+    "session:country",
+    "session:device",
+    "session:browser",
+    "session:os",
+    "session:exit_page",
+    "session:pageviews",
+    "engagement:total",
+    "engagement:path",
+];
+
+/// The rows that carry visits, duration and bounces of a visit (all but exit pages and
+/// pageviews), with the value each has for `state`.
+fn attribute_rows(state: &SessionState) -> [(Dim, &str); 7] {
+    [
+        (Dim::Total, ""),
+        (Dim::EntryPage, &state.entry_page),
+        (Dim::Source, &state.source),
+        (Dim::Country, &state.country),
+        (Dim::Device, &state.device),
+        (Dim::Browser, &state.browser),
+        (Dim::Os, &state.os),
+    ]
+}
+
+/// One additive change of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Change {
+    /// Added to `events` (wrapping: `u64::MAX` takes one away).
+    pub(crate) events: u64,
+    /// Added to `value_sum`.
+    pub(crate) sum: f64,
+    /// Added to `value_count` (wrapping).
+    pub(crate) count: u64,
+    /// A visitor to add to the row's visitors.
+    pub(crate) visitor: Option<u64>,
+}
+
+/// −1 in a wrapping `UInt64` sum.
+const MINUS_ONE: u64 = u64::MAX;
+
+/// One page of a visit that sent engagement: its deepest scroll so far and the bucket its
+/// engagement rows go to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngagedPage {
+    /// Page path.
+    pub path: String,
+    /// Deepest scroll reported so far, percent.
+    pub scroll_depth: u8,
+    /// Minute bucket (minutes since the epoch) of its first engagement event.
+    pub bucket: u32,
+}
+
+/// An open visit, as the processor keeps it and the sink stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// Partition whose events make up the visit.
+    pub partition: u32,
+    /// Site.
+    pub site: String,
+    /// Visitor id.
+    pub visitor: u64,
+    /// Grows with every change; with `last_ts` it orders the stored versions of a visit.
+    pub seq: u64,
+    /// Minute bucket (minutes since the epoch) the visit started in; its rows live there.
+    pub bucket: u32,
+    /// Earliest event time, ms.
+    pub first_ts: i64,
+    /// Latest event time, ms.
+    pub last_ts: i64,
+    /// Interactive events so far.
+    pub interactive: u32,
+    /// Page of the first event.
+    pub entry_page: String,
+    /// Page of the latest pageview (of the first event until there is one).
+    pub exit_page: String,
+    /// Event time of `exit_page`'s event, ms.
+    pub exit_ts: i64,
+    /// Source of the first event.
+    pub source: String,
+    /// Country of the first event.
+    pub country: String,
+    /// Device of the first event.
+    pub device: String,
+    /// Browser of the first event.
+    pub browser: String,
+    /// Operating system of the first event.
+    pub os: String,
+    /// Pages with engagement.
+    pub pages: Vec<EngagedPage>,
+    /// A tombstone: the visit was ended early to make room (`processor.max_open_sessions`).
+    pub ended: bool,
+}
+
+impl SessionState {
+    /// Which stored version of the same visit is newer.
+    pub fn version(&self) -> (i64, u64) {
+        (self.last_ts, self.seq)
+    }
+}
+
+/// What a processor needs to go on after a restart: each partition's watermark and the
+/// newest stored state of every visit of those partitions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenSessions {
+    /// Event-time watermark per partition, ms.
+    pub watermarks: BTreeMap<u32, i64>,
+    /// Stored visit states (any versions: the newest per visit is kept).
+    pub sessions: Vec<SessionState>,
+}
+
+/// The open visits of every partition this processor folds.
+pub(crate) struct Sessions {
+    timeout_ms: i64,
+    lateness_ms: i64,
+    max_open: usize,
+    sites: HashMap<Box<str>, u32, FixedState>,
+    open: HashMap<(u32, u64), Open, FixedState>,
+    /// Visits ended early since the last flush, to be stored as ended.
+    tombstones: Vec<SessionState>,
+    pub(crate) started: u64,
+    pub(crate) evicted: u64,
+}
+
+struct Open {
+    state: SessionState,
+    /// Changed since the last flush.
+    dirty: bool,
+}
+
+impl Sessions {
+    pub(crate) fn new(timeout_ms: i64, lateness_ms: i64, max_open: usize) -> Self {
+        Self {
+            timeout_ms,
+            lateness_ms,
+            max_open,
+            sites: HashMap::default(),
+            open: HashMap::default(),
+            tombstones: Vec::new(),
+            started: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Visits held open.
+    pub(crate) fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    fn key(&mut self, site: &str, visitor: u64) -> (u32, u64) {
+        let next = self.sites.len() as u32;
+        // Sites are few; the id map only grows by the sites ever seen.
+        let id = *self.sites.entry(site.into()).or_insert(next);
+        (id, visitor)
+    }
+
+    /// Folds a pageview or custom event at `ts` into its visit; `emit(bucket, dim, value,
+    /// change)` receives the row changes.
+    pub(crate) fn on_event<E: EventFields>(
+        &mut self,
+        partition: u32,
+        event: &E,
+        ts: i64,
+        watermarks: &HashMap<u32, i64, FixedState>,
+        emit: &mut impl FnMut(u32, Dim, &str, Change),
+    ) {
+        let key = self.key(event.site(), event.visitor());
+        let pageview = event.name() == "pageview";
+        let interactive = event.interactive();
+        let mut seq = 0;
+        if let Some(open) = self.open.get_mut(&key) {
+            let state = &open.state;
+            if continues(self.timeout_ms, state, ts) {
+                open.dirty = true;
+                extend(&mut open.state, event, ts, pageview, interactive, emit);
+                return;
+            }
+            if ts < state.first_ts {
+                // An event of an earlier visit that is over (out of order beyond the
+                // timeout): a visit of its own, without replacing the open one.
+                let alone = start(partition, event, ts, interactive, 0);
+                emit_start(&alone, pageview, event.visitor(), emit);
+                self.started += 1;
+                return;
+            }
+            seq = state.seq + 1;
+        } else if self.open.len() >= self.max_open {
+            self.make_room(watermarks);
+        }
+        let state = start(partition, event, ts, interactive, seq);
+        emit_start(&state, pageview, event.visitor(), emit);
+        self.started += 1;
+        self.open.insert(key, Open { state, dirty: true });
+    }
+
+    /// Folds an engagement event at `ts`: per page of its visit, engaged time and the
+    /// deepest scroll; without an open visit it counts as one engaged pageview of its own.
+    pub(crate) fn on_engagement<E: EventFields>(
+        &mut self,
+        event: &E,
+        ts: i64,
+        emit: &mut impl FnMut(u32, Dim, &str, Change),
+    ) {
+        let key = self.key(event.site(), event.visitor());
+        let depth = event.scroll_depth().unwrap_or(0);
+        let engaged = event.engaged_ms().unwrap_or(0) as f64;
+        let path = event.path();
+        let own_bucket = ts.div_euclid(60_000) as u32;
+        let mut change = Change { events: 1, sum: engaged, count: u64::from(depth), visitor: Some(event.visitor()) };
+        let mut bucket = own_bucket;
+        let timeout = self.timeout_ms;
+        if let Some(open) = self.open.get_mut(&key).filter(|open| continues(timeout, &open.state, ts)) {
+            let pages = &mut open.state.pages;
+            if let Some(page) = pages.iter_mut().find(|p| p.path == path) {
+                change = Change {
+                    events: 0,
+                    sum: engaged,
+                    count: u64::from(depth.saturating_sub(page.scroll_depth)),
+                    visitor: None,
+                };
+                page.scroll_depth = page.scroll_depth.max(depth);
+                bucket = page.bucket;
+            } else {
+                if pages.len() >= MAX_ENGAGED_PAGES {
+                    pages.remove(0);
+                }
+                pages.push(EngagedPage { path: path.to_owned(), scroll_depth: depth, bucket: own_bucket });
+            }
+            open.state.seq += 1;
+            open.dirty = true;
+        }
+        emit(bucket, Dim::EngagementTotal, "", change);
+        emit(bucket, Dim::EngagementPath, path, change);
+    }
+
+    /// Forgets visits no accepted event can extend any more.
+    pub(crate) fn expire(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
+        let (timeout, lateness) = (self.timeout_ms, self.lateness_ms);
+        self.open
+            .retain(|_, open| !expired(timeout, lateness, &open.state, watermarks.get(&open.state.partition).copied()));
+    }
+
+    /// Makes room for a new visit: expired visits go first, then the eighth idle longest,
+    /// each stored as ended.
+    fn make_room(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
+        self.expire(watermarks);
+        if self.open.len() < self.max_open {
+            return;
+        }
+        let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.state.last_ts, *k)).collect();
+        let cut = (self.max_open / 8).max(1).min(idle.len());
+        idle.select_nth_unstable(cut - 1);
+        for (_, key) in &idle[..cut] {
+            if let Some(open) = self.open.remove(key) {
+                let mut state = open.state;
+                state.seq += 1;
+                state.ended = true;
+                self.tombstones.push(state);
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Every visit changed since the last call (ended ones as tombstones), after
+    /// forgetting the expired ones.
+    pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> Vec<SessionState> {
+        self.expire(watermarks);
+        let mut changed = std::mem::take(&mut self.tombstones);
+        for open in self.open.values_mut().filter(|o| o.dirty) {
+            open.dirty = false;
+            changed.push(open.state.clone());
+        }
+        changed
+    }
+
+    /// Takes back stored visits: the newest version of each, unless ended or expired under
+    /// the restored `watermarks`.
+    pub(crate) fn restore(&mut self, stored: Vec<SessionState>, watermarks: &HashMap<u32, i64, FixedState>) {
+        let mut newest: HashMap<(u32, String, u64), SessionState> = HashMap::new();
+        for state in stored {
+            let key = (state.partition, state.site.clone(), state.visitor);
+            match newest.get(&key) {
+                Some(have) if have.version() >= state.version() => {}
+                _ => {
+                    newest.insert(key, state);
+                }
+            }
+        }
+        for state in newest.into_values() {
+            let watermark = watermarks.get(&state.partition).copied();
+            if state.ended || expired(self.timeout_ms, self.lateness_ms, &state, watermark) {
+                continue;
+            }
+            let key = self.key(&state.site, state.visitor);
+            self.open.insert(key, Open { state, dirty: false });
+        }
+    }
+}
+
+/// Whether an event at `ts` belongs to `state`'s visit (a timeout of `timeout_ms`).
+fn continues(timeout_ms: i64, state: &SessionState, ts: i64) -> bool {
+    ts.div_euclid(DAY_MS) == state.first_ts.div_euclid(DAY_MS)
+        && ts <= state.last_ts.saturating_add(timeout_ms)
+        && ts >= state.first_ts.saturating_sub(timeout_ms)
+}
+
+/// Whether no event the processor still accepts (`ts >= watermark - lateness`) can extend
+/// `state`'s visit.
+fn expired(timeout_ms: i64, lateness_ms: i64, state: &SessionState, watermark: Option<i64>) -> bool {
+    let Some(watermark) = watermark else { return false };
+    let earliest = watermark.saturating_sub(lateness_ms);
+    earliest > state.last_ts.saturating_add(timeout_ms)
+        || earliest.div_euclid(DAY_MS) > state.first_ts.div_euclid(DAY_MS)
+}
+
+/// A new visit of `event`.
+fn start<E: EventFields>(partition: u32, event: &E, ts: i64, interactive: bool, seq: u64) -> SessionState {
+    SessionState {
+        partition,
+        site: event.site().to_owned(),
+        visitor: event.visitor(),
+        seq,
+        bucket: ts.div_euclid(60_000) as u32,
+        first_ts: ts,
+        last_ts: ts,
+        interactive: u32::from(interactive),
+        entry_page: event.path().to_owned(),
+        exit_page: event.path().to_owned(),
+        exit_ts: ts,
+        source: event.source().to_owned(),
+        country: event.country().to_owned(),
+        device: event.device().to_owned(),
+        browser: event.browser().to_owned(),
+        os: event.os().to_owned(),
+        pages: Vec::new(),
+        ended: false,
+    }
+}
+
+/// The rows of a visit that just started.
+fn emit_start(state: &SessionState, pageview: bool, visitor: u64, emit: &mut impl FnMut(u32, Dim, &str, Change)) {
+    let bounce = u64::from(state.interactive == 1);
+    for (dim, value) in attribute_rows(state) {
+        emit(state.bucket, dim, value, Change { events: 1, sum: 0.0, count: bounce, visitor: Some(visitor) });
+    }
+    emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: 1, ..Change::default() });
+    if pageview {
+        emit(state.bucket, Dim::Pageviews, "", Change { events: 1, ..Change::default() });
+    }
+}
+
+/// Extends `state`'s visit with an event at `ts` and emits what changed.
+fn extend<E: EventFields>(
+    state: &mut SessionState,
+    event: &E,
+    ts: i64,
+    pageview: bool,
+    interactive: bool,
+    emit: &mut impl FnMut(u32, Dim, &str, Change),
+) {
+    state.seq += 1;
+    let before = state.last_ts - state.first_ts;
+    state.first_ts = state.first_ts.min(ts);
+    state.last_ts = state.last_ts.max(ts);
+    let longer = (state.last_ts - state.first_ts) - before;
+    let mut bounce = 0;
+    if interactive {
+        state.interactive = state.interactive.saturating_add(1);
+        bounce = match state.interactive {
+            1 => 1,
+            2 => MINUS_ONE,
+            _ => 0,
+        };
+    }
+    if longer != 0 || bounce != 0 {
+        let change = Change { events: 0, sum: longer as f64, count: bounce, visitor: None };
+        for (dim, value) in attribute_rows(state) {
+            emit(state.bucket, dim, value, change);
+        }
+    }
+    if pageview {
+        emit(state.bucket, Dim::Pageviews, "", Change { events: 1, ..Change::default() });
+        if ts >= state.exit_ts {
+            state.exit_ts = ts;
+            if state.exit_page != event.path() {
+                emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: MINUS_ONE, ..Change::default() });
+                emit(state.bucket, Dim::ExitPage, event.path(), Change { events: 1, ..Change::default() });
+                state.exit_page = event.path().to_owned();
+            }
+        }
+    }
+}
