@@ -4,6 +4,7 @@
 mod common;
 mod hll;
 mod props;
+mod sessions;
 mod split;
 mod sum;
 mod topk;

@@ -19,9 +19,9 @@ fn merge_into(acc: &mut Merged, delta: Delta) {
         let entry = acc
             .entry((row.site, row.bucket, row.dimension, row.value))
             .or_insert_with(|| (0, 0.0, 0, UniqHll12::new()));
-        entry.0 += row.events;
+        entry.0 = entry.0.wrapping_add(row.events);
         entry.1 += row.value_sum;
-        entry.2 += row.value_count;
+        entry.2 = entry.2.wrapping_add(row.value_count);
         entry.3.merge(&row.visitors);
     }
 }
@@ -75,9 +75,9 @@ proptest! {
         let other = run(&events, |e| (partition(e) == 1).then_some(1));
         for (key, (events, sum, count, hll)) in other {
             let entry = split.entry(key).or_insert_with(|| (0, 0.0, 0, UniqHll12::new()));
-            entry.0 += events;
+            entry.0 = entry.0.wrapping_add(events);
             entry.1 += sum;
-            entry.2 += count;
+            entry.2 = entry.2.wrapping_add(count);
             entry.3.merge(&hll);
         }
         prop_assert_eq!(whole.len(), split.len());
