@@ -47,6 +47,28 @@ async fn text_plain_short_keys_land_normalized() {
     assert_eq!(messages[0].headers.get("Gallop-Events").map(|v| v.as_str()), Some("1"));
 }
 
+/// The engagement event of Plausible's tracker (tracker/src/engagement.js, sent when a page
+/// is hidden or left), field for field: scroll depth and engaged time travel in the record.
+#[tokio::test]
+async fn the_trackers_engagement_event_carries_scroll_depth_and_engaged_time() {
+    let gateway = TestGateway::start(test_config()).await;
+    let reply = gateway
+        .post(
+            "/api/event",
+            Some("text/plain"),
+            r#"{"n":"engagement","sd":57,"d":"example.com","u":"https://example.com/docs","p":{},"e":4321,"v":28,"h":1}"#,
+            &[("user-agent", FIREFOX)],
+        )
+        .await;
+    assert_eq!((reply.status, reply.body.as_str()), (202, "ok"));
+    let records = gateway.records().await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!((r.name.as_str(), r.path.as_str()), ("engagement", "/docs"));
+    assert_eq!((r.scroll_depth, r.engaged_ms), (Some(57), Some(4321)));
+    assert!(r.props.is_empty());
+}
+
 #[tokio::test]
 async fn json_long_keys_multi_site_domain_and_revenue() {
     let gateway = TestGateway::start(test_config()).await;
