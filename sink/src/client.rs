@@ -302,17 +302,22 @@ impl ClickHouse {
         struct Row {
             value: String,
         }
+        #[derive(Deserialize)]
+        struct Newest {
+            newest: String,
+        }
         let table = self.schema.table(AGGREGATES_TABLE);
+        // ClickHouse 18.16 cannot alias an aggregate of `value` as `value`.
         let sql = format!(
-            "SELECT max(value) AS value FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+            "SELECT max(value) AS newest FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
              AND dimension = '{}' GROUP BY substring(value, 1, 10)",
             escape(&watermark_dimension(stream))
         );
         let mut open = OpenSessions::default();
-        for row in self.fetch::<Row>(&sql).await? {
-            let (partition, watermark) = parse_watermark_value(&row.value).ok_or_else(|| SinkError::Corrupt {
+        for row in self.fetch::<Newest>(&sql).await? {
+            let (partition, watermark) = parse_watermark_value(&row.newest).ok_or_else(|| SinkError::Corrupt {
                 what: format!("watermark of stream {stream}"),
-                reason: format!("{:?} is not <partition>/<watermark ms>", row.value),
+                reason: format!("{:?} is not <partition>/<watermark ms>", row.newest),
             })?;
             if partitions.contains(&partition) {
                 open.watermarks.insert(partition, watermark);

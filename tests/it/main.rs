@@ -7,6 +7,7 @@ mod deploy;
 mod ingest_cmd;
 mod pipeline;
 mod prometheus;
+mod sessions;
 mod topics;
 
 /// Sends SIGTERM to `child` and returns its exit code once it exits (panics if it takes

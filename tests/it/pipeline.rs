@@ -170,7 +170,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Runs `sql` against `url`, panicking with the server's message.
-async fn sql(url: &str, query: &str) -> String {
+pub(crate) async fn sql(url: &str, query: &str) -> String {
     let response = reqwest::Client::new()
         .post(format!("{url}/?output_format_json_quote_64bit_integers=0"))
         .body(query.to_owned())
@@ -279,14 +279,16 @@ pub(crate) struct Pipeline {
     database: String,
     pub(crate) clickhouse_url: String,
     pub(crate) gateway: Option<Child>,
-    address: String,
+    pub(crate) address: String,
     processors: Vec<Option<Child>>,
+    /// Environment every `gallop` process of this pipeline gets on top of the defaults.
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 impl Pipeline {
     /// A pipeline on `kind` whose front is `gallop ingest`; processors are started
     /// separately.
-    async fn start(kind: Kind, clickhouse_url: String) -> Self {
+    pub(crate) async fn start(kind: Kind, clickhouse_url: String) -> Self {
         Self::start_as(kind, clickhouse_url, &["ingest"], "gateway listening").await
     }
 
@@ -309,11 +311,12 @@ impl Pipeline {
             gateway: None,
             address: String::new(),
             processors: Vec::new(),
+            env: Vec::new(),
         }
     }
 
     /// Starts `gallop <args>` as the pipeline's front (gateway) and waits for `ready`.
-    async fn start_front(&mut self, args: &[&str], ready: &str) {
+    pub(crate) async fn start_front(&mut self, args: &[&str], ready: &str) {
         let (child, address) = self.spawn(args, &[], Some(ready)).await;
         self.gateway = Some(child);
         self.address = address.expect("gateway address");
@@ -338,7 +341,7 @@ impl Pipeline {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for (key, value) in env {
+        for (key, value) in self.env.iter().chain(env) {
             command.env(key, value);
         }
         command
@@ -398,7 +401,7 @@ impl Pipeline {
         self.processors.len() - 1
     }
 
-    async fn restart_processor(&mut self, index: usize, partitions: &[u32]) {
+    pub(crate) async fn restart_processor(&mut self, index: usize, partitions: &[u32]) {
         self.processors[index] = Some(self.spawn_processor(partitions).await);
     }
 
@@ -409,7 +412,7 @@ impl Pipeline {
     }
 
     /// SIGKILL.
-    async fn kill_processor(&mut self, index: usize) {
+    pub(crate) async fn kill_processor(&mut self, index: usize) {
         if let Some(mut child) = self.processors[index].take() {
             child.kill().await.expect("SIGKILL the processor");
         }

@@ -1,0 +1,232 @@
+//! Visits through the whole pipeline: seeded visitors with a known visit structure (gaps
+//! just under, at and just over the timeout; events out of order inside a visit) sent
+//! to `gallop ingest` while `gallop process` is SIGKILLed five times; the `session:*` rows
+//! ClickHouse holds must equal a truth computed here from that structure.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::{
+    brokers::Kind,
+    pipeline::{clickhouse_url, now_ms, on_both_brokers, sql, Pipeline},
+};
+
+/// The visit timeout the processor runs with here (`processor.session_timeout`).
+const TIMEOUT: i64 = 120_000;
+const DAY: i64 = 86_400_000;
+
+#[derive(Debug, Clone)]
+struct Event {
+    id: String,
+    visitor: u64,
+    ts: i64,
+    name: &'static str,
+    interactive: bool,
+    path: String,
+}
+
+impl Event {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "site": "s.test",
+            "name": self.name,
+            "url": format!("https://s.test{}", self.path),
+            "timestamp": self.ts,
+            "visitor": format!("sv{}", self.visitor),
+            "interactive": self.interactive,
+        })
+    }
+}
+
+/// Visits (events in time order) and the order to send them in: per visitor, visits in
+/// order, inside a visit the first event first and neighbours sometimes swapped (each
+/// still within the timeout of what was sent before it); visitors merged by time.
+fn scenario(seed: u64, now: i64) -> (Vec<Vec<Event>>, Vec<Event>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut visits, mut sequences) = (Vec::new(), Vec::new());
+    let mut next_id = 0;
+    for visitor in 0..500u64 {
+        let mut sequence = Vec::new();
+        let mut t = now - 50 * 60_000 + rng.random_range(0..20 * 60_000);
+        'visits: for _ in 0..rng.random_range(1..4) {
+            let mut visit: Vec<Event> = Vec::new();
+            for i in 0..rng.random_range(1..6) {
+                if i > 0 {
+                    t += if rng.random_ratio(1, 5) { TIMEOUT } else { rng.random_range(1_000..TIMEOUT) };
+                }
+                if t > now - 60_000 {
+                    break;
+                }
+                if i > 0 && t.div_euclid(DAY) != visit[0].ts.div_euclid(DAY) {
+                    // A test run across UTC midnight: the day boundary ends the visit.
+                    visits.push(finish(std::mem::take(&mut visit), &mut sequence, &mut rng));
+                }
+                let (name, interactive) = match rng.random_range(0..4) {
+                    0 => ("signup", true),
+                    1 => ("scroll", false),
+                    _ => ("pageview", true),
+                };
+                next_id += 1;
+                visit.push(Event {
+                    id: format!("sv-{seed}-{next_id}"),
+                    visitor,
+                    ts: t,
+                    name,
+                    interactive,
+                    path: format!("/p{}", rng.random_range(0..6)),
+                });
+            }
+            if visit.is_empty() {
+                break 'visits;
+            }
+            visits.push(finish(visit, &mut sequence, &mut rng));
+            t += if rng.random_bool(0.5) { TIMEOUT + 1 } else { TIMEOUT + rng.random_range(0..5 * 60_000) };
+        }
+        sequences.push(std::collections::VecDeque::from(sequence));
+    }
+    let mut order = Vec::new();
+    while let Some(next) =
+        sequences.iter_mut().filter(|s| !s.is_empty()).min_by_key(|s| s.front().map_or(i64::MAX, |e| e.ts))
+    {
+        order.extend(next.pop_front());
+    }
+    (visits, order)
+}
+
+/// Appends `visit` to `sequence` in sending order; returns the visit.
+fn finish(visit: Vec<Event>, sequence: &mut Vec<Event>, rng: &mut StdRng) -> Vec<Event> {
+    let mut rest = visit[1..].to_vec();
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        let before = if i == 0 { visit[0].ts } else { rest[i - 1].ts };
+        if rest[i + 1].ts - before <= TIMEOUT && rng.random_bool(0.5) {
+            rest.swap(i, i + 1);
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    sequence.push(visit[0].clone());
+    sequence.extend(rest);
+    visit
+}
+
+/// (granularity, bucket seconds, dimension, value) → (events, value_sum, value_count).
+type Rows = BTreeMap<(String, i64, String, String), (u64, f64, u64)>;
+
+const CHECKED: [&str; 4] = ["session:total", "session:entry_page", "session:exit_page", "session:pageviews"];
+
+/// What Plausible counts for `visits`, in Gallop's rows, at minute and hour.
+fn truth(visits: &[Vec<Event>]) -> Rows {
+    let mut rows = Rows::new();
+    for visit in visits {
+        let first = &visit[0];
+        let duration = (visit.iter().map(|e| e.ts).max().unwrap_or(first.ts) - first.ts) as f64;
+        let bounce = u64::from(visit.iter().filter(|e| e.interactive).count() == 1);
+        let pageviews = visit.iter().filter(|e| e.name == "pageview").count() as u64;
+        let exit = visit.iter().filter(|e| e.name == "pageview").max_by_key(|e| e.ts).unwrap_or(first);
+        for (granularity, seconds) in [("minute", 60), ("hour", 3600)] {
+            let bucket = first.ts.div_euclid(1000).div_euclid(seconds) * seconds;
+            let mut add = |dimension: &str, value: &str, cell: (u64, f64, u64)| {
+                let row =
+                    rows.entry((granularity.to_owned(), bucket, dimension.to_owned(), value.to_owned())).or_default();
+                *row = (row.0 + cell.0, row.1 + cell.1, row.2 + cell.2);
+            };
+            add("session:total", "", (1, duration, bounce));
+            add("session:entry_page", &first.path, (1, duration, bounce));
+            add("session:exit_page", &exit.path, (1, 0.0, 0));
+            if pageviews > 0 {
+                add("session:pageviews", "", (pageviews, 0.0, 0));
+            }
+        }
+    }
+    rows
+}
+
+/// The checked `session:*` rows ClickHouse holds (rows that add up to nothing left out).
+async fn stored(pipeline: &Pipeline) -> Rows {
+    let list = CHECKED.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
+    let text = sql(
+        &pipeline.clickhouse_url,
+        &format!(
+            "SELECT toString(granularity), toUnixTimestamp(bucket), dimension, value, sumMerge(events), \
+             sumMerge(value_sum), sumMerge(value_count) FROM {} WHERE site = 's.test' AND kind = 'rollup' \
+             AND granularity IN ('minute', 'hour') AND dimension IN ({list}) \
+             GROUP BY granularity, bucket, dimension, value FORMAT TSV",
+            pipeline.table()
+        ),
+    )
+    .await;
+    let mut rows = Rows::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let number = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{line}"));
+        let cell = (number(4), f[5].parse::<f64>().unwrap_or_else(|_| panic!("{line}")), number(6));
+        if cell != (0, 0.0, 0) {
+            rows.insert((f[0].to_owned(), number(1) as i64, f[2].to_owned(), f[3].to_owned()), cell);
+        }
+    }
+    rows
+}
+
+/// Sends `events` in order, one batch at a time (so the log keeps the order), pacing so the
+/// kills fall in the middle; a 503 is retried (ids make a retry count once).
+async fn send_in_order(address: String, events: Vec<Event>) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/v1/events");
+    // About 20 s of sending in all, whatever the number of events.
+    let pause = Duration::from_millis(20_000 / events.len().div_ceil(100).max(1) as u64);
+    for chunk in events.chunks(100) {
+        let batch = serde_json::Value::Array(chunk.iter().map(Event::json).collect());
+        loop {
+            let response = client.post(&url).json(&batch).send().await.expect("gateway answers");
+            match response.status().as_u16() {
+                202 => break,
+                503 => tokio::time::sleep(Duration::from_millis(200)).await,
+                status => panic!("gateway answered {status}: {}", response.text().await.unwrap_or_default()),
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+on_both_brokers!(visits_survive_five_sigkills_of_the_processor);
+
+async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
+    let mut pipeline = Pipeline::new(crate::brokers::Broker::new(kind, &crate::pipeline::tag()), clickhouse_url());
+    pipeline.env.push(("GALLOP_PROCESSOR__SESSION_TIMEOUT", "2m".to_owned()));
+    pipeline.start_front(&["ingest"], "gateway listening").await;
+    let index = pipeline.start_processor(&[]).await;
+    let (visits, order) = scenario(42, now_ms());
+    let want = truth(&visits);
+    assert!(visits.len() > 800, "many visits: {}", visits.len());
+    let sender = tokio::spawn(send_in_order(pipeline.address.clone(), order.clone()));
+    let mut rng = StdRng::seed_from_u64(5);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
+        pipeline.kill_processor(index).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        pipeline.restart_processor(index, &[]).await;
+    }
+    assert!(!sender.is_finished(), "the kills fell while events were still being sent");
+    sender.await.expect("sending finished");
+    pipeline.wait_for(order.len()).await;
+
+    let got = stored(&pipeline).await;
+    let mut differences = Vec::new();
+    for (key, w) in &want {
+        if got.get(key) != Some(w) {
+            differences.push(format!("{key:?}: want {w:?}, got {:?}", got.get(key)));
+        }
+    }
+    differences.extend(got.keys().filter(|k| !want.contains_key(*k)).map(|k| format!("{k:?}: unexpected")));
+    assert!(
+        differences.is_empty(),
+        "{} of {} session rows differ:\n{}",
+        differences.len(),
+        want.len(),
+        differences[..differences.len().min(15)].join("\n")
+    );
+}
