@@ -43,6 +43,8 @@ enum Command {
     Migrate,
     /// Print a site's numbers for a time range.
     Query(query::QueryArgs),
+    /// Every rollup row of a site and time range as CSV or NDJSON: a copy of your data.
+    Export(query::ExportArgs),
     /// Publish NDJSON events (a file or stdin) to the input subject or topic, for backfills and imports.
     Publish(publish::PublishArgs),
     /// Print the effective configuration (secrets redacted) and exit.
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
             commands::migrate(config)
         }
         Command::Query(args) => query::run(&config, &args),
+        Command::Export(args) => query::export(&config, &args),
         Command::Publish(args) => publish::run(&config, &args),
     };
     match result {

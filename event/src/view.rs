@@ -60,6 +60,8 @@ pub trait EventFields {
     fn visitor(&self) -> u64;
     /// Numeric value.
     fn value(&self) -> Option<f64>;
+    /// ISO 4217 currency of the value (revenue), upper-case; empty when not money.
+    fn currency(&self) -> &str;
     /// Whether the event counts as interaction (Plausible's `interactive`).
     fn interactive(&self) -> bool;
     /// Scroll depth in percent (engagement events).
@@ -76,7 +78,7 @@ pub trait EventFields {
 macro_rules! plain_fields {
     () => {
         plain_fields!(@str site, name, host, path, referrer, ref_host, source, utm_source, utm_medium, utm_campaign,
-            utm_content, utm_term, country, browser, browser_version, os, device);
+            utm_content, utm_term, country, browser, browser_version, os, device, currency);
 
         fn ts(&self) -> i64 {
             self.ts

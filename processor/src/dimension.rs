@@ -30,6 +30,10 @@ pub(crate) enum Field {
     BrowserVersion,
     Os,
     Device,
+    /// ISO 4217 currency of the event's value (revenue).
+    Currency,
+    /// `path` of pageviews only (Plausible's top pages); other events have none.
+    Page,
     /// `props.<key>`.
     Prop(String),
     /// `props.*`: one dimension per property key the event carries.
@@ -53,6 +57,8 @@ const FIELDS: &[(&str, Field)] = &[
     ("browser_version", Field::BrowserVersion),
     ("os", Field::Os),
     ("device", Field::Device),
+    ("currency", Field::Currency),
+    ("page", Field::Page),
 ];
 
 impl Field {
@@ -85,6 +91,8 @@ impl Field {
             Self::BrowserVersion => event.browser_version(),
             Self::Os => event.os(),
             Self::Device => event.device(),
+            Self::Currency => event.currency(),
+            Self::Page => return (event.name() == "pageview").then(|| event.path()),
             Self::Prop(key) => return event.prop(key),
             // Expanded per key by the caller.
             Self::AnyProp => return None,

@@ -19,4 +19,5 @@ pub mod sketch;
 pub use delta::{Delta, LeaderboardRow, RollupRow};
 pub use error::ProcessorError;
 pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};
+pub use rules::dimensions;
 pub use session::{EngagedPage, OpenSessions, SessionState};

@@ -22,7 +22,11 @@ pub(crate) const DEFAULT_ROLLUPS: &[&str] = &[
     "os",
     "device",
     "name~props.*",
+    "page",
 ];
+
+/// Built-in breakdowns without visitors: revenue per currency (never one sum of EUR and USD).
+pub(crate) const DEFAULT_ROLLUPS_WITHOUT_VISITORS: &[&str] = &["currency"];
 
 /// Leaderboards for high-cardinality fields: (dimension, k).
 pub(crate) const DEFAULT_LEADERBOARDS: &[(&str, usize)] = &[("referrer", 20), ("props.*", 10)];
@@ -75,6 +79,9 @@ impl Rules {
             for spec in DEFAULT_ROLLUPS {
                 add_rollup(Dimension::parse(spec, "built-in rollups")?, true);
             }
+            for spec in DEFAULT_ROLLUPS_WITHOUT_VISITORS {
+                add_rollup(Dimension::parse(spec, "built-in rollups")?, false);
+            }
         }
         for (i, rollup) in config.rollups.iter().enumerate() {
             add_rollup(
@@ -120,6 +127,21 @@ impl Rules {
     }
 }
 
+/// The dimensions a processor built from `config` writes: breakdowns (rollups, visits
+/// and engagement included) and leaderboards, as specs. A spec with `props.*` stands for
+/// one dimension per property key (`props.plan`, `name~props.plan`).
+pub fn dimensions(config: &ProcessorConfig) -> Result<(Vec<String>, Vec<String>), ProcessorError> {
+    let rules = Rules::compile(config, &TimeConfig::default())?;
+    let mut rollups: Vec<String> = rules.rollups.iter().map(|r| r.dimension.spec.clone()).collect();
+    if config.sessions {
+        rollups
+            .extend(crate::session::DIMENSIONS.iter().filter(|d| d.starts_with("session:")).map(|d| (*d).to_owned()));
+    }
+    rollups.extend(crate::session::DIMENSIONS.iter().filter(|d| d.starts_with("engagement:")).map(|d| (*d).to_owned()));
+    let boards = rules.leaderboards.iter().map(|l| l.dimension.spec.clone()).collect();
+    Ok((rollups, boards))
+}
+
 #[cfg(test)]
 mod tests {
     use gallop_config::{LeaderboardConfig, RollupConfig};
@@ -138,7 +160,7 @@ mod tests {
         };
         let rules = Rules::compile(&config, &TimeConfig::default()).expect("valid");
         let specs: Vec<&str> = rules.rollups.iter().map(|r| r.dimension.spec.as_str()).collect();
-        assert_eq!(specs.len(), DEFAULT_ROLLUPS.len() + 1);
+        assert_eq!(specs.len(), DEFAULT_ROLLUPS.len() + DEFAULT_ROLLUPS_WITHOUT_VISITORS.len() + 1);
         assert_eq!(specs.last(), Some(&"name~country"));
         let path = rules.rollups.iter().find(|r| r.dimension.spec == "path").expect("path");
         assert!(path.visitors, "a default with visitors keeps them");

@@ -86,15 +86,28 @@ impl TimeRange {
 pub struct Headline {
     /// Unique visitors in the range (uniqHLL12 estimate).
     pub visitors: u64,
+    /// Visits (sessions) that started in the range.
+    pub visits: u64,
     /// `pageview` events.
     pub pageviews: u64,
-    /// All events.
+    /// All events (engagement events are not events).
     pub events: u64,
-    /// Sum of event values (revenue).
+    /// Percentage of visits with a single interactive event (Plausible's bounce rate).
+    pub bounce_rate: f64,
+    /// Average visit duration, seconds.
+    pub visit_duration: f64,
+    /// Pageviews per visit.
+    pub views_per_visit: f64,
+    /// Revenue per ISO 4217 currency: amounts in different currencies are never added.
+    pub revenue: BTreeMap<String, f64>,
+    /// Sum of the values of events without a currency (numbers, not money).
     pub value: f64,
     /// Events that carried a value.
     pub value_events: u64,
 }
+
+/// Dimensions whose values also have visits (a `session:<dimension>` row).
+const WITH_VISITS: &[&str] = &["source", "country", "device", "browser", "os"];
 
 /// One value of a breakdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,10 +116,14 @@ pub struct BreakdownRow {
     pub value: String,
     /// Unique visitors with that value.
     pub visitors: u64,
-    /// Events with that value.
+    /// Events with that value (for `session:*` rows: visits; `engagement:*`: engaged
+    /// pageviews).
     pub events: u64,
-    /// Sum of their event values.
+    /// Sum of their event values (`session:*`: duration ms; `engagement:*`: engaged ms).
     pub value_sum: f64,
+    /// Visits that started with that value (source, country, device, browser, OS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visits: Option<u64>,
 }
 
 /// Events, visitors and value per value of one dimension, most events first.
@@ -127,6 +144,27 @@ pub struct Leader {
     pub count: u64,
     /// Most the count may overestimate: the true count is in `[count - error, count]`.
     pub error: u64,
+}
+
+/// One stored rollup row, merged: what `gallop export` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRow {
+    /// `minute`, `hour` or `day`.
+    pub granularity: String,
+    /// Start of the bucket, seconds since the epoch (UTC).
+    pub bucket: i64,
+    /// Dimension.
+    pub dimension: String,
+    /// Value.
+    pub value: String,
+    /// Events (visits for `session:*`, engaged pageviews for `engagement:*`).
+    pub events: u64,
+    /// Unique visitors (estimate).
+    pub visitors: u64,
+    /// Sum of values (duration ms for `session:*`, engaged ms for `engagement:*`).
+    pub value_sum: f64,
+    /// Events with a value (bounces for `session:*`, scroll depth sum for `engagement:*`).
+    pub value_count: u64,
 }
 
 /// Answers questions about one database.
@@ -177,11 +215,10 @@ impl Reader {
         struct Totals {
             visitors: u64,
             events: u64,
-            value: f64,
             value_events: u64,
         }
         let totals_sql = format!(
-            "SELECT uniqHLL12Merge(visitors) AS visitors, sumMerge(events) AS events, sumMerge(value_sum) AS value, \
+            "SELECT uniqHLL12Merge(visitors) AS visitors, sumMerge(events) AS events, \
              sumMerge(value_count) AS value_events FROM {} \
              WHERE site = '{}' AND kind = 'rollup' AND dimension = 'total' AND {}",
             self.table(),
@@ -189,21 +226,153 @@ impl Reader {
             range.condition()
         );
         let totals = self.clickhouse.fetch::<Totals>(&totals_sql).await?;
-        let totals =
-            totals.into_iter().next().unwrap_or(Totals { visitors: 0, events: 0, value: 0.0, value_events: 0 });
-        let pageviews = self
-            .breakdown_where(site, range, "name", "AND value = 'pageview'", 1)
-            .await?
-            .into_iter()
-            .next()
-            .map_or(0, |r| r.events);
+        let totals = totals.into_iter().next().unwrap_or(Totals { visitors: 0, events: 0, value_events: 0 });
+        let one = |rows: Vec<BreakdownRow>| rows.into_iter().next();
+        let pageviews = one(self.breakdown_where(site, range, "name", "AND value = 'pageview'", 1).await?);
+        let visits = one(self.breakdown_where(site, range, "session:total", "", 1).await?);
+        let bounces = self.sum_count(site, range, "session:total").await?;
+        let visit_pageviews = one(self.breakdown_where(site, range, "session:pageviews", "", 1).await?);
+        let mut revenue = BTreeMap::new();
+        let mut value = 0.0;
+        for row in self.breakdown_where(site, range, "currency", "", 1000).await? {
+            if row.value.is_empty() {
+                value = row.value_sum;
+            } else {
+                revenue.insert(row.value, row.value_sum);
+            }
+        }
+        let visits_n = visits.as_ref().map_or(0, |v| v.events);
+        let per_visit = |x: f64| if visits_n == 0 { 0.0 } else { x / visits_n as f64 };
         Ok(Headline {
             visitors: totals.visitors,
-            pageviews,
+            visits: visits_n,
+            pageviews: pageviews.map_or(0, |r| r.events),
             events: totals.events,
-            value: totals.value,
+            bounce_rate: per_visit(bounces as f64 * 100.0),
+            visit_duration: per_visit(visits.map_or(0.0, |v| v.value_sum) / 1000.0),
+            views_per_visit: per_visit(visit_pageviews.map_or(0, |r| r.events) as f64),
+            revenue,
+            value,
             value_events: totals.value_events,
         })
+    }
+
+    /// `sumMerge(value_count)` of the `""` row of `dimension` (bounces of `session:total`).
+    async fn sum_count(&self, site: &str, range: TimeRange, dimension: &str) -> Result<u64, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            n: u64,
+        }
+        let sql = format!(
+            "SELECT sumMerge(value_count) AS n FROM {} WHERE site = '{}' AND kind = 'rollup' AND dimension = '{}' AND {}",
+            self.table(),
+            escape(site),
+            escape(dimension),
+            range.condition()
+        );
+        Ok(self.clickhouse.fetch::<Row>(&sql).await?.first().map_or(0, |r| r.n))
+    }
+
+    /// Visitors with an event in the last five minutes before `now` (seconds): Plausible's
+    /// "current visitors", from minute rows (the current minute included).
+    pub async fn current_visitors(&self, site: &str, now: i64) -> Result<u64, SinkError> {
+        let minute = now - now.rem_euclid(60);
+        let range = TimeRange::new(minute - 300, minute + 60)?;
+        Ok(self.breakdown_where(site, range, "total", "", 1).await?.first().map_or(0, |r| r.visitors))
+    }
+
+    /// Rows of `site` at `granularity` with buckets in `[from, to)`: how many.
+    pub async fn export_count(
+        &self,
+        site: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> Result<u64, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            n: u64,
+        }
+        let sql = format!(
+            "SELECT count() AS n FROM (SELECT 1 FROM {} WHERE {} GROUP BY bucket, dimension, value)",
+            self.table(),
+            export_filter(site, granularity, from, to, None)
+        );
+        Ok(self.clickhouse.fetch::<Row>(&sql).await?.first().map_or(0, |r| r.n))
+    }
+
+    /// Rows of `site`'s `dimension` at `granularity` with buckets in `[from, to)`, merged,
+    /// in bucket and value order.
+    pub async fn export_rows(
+        &self,
+        site: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+        dimension: &str,
+    ) -> Result<Vec<ExportRow>, SinkError> {
+        // Aliases differ from column names: ClickHouse 18.16 lets an alias shadow a column
+        // in WHERE, so `'minute' AS granularity` would turn `granularity = 'minute'` true.
+        #[derive(Deserialize)]
+        struct Row {
+            bucket_s: i64,
+            name: String,
+            value: String,
+            events: u64,
+            visitors: u64,
+            value_sum: f64,
+            value_count: u64,
+        }
+        let sql = format!(
+            "SELECT toInt64(toUnixTimestamp(bucket)) AS bucket_s, toString(dimension) AS name, value, \
+             sumMerge(events) AS events, uniqHLL12Merge(visitors) AS visitors, sumMerge(value_sum) AS value_sum, \
+             sumMerge(value_count) AS value_count FROM {} WHERE {} GROUP BY bucket, dimension, value \
+             ORDER BY bucket, value",
+            self.table(),
+            export_filter(site, granularity, from, to, Some(dimension))
+        );
+        Ok(self
+            .clickhouse
+            .fetch::<Row>(&sql)
+            .await?
+            .into_iter()
+            .map(|r| ExportRow {
+                granularity: granularity.name().to_owned(),
+                bucket: r.bucket_s,
+                dimension: r.name,
+                value: r.value,
+                events: r.events,
+                visitors: r.visitors,
+                value_sum: r.value_sum,
+                value_count: r.value_count,
+            })
+            .collect())
+    }
+
+    /// The rollup and leaderboard dimensions stored for `site` (any time).
+    pub async fn stored_dimensions(&self, site: &str) -> Result<(Vec<String>, Vec<String>), SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            kind_name: String,
+            name: String,
+        }
+        let sql = format!(
+            "SELECT DISTINCT toString(kind) AS kind_name, toString(dimension) AS name FROM {} \
+             WHERE site = '{}' AND kind IN ('rollup', 'leaderboard') AND granularity = 'day'",
+            self.table(),
+            escape(site)
+        );
+        let (mut rollups, mut boards) = (Vec::new(), Vec::new());
+        for row in self.clickhouse.fetch::<Row>(&sql).await? {
+            if row.kind_name == "rollup" {
+                rollups.push(row.name)
+            } else {
+                boards.push(row.name)
+            }
+        }
+        rollups.sort();
+        boards.sort();
+        Ok((rollups, boards))
     }
 
     /// Events, visitors and value per value of `dimension` (e.g. `path`, `country`,
@@ -215,7 +384,14 @@ impl Reader {
         dimension: &str,
         limit: usize,
     ) -> Result<Breakdown, SinkError> {
-        let rows = self.breakdown_where(site, range, dimension, "", limit).await?;
+        let mut rows = self.breakdown_where(site, range, dimension, "", limit).await?;
+        if WITH_VISITS.contains(&dimension) {
+            let visits = self.breakdown_where(site, range, &format!("session:{dimension}"), "", 100_000).await?;
+            let visits: BTreeMap<String, u64> = visits.into_iter().map(|r| (r.value, r.events)).collect();
+            for row in &mut rows {
+                row.visits = Some(visits.get(&row.value).copied().unwrap_or(0));
+            }
+        }
         Ok(Breakdown { dimension: dimension.to_owned(), rows })
     }
 
@@ -291,6 +467,17 @@ impl Reader {
             .map(|((std::cmp::Reverse(count), value), error)| Leader { value, count, error })
             .collect())
     }
+}
+
+/// The rows `gallop export` reads.
+fn export_filter(site: &str, granularity: Granularity, from: i64, to: i64, dimension: Option<&str>) -> String {
+    let dimension = dimension.map(|d| format!(" AND dimension = '{}'", escape(d))).unwrap_or_default();
+    format!(
+        "site = '{}' AND kind = 'rollup' AND granularity = '{}' AND bucket >= toDateTime({from}, 'UTC') \
+         AND bucket < toDateTime({to}, 'UTC'){dimension}",
+        escape(site),
+        granularity.name()
+    )
 }
 
 /// A varuint at the start of `bytes`: (value, bytes it took).

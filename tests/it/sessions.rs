@@ -229,4 +229,104 @@ async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
         want.len(),
         differences[..differences.len().min(15)].join("\n")
     );
+    if kind == Kind::Nats {
+        query_and_export_tell_the_numbers(&pipeline, &visits, order.len()).await;
+    }
+}
+
+/// `gallop query` and `gallop export` over what the test above stored: the headline's
+/// visits, bounce rate and duration equal the truth; typos, impossible dates and unknown
+/// zones are refused with the user's own text; no ANSI escapes; export holds every row.
+async fn query_and_export_tell_the_numbers(pipeline: &Pipeline, visits: &[Vec<Event>], events: usize) {
+    let (first, last) = (
+        visits.iter().map(|v| v[0].ts).min().unwrap_or(0),
+        visits.iter().flat_map(|v| v.iter().map(|e| e.ts)).max().unwrap_or(0),
+    );
+    // The UTC date of `ms` (days since the epoch to a civil date, H. Hinnant's algorithm).
+    let utc = |ms: i64| {
+        let z = ms.div_euclid(DAY) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let (day, month) = (doy - (153 * mp + 2) / 5 + 1, if mp < 10 { mp + 3 } else { mp - 9 });
+        format!("{:04}-{month:02}-{day:02}", yoe + era * 400 + i64::from(month <= 2))
+    };
+    let run = |args: Vec<String>| async move {
+        let output = pipeline.command(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).output().await;
+        let output = output.expect("gallop runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let query = |extra: &[&str]| {
+        let mut args: Vec<String> = ["query", "--site", "s.test"].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        run(args)
+    };
+    let (from, to) = (utc(first - DAY), utc(last + DAY));
+    let (code, out, err) = query(&["--from", &from, "--to", &to, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let headline = &answer["headline"];
+    let bounces = visits.iter().filter(|v| v.iter().filter(|e| e.interactive).count() == 1).count();
+    let duration: i64 = visits.iter().map(|v| v.iter().map(|e| e.ts).max().unwrap_or(0) - v[0].ts).sum();
+    assert_eq!(headline["visits"], visits.len(), "{headline}");
+    assert_eq!(headline["events"], events, "{headline}");
+    let close = |got: &serde_json::Value, want: f64| (got.as_f64().unwrap_or(f64::NAN) - want).abs() < 1e-6;
+    assert!(close(&headline["bounce_rate"], bounces as f64 * 100.0 / visits.len() as f64), "{headline}");
+    assert!(close(&headline["visit_duration"], duration as f64 / 1000.0 / visits.len() as f64), "{headline}");
+
+    // Errors that name what the user typed; nothing printed with colour codes.
+    for (args, message) in [
+        (vec!["--from", &from, "--to", &to, "--by", "pth"], "--by \"pth\" is not a dimension Gallop keeps; known: "),
+        (vec!["--from", "2026-02-30", "--to", &to], "--from \"2026-02-30\": 2026-02 has no day 30 (it has 28 days)"),
+        (vec!["--from", &to, "--to", &from], "is not before --to"),
+        (vec!["--from", &from, "--to", &to, "--tz", "Mars/Olympus"], "--tz \"Mars/Olympus\" is not a time zone"),
+    ] {
+        let (code, _, err) = query(&args).await;
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(!err.contains('\u{1b}'), "no ANSI escapes when not a terminal: {err:?}");
+    }
+    let (_, _, err) = query(&["--from", &from, "--to", &to, "--by", "pth"]).await;
+    assert!(err.contains("session:entry_page") && err.contains("page"), "{err}");
+
+    // A breakdown by entry page as CSV, and the visits it adds up to.
+    let (code, out, err) =
+        query(&["--from", &from, "--to", &to, "--by", "session:entry_page", "--limit", "100", "--format", "csv"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let section = out.split("\n\n").find(|s| s.starts_with("session:entry_page,")).expect("a breakdown section");
+    let entries: u64 =
+        section.lines().skip(1).map(|l| l.split(',').nth(2).and_then(|n| n.parse::<u64>().ok()).expect("events")).sum();
+    assert_eq!(entries, visits.len() as u64, "{section}");
+
+    // Export: every minute, hour and day row, as NDJSON files.
+    let dir = std::env::temp_dir().join(format!("gallop-export-{}", crate::pipeline::tag()));
+    let (code, _, err) =
+        run(["export", "--site", "s.test", "--from", &from, "--to", &to, "--format", "ndjson", "--out"]
+            .map(String::from)
+            .into_iter()
+            .chain([dir.display().to_string()])
+            .collect())
+        .await;
+    assert_eq!(code, Some(0), "{err}");
+    let mut visits_by_granularity = BTreeMap::new();
+    for granularity in ["minute", "hour", "day"] {
+        let text = std::fs::read_to_string(dir.join(format!("s.test-{granularity}.ndjson"))).expect("export file");
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("NDJSON");
+            assert_eq!(row["granularity"], granularity);
+            if row["dimension"] == "session:total" {
+                *visits_by_granularity.entry(granularity).or_insert(0) += row["events"].as_u64().expect("events");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    for granularity in ["minute", "hour", "day"] {
+        assert_eq!(visits_by_granularity.get(granularity), Some(&(visits.len() as u64)), "{granularity}");
+    }
 }
