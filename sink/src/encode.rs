@@ -420,8 +420,7 @@ mod tests {
                 row(day + 39_600, "path", "/", 4, 3),
                 row(day + 36_000, "path", "/a", 1, 1),
             ],
-            leaderboards: vec![],
-            positions: BTreeMap::new(),
+            ..Delta::default()
         };
         let marks = BTreeMap::from([(3, Mark::at(17)), (5, Mark { epoch: 1, position: 2, time_ms: 9 })]);
         let encoded = encode_flush(&delta, &context(&marks));
@@ -433,8 +432,7 @@ mod tests {
 
     #[test]
     fn a_rollup_row_is_encoded_column_by_column() {
-        let delta =
-            Delta { rows: vec![row(120, "path", "/x", 2, 7)], leaderboards: vec![], positions: BTreeMap::new() };
+        let delta = Delta { rows: vec![row(120, "path", "/x", 2, 7)], ..Delta::default() };
         let encoded = encode_flush(&delta, &context(&BTreeMap::new()));
         let mut expect = vec![1, b's', 1, 1];
         expect.extend_from_slice(&120u32.to_le_bytes());
@@ -464,15 +462,54 @@ mod tests {
             dimension: "referrer".to_owned(),
             top: top(keys),
         };
-        let delta = Delta {
-            rows: vec![],
-            leaderboards: vec![board(0, &["a", "b"]), board(60, &["a"])],
-            positions: BTreeMap::new(),
-        };
+        let delta =
+            Delta { rows: vec![], leaderboards: vec![board(0, &["a", "b"]), board(60, &["a"])], ..Delta::default() };
         let encoded = encode_flush(&delta, &context(&BTreeMap::from([(0, Mark::at(1))])));
         assert_eq!(encoded.leaderboard_rows, 2 + 1 + 1);
         let needle = b"\x08referrer\x02f1";
         assert_eq!(encoded.bytes.windows(needle.len()).filter(|w| w == needle).count(), 4);
+    }
+
+    #[test]
+    fn open_visits_and_watermarks_travel_in_the_insert_and_parse_back() {
+        let state = SessionState {
+            partition: 4,
+            site: "s,/\"x".to_owned(),
+            visitor: u64::MAX,
+            seq: 3,
+            bucket: 29_999_999,
+            first_ts: 1_799_999_940_000,
+            last_ts: 1_800_000_000_123,
+            interactive: 2,
+            entry_page: "/a/b".to_owned(),
+            exit_page: "/c".to_owned(),
+            exit_ts: 1_800_000_000_123,
+            source: "Google".to_owned(),
+            country: "DE".to_owned(),
+            device: "desktop".to_owned(),
+            browser: "Firefox".to_owned(),
+            os: "GNU/Linux".to_owned(),
+            pages: vec![gallop_processor::EngagedPage {
+                path: "/a/b".to_owned(),
+                scroll_depth: 80,
+                bucket: 29_999_999,
+            }],
+            ended: false,
+        };
+        let delta = Delta {
+            sessions: vec![state.clone()],
+            watermarks: BTreeMap::from([(4, 1_800_000_000_500)]),
+            ..Delta::default()
+        };
+        let encoded = encode_flush(&delta, &context(&BTreeMap::from([(4, Mark::at(9))])));
+        assert_eq!(encoded.rows, 3, "a marker, a visit, a watermark");
+        let value = session_value(&state);
+        assert!(value.starts_with("0000000004/"), "{value}");
+        assert_eq!(parse_session_value(&value), Some(state));
+        let needle = session_dimension("EVENTS");
+        assert!(encoded.bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        assert_eq!(parse_watermark_value("0000000004/00000001800000000500"), Some((4, 1_800_000_000_500)));
+        assert_eq!(parse_session_value("0000000004/{not json"), None);
     }
 
     #[test]
