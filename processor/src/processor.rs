@@ -778,7 +778,7 @@ mod tests {
 
     #[test]
     fn one_event_touches_every_default_rollup() {
-        let mut p = processor(ProcessorConfig::default());
+        let mut p = processor(ProcessorConfig { sessions: false, ..ProcessorConfig::default() });
         let mut e = event("signup", "/pricing", 7, T0 + 5_000);
         e.props.insert("plan".into(), "pro".into());
         e.value = Some(12.5);
@@ -790,6 +790,9 @@ mod tests {
         assert_eq!(t.get(&("path".into(), "/pricing".into(), bucket)), Some(&(1, 1, 12.5, 1)));
         assert_eq!(t.get(&("name~props.plan".into(), "signup~pro".into(), bucket)), Some(&(1, 1, 12.5, 1)));
         assert_eq!(t.get(&("utm_source".into(), "".into(), bucket)), Some(&(1, 1, 12.5, 1)), "empty kept by default");
+        assert_eq!(t.get(&("currency".into(), "".into(), bucket)), Some(&(1, 0, 12.5, 1)), "a value, no currency");
+        assert_eq!(t.get(&("page".into(), "/pricing".into(), bucket)), None, "page counts pageviews only");
+        // Every default rollup but `page`, and `currency`.
         assert_eq!(delta.rows.len(), crate::rules::DEFAULT_ROLLUPS.len());
         let boards: Vec<(&str, Vec<Vec<u8>>)> = delta
             .leaderboards
@@ -823,6 +826,7 @@ mod tests {
     fn buckets_are_utc_minutes() {
         let mut p = processor(ProcessorConfig {
             default_rollups: false,
+            sessions: false,
             rollups: vec![RollupConfig { dimension: "total".into(), visitors: false }],
             ..ProcessorConfig::default()
         });
@@ -898,6 +902,7 @@ mod tests {
     fn empty_values_truncation_and_explosions() {
         let config = ProcessorConfig {
             default_rollups: false,
+            sessions: false,
             rollups: vec![
                 RollupConfig { dimension: "utm_source".into(), visitors: false },
                 RollupConfig { dimension: "path".into(), visitors: false },
@@ -937,6 +942,7 @@ mod tests {
     fn full_state_refuses_until_flushed() {
         let config = ProcessorConfig {
             default_rollups: false,
+            sessions: false,
             rollups: vec![RollupConfig { dimension: "path".into(), visitors: true }],
             flush_keys: 2,
             max_live_keys: 3,
@@ -970,6 +976,7 @@ mod tests {
     fn leaderboards_rank_values() {
         let config = ProcessorConfig {
             default_rollups: false,
+            sessions: false,
             leaderboards: vec![LeaderboardConfig { dimension: "referrer".into(), k: 2 }],
             ..ProcessorConfig::default()
         };

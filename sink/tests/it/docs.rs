@@ -17,10 +17,11 @@ const DAY0: i64 = HOUR0 - 10 * 3600;
 const SITE: &str = "d.test";
 const REFERRERS: [&str; 3] = ["https://a.example/", "https://b.example/", "https://c.example/"];
 
-/// 60 events over 10:00–11:28: pageviews, signups and purchases with values, four pages,
-/// 13 visitors (few enough for uniqHLL12 to count exactly), three referrers.
+/// 60 events over 10:00–11:28: pageviews, signups and purchases with values (EUR and
+/// USD), four pages, 13 visitors (few enough for uniqHLL12 to count exactly), three
+/// referrers; then three visitors with a single pageview each (bounces).
 fn events() -> Vec<EventRecord> {
-    (0..60u64)
+    let mut events: Vec<EventRecord> = (0..60u64)
         .map(|i| {
             let name = match i {
                 _ if i % 6 == 0 => "signup",
@@ -31,6 +32,7 @@ fn events() -> Vec<EventRecord> {
             let mut e = event(SITE, (HOUR0 + i as i64 * 90) * 1000, name, path, i % 13);
             if name == "purchase" {
                 e.value = Some(i as f64 * 1.5);
+                e.currency = if i % 20 == 3 { "EUR" } else { "USD" }.to_owned();
             }
             e.referrer = match i % 10 {
                 0..=4 => REFERRERS[0],
@@ -41,7 +43,31 @@ fn events() -> Vec<EventRecord> {
             .to_owned();
             e
         })
-        .collect()
+        .collect();
+    for (i, path) in ["/", "/docs", "/docs"].iter().enumerate() {
+        events.push(event(SITE, (HOUR0 + 3000 + i as i64 * 60) * 1000, "pageview", path, 100 + i as u64));
+    }
+    events
+}
+
+/// Plausible tracker engagement events (after the pageviews): visitor 0 leaves `/` twice
+/// (deepest scroll 40 %, then 70 %), visitor 1 leaves the page of its last pageview, and a
+/// visitor with no visit open sends one on its own.
+fn engagements(events: &[EventRecord]) -> Vec<EventRecord> {
+    let last = |visitor: u64| events.iter().filter(|e| e.visitor == visitor).max_by_key(|e| e.ts).expect("visitor");
+    let engagement = |of: &EventRecord, visitor: u64, after_s: i64, sd: u8, ms: u64| {
+        let mut e = event(SITE, of.ts + after_s * 1000, gallop_event::ENGAGEMENT, &of.path, visitor);
+        e.scroll_depth = Some(sd);
+        e.engaged_ms = Some(ms);
+        e
+    };
+    let (v0, v1) = (last(0), last(1));
+    vec![
+        engagement(v0, 0, 5, 40, 5_000),
+        engagement(v0, 0, 9, 70, 3_000),
+        engagement(v1, 1, 4, 100, 1_000),
+        engagement(v1, 77, 4, 10, 500),
+    ]
 }
 
 /// The ```sql blocks of docs/queries.md with the `##` heading above each.
@@ -89,8 +115,10 @@ async fn every_documented_query_answers_with_the_truth() {
     let db = TestDb::new("docs");
     let ch = db.migrated().await;
     let events = events();
+    let engaged = engagements(&events);
     let mut processor = processor();
     processor.process_message(0, 1, &message(&events), (HOUR0 + 7200) * 1000).expect("not full");
+    processor.process_message(0, 2, &message(&engaged), (HOUR0 + 7200) * 1000).expect("not full");
     let delta = processor.flush(0);
     Writer::new(ch.clone(), "EVENTS", &db.config).write(&delta, &marks(&delta), HOUR0).await.expect("write");
 
@@ -114,6 +142,29 @@ async fn every_documented_query_answers_with_the_truth() {
         }
     }
     assert_eq!(per_hour.len(), 2, "the sample spans two hours");
+    // Visits: each visitor's events are under 30 minutes apart, so one visit each.
+    let mut per_visitor: BTreeMap<u64, Vec<&EventRecord>> = BTreeMap::new();
+    for e in &events {
+        per_visitor.entry(e.visitor).or_default().push(e);
+    }
+    let visit_count = per_visitor.len();
+    let bounces = per_visitor.values().filter(|es| es.len() == 1).count();
+    let duration_ms: i64 = per_visitor
+        .values()
+        .map(|es| es.iter().map(|e| e.ts).max().unwrap_or(0) - es.iter().map(|e| e.ts).min().unwrap_or(0))
+        .sum();
+    let entry = |es: &Vec<&EventRecord>| es.iter().min_by_key(|e| e.ts).map(|e| e.path.clone()).unwrap_or_default();
+    let exit = |es: &Vec<&EventRecord>| {
+        es.iter().filter(|e| e.name == "pageview").max_by_key(|e| e.ts).map(|e| e.path.clone()).unwrap_or_default()
+    };
+    let mut entries: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut exits: BTreeMap<String, usize> = BTreeMap::new();
+    for es in per_visitor.values() {
+        let e = entries.entry(entry(es)).or_default();
+        e.0 += 1;
+        e.1 += usize::from(es.len() == 1);
+        *exits.entry(exit(es)).or_default() += 1;
+    }
 
     let queries = documented_queries();
     assert!(queries.len() >= 6, "docs/queries.md lost its queries: {queries:?}");
@@ -159,6 +210,86 @@ async fn every_documented_query_answers_with_the_truth() {
                     .iter()
                     .map(|(path, es)| ((*path).to_owned(), (visitors(&mut es.iter().copied()), es.len())))
                     .collect();
+                assert_eq!(got, want, "{sql}");
+            }
+            "Top pages (pageviews and visitors of pageviews)" => {
+                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
+                    .iter()
+                    .map(|r| {
+                        let page = r["page"].as_str().unwrap_or_default().to_owned();
+                        (page, (number(&r["visitors"]) as usize, number(&r["pageviews"]) as usize))
+                    })
+                    .collect();
+                let mut want: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+                for (path, es) in &per_path {
+                    let views: Vec<&EventRecord> = es.iter().copied().filter(|e| e.name == "pageview").collect();
+                    want.insert((*path).to_owned(), (visitors(&mut views.iter().copied()), views.len()));
+                }
+                assert_eq!(got, want, "{sql}");
+            }
+            "Visits, bounce rate and visit duration" => {
+                let r = &rows(&sql)[0];
+                assert_eq!(number(&r["visits"]) as usize, visit_count, "{sql}");
+                assert!((number(&r["bounce_rate"]) - 100.0 * bounces as f64 / visit_count as f64).abs() < 1e-9, "{r}");
+                let want = duration_ms as f64 / visit_count as f64 / 1000.0;
+                assert!((number(&r["visit_duration"]) - want).abs() < 1e-9, "{sql}: {r} want {want}");
+                assert!(bounces == 3 && visit_count == 16, "the sample has bounces: {bounces} of {visit_count}");
+            }
+            "Views per visit" => assert_eq!(number(&rows(&sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
+            "Entry pages" => {
+                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
+                    .iter()
+                    .map(|r| {
+                        let visits = number(&r["visits"]) as usize;
+                        let bounced = (number(&r["bounce_rate"]) * visits as f64 / 100.0).round() as usize;
+                        (r["page"].as_str().unwrap_or_default().to_owned(), (visits, bounced))
+                    })
+                    .collect();
+                assert_eq!(got, entries, "{sql}");
+            }
+            "Exit pages" => {
+                let got: BTreeMap<String, usize> = rows(&sql)
+                    .iter()
+                    .map(|r| (r["page"].as_str().unwrap_or_default().to_owned(), number(&r["exits"]) as usize))
+                    .collect();
+                assert_eq!(got, exits, "{sql}");
+            }
+            "Scroll depth and time on page" => {
+                let got: Vec<(String, f64, f64)> = rows(&sql)
+                    .iter()
+                    .map(|r| {
+                        let page = r["page"].as_str().unwrap_or_default().to_owned();
+                        (page, number(&r["scroll_depth"]), number(&r["time_on_page"]))
+                    })
+                    .collect();
+                // Visitor 0's pageview of its page: deepest 70 %, 8 s; visitor 1's and the
+                // lone one share a page when visitor 1's last page is that page.
+                let (p0, p1) = (engaged[0].path.clone(), engaged[2].path.clone());
+                let mut want: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new(); // (pageviews, depth, ms)
+                for (path, views, depth, ms) in
+                    [(&p0, 1.0, 70.0, 8_000.0), (&p1, 1.0, 100.0, 1_000.0), (&p1, 1.0, 10.0, 500.0)]
+                {
+                    let w = want.entry(path.clone()).or_default();
+                    *w = (w.0 + views, w.1 + depth, w.2 + ms);
+                }
+                let want: Vec<(String, f64, f64)> =
+                    want.into_iter().map(|(p, (n, d, ms))| (p, d / n, ms / n / 1000.0)).collect();
+                assert_eq!(got, want, "{sql}");
+            }
+            "Revenue per currency" => {
+                let got: BTreeMap<String, (f64, usize)> = rows(&sql)
+                    .iter()
+                    .map(|r| {
+                        let currency = r["currency"].as_str().unwrap_or_default().to_owned();
+                        (currency, (number(&r["revenue"]), number(&r["orders"]) as usize))
+                    })
+                    .collect();
+                let mut want: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+                for e in events.iter().filter(|e| !e.currency.is_empty()) {
+                    let w = want.entry(e.currency.clone()).or_default();
+                    *w = (w.0 + e.value.unwrap_or(0.0), w.1 + 1);
+                }
+                assert_eq!(want.len(), 2, "two currencies in the sample");
                 assert_eq!(got, want, "{sql}");
             }
             "Revenue by event" => {

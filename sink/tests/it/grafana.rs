@@ -12,7 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use gallop_event::EventRecord;
+use gallop_event::{EventRecord, ENGAGEMENT};
 use gallop_sink::Writer;
 use serde_json::Value;
 
@@ -164,6 +164,9 @@ fn batches() -> Vec<Vec<EventRecord>> {
         let path = ["/", "/pricing", "/docs", "/blog"][(i * i % 7 % 4) as usize];
         let mut e = event(SITE, ts * 1000, name, path, i % 13);
         e.value = (name == "purchase").then_some(i as f64 * 1.5);
+        if name == "purchase" {
+            e.currency = if i % 20 == 3 { "EUR" } else { "USD" }.to_owned();
+        }
         if name != "pageview" {
             e.props.insert("plan".to_owned(), ["free", "pro"][(i % 2) as usize].to_owned());
         }
@@ -186,6 +189,19 @@ fn batches() -> Vec<Vec<EventRecord>> {
     let three_days = old(12, 3).collect();
     let mut recent: Vec<EventRecord> = (0..60u64).map(|i| make(i, hour0 + i as i64 * 90)).collect();
     recent.push(event(OTHER_SITE, (hour0 + 3000) * 1000, "pageview", "/other", 98));
+    // Engagement from Plausible's tracker: visitors 0 and 1 leave the page of their last
+    // event (visitor 0 twice, deeper the second time), and a visitor without a visit.
+    let last = |v: u64| recent.iter().filter(|e| e.visitor == v && e.site == SITE).max_by_key(|e| e.ts).cloned();
+    let mut engaged = Vec::new();
+    for (visitor, of, after, sd, ms) in
+        [(0, 0, 5, 40, 5_000), (0, 0, 9, 70, 3_000), (1, 1, 4, 100, 1_000), (77, 1, 4, 10, 500)]
+    {
+        let Some(of) = last(of) else { continue };
+        let mut e = event(SITE, of.ts + after * 1000, ENGAGEMENT, &of.path, visitor);
+        (e.scroll_depth, e.engaged_ms) = (Some(sd), Some(ms));
+        engaged.push(e);
+    }
+    recent.extend(engaged);
     vec![ten_days, three_days, recent]
 }
 
@@ -193,10 +209,37 @@ fn owned((a, b, c): (&str, &str, &str)) -> (String, String, String) {
     (a.to_owned(), b.to_owned(), c.to_owned())
 }
 
-/// What one panel must show for `events` (already cut to the range and the site).
+/// What one panel must show for `events` (already cut to the range and the site;
+/// engagement events apart), the visits that started in the range and its engagement.
 struct Truth<'a> {
     events: Vec<&'a EventRecord>,
+    visits: Vec<Vec<&'a EventRecord>>,
+    engagements: Vec<&'a EventRecord>,
     bucket: i64,
+}
+
+/// The visits of `events` (one site): per visitor, runs with no gap over 30 minutes within
+/// one UTC day, in time order.
+fn visits<'a>(events: &[&'a EventRecord]) -> Vec<Vec<&'a EventRecord>> {
+    let mut per_visitor: BTreeMap<u64, Vec<&EventRecord>> = BTreeMap::new();
+    for e in events {
+        per_visitor.entry(e.visitor).or_default().push(e);
+    }
+    let mut visits: Vec<Vec<&EventRecord>> = Vec::new();
+    for mut es in per_visitor.into_values() {
+        es.sort_by_key(|e| e.ts);
+        let mut current: Vec<&EventRecord> = Vec::new();
+        for e in es {
+            if let Some(last) = current.last() {
+                if e.ts - last.ts > 30 * 60_000 || e.ts / 86_400_000 != current[0].ts / 86_400_000 {
+                    visits.push(std::mem::take(&mut current));
+                }
+            }
+            current.push(e);
+        }
+        visits.push(current);
+    }
+    visits
 }
 
 impl Truth<'_> {
@@ -253,7 +296,7 @@ fn check(title: &str, ref_id: &str, answer: &Answer, truth: &Truth<'_>, topk_sta
         }
         ("Events", _) => assert_eq!(single("events"), events.len() as f64, "{title}\n{sql}"),
         ("Value", _) => {
-            let want: f64 = events.iter().filter_map(|e| e.value).sum();
+            let want: f64 = events.iter().filter(|e| e.currency.is_empty()).filter_map(|e| e.value).sum();
             assert!((single("value") - want).abs() < 1e-9, "{title}: {} != {want}\n{sql}", single("value"));
         }
         ("Visitors and pageviews", "A" | "B") => {
@@ -267,7 +310,96 @@ fn check(title: &str, ref_id: &str, answer: &Answer, truth: &Truth<'_>, topk_sta
             assert_eq!(got, want, "{title} {ref_id}\n{sql}");
         }
         ("Top pages", _) => {
-            assert_eq!(breakdown_rows(answer, "page"), truth.breakdown(|e| Some(e.path.clone())), "{title}\n{sql}")
+            let got: Vec<(String, f64, f64)> = answer
+                .rows
+                .iter()
+                .map(|r| (text(&r["page"]), number(&r["visitors"]), number(&r["pageviews"])))
+                .collect();
+            let want = truth.breakdown(|e| (e.name == "pageview").then(|| e.path.clone()));
+            assert_eq!(got, want, "{title}\n{sql}")
+        }
+        ("Visits", _) => assert_eq!(single("visits"), truth.visits.len() as f64, "{title}\n{sql}"),
+        ("Bounce rate", _) => {
+            let bounces = truth.visits.iter().filter(|v| v.len() == 1).count() as f64;
+            let want = 100.0 * bounces / (truth.visits.len().max(1)) as f64;
+            assert!((single("bounce_rate") - want).abs() < 1e-9, "{title}: want {want}\n{sql}");
+        }
+        ("Visit duration", _) => {
+            let ms: i64 = truth.visits.iter().map(|v| v[v.len() - 1].ts - v[0].ts).sum();
+            let want = ms as f64 / 1000.0 / (truth.visits.len().max(1)) as f64;
+            assert!((single("visit_duration") - want).abs() < 1e-9, "{title}: want {want}\n{sql}");
+        }
+        ("Entry pages", _) => {
+            let mut per_page: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+            for v in &truth.visits {
+                let entry = per_page.entry(v[0].path.clone()).or_default();
+                *entry = (entry.0 + 1.0, entry.1 + f64::from(u8::from(v.len() == 1)));
+            }
+            let mut want: Vec<(String, f64, f64)> =
+                per_page.into_iter().map(|(p, (n, b))| (p, n, 100.0 * b / n)).collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let got: Vec<(String, f64, f64)> = answer
+                .rows
+                .iter()
+                .map(|r| (text(&r["page"]), number(&r["visits"]), number(&r["bounce_rate"])))
+                .collect();
+            assert_eq!(got, want, "{title}\n{sql}");
+        }
+        ("Exit pages", _) => {
+            let mut per_page: BTreeMap<String, f64> = BTreeMap::new();
+            for v in &truth.visits {
+                let exit = v.iter().filter(|e| e.name == "pageview").max_by_key(|e| e.ts).unwrap_or(&v[0]);
+                *per_page.entry(exit.path.clone()).or_default() += 1.0;
+            }
+            let mut want: Vec<(String, f64)> = per_page.into_iter().collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let got: Vec<(String, f64)> = answer.rows.iter().map(|r| (text(&r["page"]), number(&r["exits"]))).collect();
+            assert_eq!(got, want, "{title}\n{sql}");
+        }
+        ("Scroll depth" | "Scroll depth and time on page", _) => {
+            // Per (visitor, page): one engaged pageview, its deepest scroll, the time summed.
+            let mut pages: BTreeMap<(u64, String), (f64, f64)> = BTreeMap::new();
+            for e in &truth.engagements {
+                let entry = pages.entry((e.visitor, e.path.clone())).or_default();
+                entry.0 = entry.0.max(f64::from(e.scroll_depth.unwrap_or(0)));
+                entry.1 += e.engaged_ms.unwrap_or(0) as f64;
+            }
+            let mut per_page: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+            for ((_, page), (depth, ms)) in &pages {
+                let entry = per_page.entry(page.clone()).or_default();
+                *entry = (entry.0 + 1.0, entry.1 + depth, entry.2 + ms);
+            }
+            if title == "Scroll depth" {
+                let (n, depth) = per_page.values().fold((0.0, 0.0), |(n, d), v| (n + v.0, d + v.1));
+                assert_eq!(single("scroll_depth"), if n == 0.0 { 0.0 } else { depth / n }, "{title}\n{sql}");
+            } else {
+                let mut want: Vec<(String, f64, f64, f64)> =
+                    per_page.into_iter().map(|(p, (n, d, ms))| (p, n, d / n, ms / n / 1000.0)).collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let got: Vec<(String, f64, f64, f64)> = answer
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let page = text(&r["page"]);
+                        (page, number(&r["pageviews"]), number(&r["scroll_depth"]), number(&r["time_on_page"]))
+                    })
+                    .collect();
+                assert_eq!(got, want, "{title}\n{sql}");
+            }
+        }
+        ("Revenue per currency", _) => {
+            let mut per_currency: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+            for e in events.iter().filter(|e| !e.currency.is_empty()) {
+                let entry = per_currency.entry(e.currency.clone()).or_default();
+                *entry = (entry.0 + e.value.unwrap_or(0.0), entry.1 + 1.0);
+            }
+            let want: Vec<(String, f64, f64)> = per_currency.into_iter().map(|(c, (r, o))| (c, r, o)).collect();
+            let got: Vec<(String, f64, f64)> = answer
+                .rows
+                .iter()
+                .map(|r| (text(&r["currency"]), number(&r["revenue"]), number(&r["orders"])))
+                .collect();
+            assert_eq!(got, want, "{title}\n{sql}");
         }
         ("Sources", _) => assert_eq!(
             breakdown_rows(answer, "source"),
@@ -481,12 +613,16 @@ async fn every_site_analytics_panel_answers_with_the_truth() {
     let mut checked = BTreeSet::new();
     for (what, range) in ranges {
         let bucket = granularity(range);
+        let in_range = |e: &EventRecord| (range.from..=range.to).contains(&(e.ts / 1000 / bucket * bucket));
+        let site_events: Vec<&EventRecord> =
+            all.iter().copied().filter(|e| e.site == SITE && e.name != ENGAGEMENT).collect();
         let truth = Truth {
-            events: all
+            events: site_events.iter().copied().filter(|e| in_range(e)).collect(),
+            visits: visits(&site_events).into_iter().filter(|v| in_range(v[0])).collect(),
+            engagements: all
                 .iter()
                 .copied()
-                .filter(|e| e.site == SITE)
-                .filter(|e| (range.from..=range.to).contains(&(e.ts / 1000 / bucket * bucket)))
+                .filter(|e| e.site == SITE && e.name == ENGAGEMENT && in_range(e))
                 .collect(),
             bucket,
         };
@@ -514,5 +650,5 @@ async fn every_site_analytics_panel_answers_with_the_truth() {
             }
         }
     }
-    assert!(checked.len() >= 16, "panels checked: {checked:?}");
+    assert!(checked.len() >= 24, "panels checked: {checked:?}");
 }
