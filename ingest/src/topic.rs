@@ -383,7 +383,7 @@ mod tests {
         let samples = serde_json::json!({
             "site": "a.test", "name": "x", "url": "https://a.test/", "referrer": "https://b.test/",
             "timestamp": 1, "props": {"k": "v"}, "value": 1.5, "currency": "EUR", "id": "i", "visitor": "v",
-            "interactive": false, "user_agent": "ua", "ip": "192.0.2.1"
+            "interactive": false, "scroll_depth": 40, "engaged_ms": 1200, "user_agent": "ua", "ip": "192.0.2.1"
         });
         let properties = schema["properties"].as_object().expect("properties");
         let listed: Vec<&String> = properties.keys().collect();
