@@ -212,7 +212,9 @@ async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
     }
     assert!(!sender.is_finished(), "the kills fell while events were still being sent");
     sender.await.expect("sending finished");
-    pipeline.wait_for(order.len()).await;
+    let tracker_events = send_as_the_plausible_tracker(&pipeline.address).await;
+    pipeline.wait_for(order.len() + tracker_events).await;
+    tracker_events_land_where_plausible_puts_them(&pipeline).await;
 
     let got = stored(&pipeline).await;
     let mut differences = Vec::new();
@@ -232,6 +234,74 @@ async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
     if kind == Kind::Nats {
         query_and_export_tell_the_numbers(&pipeline, &visits, order.len()).await;
     }
+}
+
+/// What Plausible's tracker (npm 0.4.6, `tracker/src/engagement.js`) sends for a visitor who
+/// opens /docs, signs up, scrolls, then moves to /pricing in a single-page app and leaves:
+/// the bodies field for field, one request at a time. Returns the events that count
+/// (engagement events are not events).
+async fn send_as_the_plausible_tracker(address: &str) -> usize {
+    let client = reqwest::Client::new();
+    for body in [
+        r#"{"n":"pageview","u":"https://pl.test/docs","d":"pl.test","r":"https://news.ycombinator.com/","v":28}"#,
+        r#"{"n":"Signup","u":"https://pl.test/docs","d":"pl.test","r":"https://news.ycombinator.com/","p":{"plan":"pro"},"v":28}"#,
+        r#"{"n":"engagement","sd":55,"d":"pl.test","u":"https://pl.test/docs","p":{},"e":3000,"v":28}"#,
+        r#"{"n":"pageview","u":"https://pl.test/pricing","d":"pl.test","r":"https://news.ycombinator.com/","v":28}"#,
+        r#"{"n":"engagement","sd":20,"d":"pl.test","u":"https://pl.test/pricing","p":{},"e":1500,"v":28}"#,
+    ] {
+        let response = client
+            .post(format!("http://{address}/api/event"))
+            .header("Content-Type", "text/plain")
+            .header("User-Agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15")
+            .body(body)
+            .send()
+            .await
+            .expect("gateway answers");
+        assert_eq!(response.status().as_u16(), 202, "{body}");
+    }
+    3
+}
+
+/// The tracker's events in ClickHouse: two pageviews and one goal, engagement nowhere among
+/// events or goals, per-page scroll depth and engaged time, one visit from /docs to
+/// /pricing that is no bounce, and Plausible's labels. (The visit's duration is the few
+/// milliseconds between the requests: not compared.)
+async fn tracker_events_land_where_plausible_puts_them(pipeline: &Pipeline) {
+    let text = sql(
+        &pipeline.clickhouse_url,
+        &format!(
+            "SELECT dimension, value, sumMerge(events), if(dimension LIKE 'session:%', 0, sumMerge(value_sum)), \
+             sumMerge(value_count) FROM {} \
+             WHERE site = 'pl.test' AND kind = 'rollup' AND granularity = 'day' \
+             AND dimension IN ('total', 'name', 'page', 'browser', 'os', 'source', 'engagement:path', \
+             'session:total', 'session:entry_page', 'session:exit_page', 'session:source') \
+             GROUP BY dimension, value ORDER BY dimension, value FORMAT TSV",
+            pipeline.table()
+        ),
+    )
+    .await;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        rows,
+        [
+            "browser\tSafari\t3\t0\t0",
+            "engagement:path\t/docs\t1\t3000\t55",
+            "engagement:path\t/pricing\t1\t1500\t20",
+            "name\tSignup\t1\t0\t0",
+            "name\tpageview\t2\t0\t0",
+            "os\tMac\t3\t0\t0",
+            "page\t/docs\t1\t0\t0",
+            "page\t/pricing\t1\t0\t0",
+            "session:entry_page\t/docs\t1\t0\t0",
+            "session:exit_page\t/docs\t0\t0\t0",
+            "session:exit_page\t/pricing\t1\t0\t0",
+            "session:source\tHacker News\t1\t0\t0",
+            "session:total\t\t1\t0\t0",
+            "source\tHacker News\t3\t0\t0",
+            "total\t\t3\t0\t0",
+        ],
+        "{text}"
+    );
 }
 
 /// `gallop query` and `gallop export` over what the test above stored: the headline's
