@@ -214,9 +214,12 @@ impl Sessions {
     }
 
     fn key(&mut self, site: &str, visitor: u64) -> (u32, u64) {
-        let next = self.sites.len() as u32;
+        if let Some(&id) = self.sites.get(site) {
+            return (id, visitor);
+        }
         // Sites are few; the id map only grows by the sites ever seen.
-        let id = *self.sites.entry(site.into()).or_insert(next);
+        let id = self.sites.len() as u32;
+        self.sites.insert(site.into(), id);
         (id, visitor)
     }
 
