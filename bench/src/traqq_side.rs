@@ -57,7 +57,7 @@ use crate::BenchError;
 /// Gallop's processor configured for the metrics [`traqq_config`] gives traqq, on top of
 /// `base`'s bounds: counters per event name, path, country, browser, os, device, source,
 /// utm_source and name~country; visitors per site only; value by event name (the `name`
-/// rows carry value sums); a referrer leaderboard.
+/// rows carry value sums); a referrer leaderboard; no visits (traqq has none).
 pub fn gallop_like_traqq(base: &ProcessorConfig) -> ProcessorConfig {
     let rollup = |dimension: &str, visitors: bool| RollupConfig { dimension: dimension.to_owned(), visitors };
     ProcessorConfig {
@@ -75,6 +75,7 @@ pub fn gallop_like_traqq(base: &ProcessorConfig) -> ProcessorConfig {
             rollup("name~country", false),
         ],
         leaderboards: vec![LeaderboardConfig { dimension: "referrer".to_owned(), k: 20 }],
+        sessions: false,
         ..base.clone()
     }
 }

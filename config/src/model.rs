@@ -458,6 +458,10 @@ pub struct ProcessorConfig {
     /// boundary, where the daily salt changes the visitor id anyway).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Breakdowns of visits by the visit's first event (`session:<field>` rows with visits,
+    /// duration and bounces): any of `source`, `country`, `device`, `browser`, `os`. Each
+    /// costs a row update per visit and per extension; entry and exit pages are always kept.
+    pub session_breakdowns: Vec<String>,
     /// Most visits held open at once. At the bound the processor first drops visits that
     /// can no longer be extended, then ends the eighth of the rest that was idle longest
     /// (their next event starts a new visit), counted in `gallop_sessions_evicted_total`.
@@ -479,6 +483,7 @@ impl Default for ProcessorConfig {
             late_events: LateEvents::Drop,
             sessions: true,
             session_timeout: Duration::from_secs(30 * 60),
+            session_breakdowns: vec!["source".to_owned()],
             max_open_sessions: 500_000,
         }
     }

@@ -179,6 +179,13 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(processor.max_combinations_per_event >= 1, "processor.max_combinations_per_event", "at least 1");
     need(!processor.session_timeout.is_zero(), "processor.session_timeout", "greater than 0");
     need(processor.max_open_sessions >= 8, "processor.max_open_sessions", "at least 8");
+    for (i, field) in processor.session_breakdowns.iter().enumerate() {
+        need(
+            ["source", "country", "device", "browser", "os"].contains(&field.as_str()),
+            &format!("processor.session_breakdowns[{i}]"),
+            "one of source, country, device, browser, os",
+        );
+    }
     for (i, rollup) in processor.rollups.iter().enumerate() {
         need(!rollup.dimension.trim().is_empty(), &format!("processor.rollups[{i}].dimension"), "a field such as path");
     }

@@ -206,7 +206,12 @@ impl Processor {
             dimensions.id(name);
         }
         dimensions.keep = dimensions.names.len();
-        let sessions = Sessions::new(rules.session_timeout_ms, rules.allowed_lateness_ms, rules.max_open_sessions);
+        let sessions = Sessions::new(
+            rules.session_timeout_ms,
+            rules.allowed_lateness_ms,
+            rules.max_open_sessions,
+            &rules.session_breakdowns,
+        );
         let state = State {
             hasher: FixedState::with_seed(0x6761_6c6c_6f70),
             buckets: HashTable::new(),
@@ -655,9 +660,6 @@ fn add_change(entry: &mut BucketState, hasher: &FixedState, id: u32, value: &str
     cell.events = cell.events.wrapping_add(change.events);
     cell.value_sum += change.sum;
     cell.value_count = cell.value_count.wrapping_add(change.count);
-    if let Some(visitor) = change.visitor {
-        cell.visitors.get_or_insert_with(UniqHll12::new).insert_u64(visitor);
-    }
     new
 }
 

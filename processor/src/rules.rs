@@ -62,6 +62,7 @@ pub(crate) struct Rules {
     pub(crate) sessions: bool,
     pub(crate) session_timeout_ms: i64,
     pub(crate) max_open_sessions: usize,
+    pub(crate) session_breakdowns: Vec<String>,
 }
 
 impl Rules {
@@ -123,6 +124,7 @@ impl Rules {
             sessions: config.sessions,
             session_timeout_ms: millis(config.session_timeout),
             max_open_sessions: config.max_open_sessions,
+            session_breakdowns: config.session_breakdowns.clone(),
         })
     }
 }

@@ -18,7 +18,9 @@
 //! bounce is taken back (−1), and when a later pageview moves its exit page the old page
 //! gets −1 and the new one +1: `UInt64` sums wrap, so the −1 is written as `2^64 − 1` and
 //! every merged total is exact; a reader sums all rows of a bucket, never a part of them.
-//! Durations are whole milliseconds in a `Float64` sum (exact below 2^53).
+//! Durations are whole milliseconds in a `Float64` sum (exact below 2^53). Visit and
+//! engagement rows keep no visitor sketch: visitors per value are the plain rollups' (a
+//! sketch per visit row cost more than the rest of a visit's bookkeeping).
 //!
 //! Engagement events (`engagement`, sent by Plausible's tracker when a page is left or
 //! hidden: `sd` = deepest scroll so far of that pageview, `e` = engaged time since the
@@ -34,6 +36,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_event::EventFields;
 use serde::{Deserialize, Serialize};
@@ -75,18 +78,24 @@ pub(crate) const DIMENSIONS: [&str; 11] = [
     "engagement:path",
 ];
 
+/// The optional breakdowns of visits (`processor.session_breakdowns`), in [`Dim`] order.
+pub(crate) const BREAKDOWNS: [&str; 5] = ["source", "country", "device", "browser", "os"];
+
 /// The rows that carry visits, duration and bounces of a visit (all but exit pages and
-/// pageviews), with the value each has for `state`.
-fn attribute_rows(state: &SessionState) -> [(Dim, &str); 7] {
-    [
-        (Dim::Total, ""),
-        (Dim::EntryPage, &state.entry_page),
-        (Dim::Source, &state.source),
-        (Dim::Country, &state.country),
-        (Dim::Device, &state.device),
-        (Dim::Browser, &state.browser),
-        (Dim::Os, &state.os),
-    ]
+/// pageviews), with the value each has for `state`; `kept[i]` says whether breakdown `i`
+/// of [`BREAKDOWNS`] is written.
+fn attribute_rows<'s>(state: &'s SessionState, kept: &[bool; 5]) -> impl Iterator<Item = (Dim, &'s str)> + 's {
+    let breakdowns = [
+        (Dim::Source, state.source.as_str()),
+        (Dim::Country, state.country.as_str()),
+        (Dim::Device, state.device.as_str()),
+        (Dim::Browser, state.browser.as_str()),
+        (Dim::Os, state.os.as_str()),
+    ];
+    let kept = *kept;
+    [(Dim::Total, ""), (Dim::EntryPage, state.entry_page.as_str())]
+        .into_iter()
+        .chain(breakdowns.into_iter().zip(kept).filter(|(_, k)| *k).map(|(row, _)| row))
 }
 
 /// One additive change of a row.
@@ -98,8 +107,6 @@ pub(crate) struct Change {
     pub(crate) sum: f64,
     /// Added to `value_count` (wrapping).
     pub(crate) count: u64,
-    /// A visitor to add to the row's visitors.
-    pub(crate) visitor: Option<u64>,
 }
 
 /// −1 in a wrapping `UInt64` sum.
@@ -110,7 +117,7 @@ const MINUS_ONE: u64 = u64::MAX;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngagedPage {
     /// Page path.
-    pub path: String,
+    pub path: CompactString,
     /// Deepest scroll reported so far, percent.
     pub scroll_depth: u8,
     /// Minute bucket (minutes since the epoch) of its first engagement event.
@@ -123,7 +130,7 @@ pub struct SessionState {
     /// Partition whose events make up the visit.
     pub partition: u32,
     /// Site.
-    pub site: String,
+    pub site: CompactString,
     /// Visitor id.
     pub visitor: u64,
     /// Grows with every change; with `last_ts` it orders the stored versions of a visit.
@@ -137,21 +144,21 @@ pub struct SessionState {
     /// Interactive events so far.
     pub interactive: u32,
     /// Page of the first event.
-    pub entry_page: String,
+    pub entry_page: CompactString,
     /// Page of the latest pageview (of the first event until there is one).
-    pub exit_page: String,
+    pub exit_page: CompactString,
     /// Event time of `exit_page`'s event, ms.
     pub exit_ts: i64,
     /// Source of the first event.
-    pub source: String,
+    pub source: CompactString,
     /// Country of the first event.
-    pub country: String,
+    pub country: CompactString,
     /// Device of the first event.
-    pub device: String,
+    pub device: CompactString,
     /// Browser of the first event.
-    pub browser: String,
+    pub browser: CompactString,
     /// Operating system of the first event.
-    pub os: String,
+    pub os: CompactString,
     /// Pages with engagement.
     pub pages: Vec<EngagedPage>,
     /// A tombstone: the visit was ended early to make room (`processor.max_open_sessions`).
@@ -178,6 +185,8 @@ pub struct OpenSessions {
 /// The open visits of every partition this processor folds.
 pub(crate) struct Sessions {
     timeout_ms: i64,
+    /// Which of [`BREAKDOWNS`] are written.
+    kept: [bool; 5],
     lateness_ms: i64,
     max_open: usize,
     sites: HashMap<Box<str>, u32, FixedState>,
@@ -195,9 +204,10 @@ struct Open {
 }
 
 impl Sessions {
-    pub(crate) fn new(timeout_ms: i64, lateness_ms: i64, max_open: usize) -> Self {
+    pub(crate) fn new(timeout_ms: i64, lateness_ms: i64, max_open: usize, breakdowns: &[String]) -> Self {
         Self {
             timeout_ms,
+            kept: BREAKDOWNS.map(|b| breakdowns.iter().any(|k| k == b)),
             lateness_ms,
             max_open,
             sites: HashMap::default(),
@@ -241,14 +251,14 @@ impl Sessions {
             let state = &open.state;
             if continues(self.timeout_ms, state, ts) {
                 open.dirty = true;
-                extend(&mut open.state, event, ts, pageview, interactive, emit);
+                extend(&mut open.state, event, ts, pageview, interactive, &self.kept, emit);
                 return;
             }
             if ts < state.first_ts {
                 // An event of an earlier visit that is over (out of order beyond the
                 // timeout): a visit of its own, without replacing the open one.
                 let alone = start(partition, event, ts, interactive, 0);
-                emit_start(&alone, pageview, event.visitor(), emit);
+                emit_start(&alone, pageview, &self.kept, emit);
                 self.started += 1;
                 return;
             }
@@ -257,7 +267,7 @@ impl Sessions {
             self.make_room(watermarks);
         }
         let state = start(partition, event, ts, interactive, seq);
-        emit_start(&state, pageview, event.visitor(), emit);
+        emit_start(&state, pageview, &self.kept, emit);
         self.started += 1;
         self.open.insert(key, Open { state, dirty: true });
     }
@@ -275,25 +285,20 @@ impl Sessions {
         let engaged = event.engaged_ms().unwrap_or(0) as f64;
         let path = event.path();
         let own_bucket = ts.div_euclid(60_000) as u32;
-        let mut change = Change { events: 1, sum: engaged, count: u64::from(depth), visitor: Some(event.visitor()) };
+        let mut change = Change { events: 1, sum: engaged, count: u64::from(depth) };
         let mut bucket = own_bucket;
         let timeout = self.timeout_ms;
         if let Some(open) = self.open.get_mut(&key).filter(|open| continues(timeout, &open.state, ts)) {
             let pages = &mut open.state.pages;
             if let Some(page) = pages.iter_mut().find(|p| p.path == path) {
-                change = Change {
-                    events: 0,
-                    sum: engaged,
-                    count: u64::from(depth.saturating_sub(page.scroll_depth)),
-                    visitor: None,
-                };
+                change = Change { events: 0, sum: engaged, count: u64::from(depth.saturating_sub(page.scroll_depth)) };
                 page.scroll_depth = page.scroll_depth.max(depth);
                 bucket = page.bucket;
             } else {
                 if pages.len() >= MAX_ENGAGED_PAGES {
                     pages.remove(0);
                 }
-                pages.push(EngagedPage { path: path.to_owned(), scroll_depth: depth, bucket: own_bucket });
+                pages.push(EngagedPage { path: path.into(), scroll_depth: depth, bucket: own_bucket });
             }
             open.state.seq += 1;
             open.dirty = true;
@@ -309,15 +314,17 @@ impl Sessions {
             .retain(|_, open| !expired(timeout, lateness, &open.state, watermarks.get(&open.state.partition).copied()));
     }
 
-    /// Makes room for a new visit: expired visits go first, then the eighth idle longest,
-    /// each stored as ended.
+    /// Makes room for a new visit: expired visits go first; unless that freed an eighth of
+    /// the bound, the visits idle longest go too, down to seven eighths, each stored as
+    /// ended. Freeing a whole eighth at once keeps this O(open visits) pass rare.
     fn make_room(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
         self.expire(watermarks);
-        if self.open.len() < self.max_open {
+        let target = self.max_open - (self.max_open / 8).max(1);
+        if self.open.len() <= target {
             return;
         }
         let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.state.last_ts, *k)).collect();
-        let cut = (self.max_open / 8).max(1).min(idle.len());
+        let cut = self.open.len() - target;
         idle.select_nth_unstable(cut - 1);
         for (_, key) in &idle[..cut] {
             if let Some(open) = self.open.remove(key) {
@@ -345,7 +352,7 @@ impl Sessions {
     /// Takes back stored visits: the newest version of each, unless ended or expired under
     /// the restored `watermarks`.
     pub(crate) fn restore(&mut self, stored: Vec<SessionState>, watermarks: &HashMap<u32, i64, FixedState>) {
-        let mut newest: HashMap<(u32, String, u64), SessionState> = HashMap::new();
+        let mut newest: HashMap<(u32, CompactString, u64), SessionState> = HashMap::new();
         for state in stored {
             let key = (state.partition, state.site.clone(), state.visitor);
             match newest.get(&key) {
@@ -386,31 +393,31 @@ fn expired(timeout_ms: i64, lateness_ms: i64, state: &SessionState, watermark: O
 fn start<E: EventFields>(partition: u32, event: &E, ts: i64, interactive: bool, seq: u64) -> SessionState {
     SessionState {
         partition,
-        site: event.site().to_owned(),
+        site: event.site().into(),
         visitor: event.visitor(),
         seq,
         bucket: ts.div_euclid(60_000) as u32,
         first_ts: ts,
         last_ts: ts,
         interactive: u32::from(interactive),
-        entry_page: event.path().to_owned(),
-        exit_page: event.path().to_owned(),
+        entry_page: event.path().into(),
+        exit_page: event.path().into(),
         exit_ts: ts,
-        source: event.source().to_owned(),
-        country: event.country().to_owned(),
-        device: event.device().to_owned(),
-        browser: event.browser().to_owned(),
-        os: event.os().to_owned(),
+        source: event.source().into(),
+        country: event.country().into(),
+        device: event.device().into(),
+        browser: event.browser().into(),
+        os: event.os().into(),
         pages: Vec::new(),
         ended: false,
     }
 }
 
 /// The rows of a visit that just started.
-fn emit_start(state: &SessionState, pageview: bool, visitor: u64, emit: &mut impl FnMut(u32, Dim, &str, Change)) {
+fn emit_start(state: &SessionState, pageview: bool, kept: &[bool; 5], emit: &mut impl FnMut(u32, Dim, &str, Change)) {
     let bounce = u64::from(state.interactive == 1);
-    for (dim, value) in attribute_rows(state) {
-        emit(state.bucket, dim, value, Change { events: 1, sum: 0.0, count: bounce, visitor: Some(visitor) });
+    for (dim, value) in attribute_rows(state, kept) {
+        emit(state.bucket, dim, value, Change { events: 1, sum: 0.0, count: bounce });
     }
     emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: 1, ..Change::default() });
     if pageview {
@@ -425,6 +432,7 @@ fn extend<E: EventFields>(
     ts: i64,
     pageview: bool,
     interactive: bool,
+    kept: &[bool; 5],
     emit: &mut impl FnMut(u32, Dim, &str, Change),
 ) {
     state.seq += 1;
@@ -442,8 +450,8 @@ fn extend<E: EventFields>(
         };
     }
     if longer != 0 || bounce != 0 {
-        let change = Change { events: 0, sum: longer as f64, count: bounce, visitor: None };
-        for (dim, value) in attribute_rows(state) {
+        let change = Change { events: 0, sum: longer as f64, count: bounce };
+        for (dim, value) in attribute_rows(state, kept) {
             emit(state.bucket, dim, value, change);
         }
     }
@@ -454,7 +462,7 @@ fn extend<E: EventFields>(
             if state.exit_page != event.path() {
                 emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: MINUS_ONE, ..Change::default() });
                 emit(state.bucket, Dim::ExitPage, event.path(), Change { events: 1, ..Change::default() });
-                state.exit_page = event.path().to_owned();
+                state.exit_page = event.path().into();
             }
         }
     }

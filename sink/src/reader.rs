@@ -106,7 +106,8 @@ pub struct Headline {
     pub value_events: u64,
 }
 
-/// Dimensions whose values also have visits (a `session:<dimension>` row).
+/// Dimensions whose values may also have visits (`session:<dimension>` rows, kept for
+/// those in `processor.session_breakdowns`).
 const WITH_VISITS: &[&str] = &["source", "country", "device", "browser", "os"];
 
 /// One value of a breakdown.
@@ -388,8 +389,11 @@ impl Reader {
         if WITH_VISITS.contains(&dimension) {
             let visits = self.breakdown_where(site, range, &format!("session:{dimension}"), "", 100_000).await?;
             let visits: BTreeMap<String, u64> = visits.into_iter().map(|r| (r.value, r.events)).collect();
-            for row in &mut rows {
-                row.visits = Some(visits.get(&row.value).copied().unwrap_or(0));
+            // No rows at all: the breakdown is not kept (`processor.session_breakdowns`).
+            if !visits.is_empty() {
+                for row in &mut rows {
+                    row.visits = Some(visits.get(&row.value).copied().unwrap_or(0));
+                }
             }
         }
         Ok(Breakdown { dimension: dimension.to_owned(), rows })

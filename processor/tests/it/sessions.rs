@@ -20,7 +20,11 @@ const DAY: i64 = 86_400_000;
 type Rows = BTreeMap<(i64, String, String), (u64, f64, u64)>;
 
 fn config() -> (ProcessorConfig, TimeConfig) {
-    let processor = ProcessorConfig { flush_keys: 1_000_000, ..ProcessorConfig::default() };
+    let processor = ProcessorConfig {
+        flush_keys: 1_000_000,
+        session_breakdowns: ["source", "country", "device", "browser", "os"].map(String::from).to_vec(),
+        ..ProcessorConfig::default()
+    };
     // Events of two days arrive interleaved; nothing here is late.
     let time = TimeConfig { allowed_lateness: Duration::from_secs(3 * 86_400), ..TimeConfig::default() };
     (processor, time)
