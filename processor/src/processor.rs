@@ -593,6 +593,7 @@ fn bucket_entry<'a>(
 }
 
 /// Counts `event` into the cell of `value` in dimension `id`; 1 if the cell is new.
+#[inline]
 fn upsert_cell<E: EventFields>(
     entry: &mut BucketState,
     hasher: &FixedState,
@@ -601,27 +602,7 @@ fn upsert_cell<E: EventFields>(
     event: &E,
     visitors: bool,
 ) -> usize {
-    let index = id as usize;
-    if entry.rows.len() <= index {
-        entry.rows.resize_with(index + 1, || None);
-    }
-    let table = entry.rows[index].get_or_insert_with(HashTable::new);
-    let hash = hasher.hash_one(value);
-    let (cell, new) =
-        match table.find_entry(hash, |c| c.hash == hash && same_bytes(c.value.as_bytes(), value.as_bytes())) {
-            Ok(found) => (found.into_mut(), 0),
-            Err(absent) => {
-                let cell = Cell {
-                    hash,
-                    value: CompactString::new(value),
-                    events: 0,
-                    value_sum: 0.0,
-                    value_count: 0,
-                    visitors: visitors.then(UniqHll12::new),
-                };
-                (absent.into_table().insert_unique(hash, cell, |c| c.hash).into_mut(), 1)
-            }
-        };
+    let (cell, new) = cell_of(entry, hasher, id, value, visitors);
     cell.events += 1;
     if let Some(value) = event.value() {
         cell.value_sum += value;
@@ -636,31 +617,43 @@ fn upsert_cell<E: EventFields>(
 /// Adds `change` to the cell of `value` in dimension `id`; 1 if the cell is new. Counters
 /// wrap, so a change of `u64::MAX` takes one away (see `session`).
 fn add_change(entry: &mut BucketState, hasher: &FixedState, id: u32, value: &str, change: Change) -> usize {
+    let (cell, new) = cell_of(entry, hasher, id, value, false);
+    cell.events = cell.events.wrapping_add(change.events);
+    cell.value_sum += change.sum;
+    cell.value_count = cell.value_count.wrapping_add(change.count);
+    new
+}
+
+/// The cell of `value` in dimension `id` (made when missing, with a visitor sketch when
+/// `visitors`), and 1 if it is new.
+#[inline]
+fn cell_of<'e>(
+    entry: &'e mut BucketState,
+    hasher: &FixedState,
+    id: u32,
+    value: &str,
+    visitors: bool,
+) -> (&'e mut Cell, usize) {
     let index = id as usize;
     if entry.rows.len() <= index {
         entry.rows.resize_with(index + 1, || None);
     }
     let table = entry.rows[index].get_or_insert_with(HashTable::new);
     let hash = hasher.hash_one(value);
-    let (cell, new) =
-        match table.find_entry(hash, |c| c.hash == hash && same_bytes(c.value.as_bytes(), value.as_bytes())) {
-            Ok(found) => (found.into_mut(), 0),
-            Err(absent) => {
-                let cell = Cell {
-                    hash,
-                    value: CompactString::new(value),
-                    events: 0,
-                    value_sum: 0.0,
-                    value_count: 0,
-                    visitors: None,
-                };
-                (absent.into_table().insert_unique(hash, cell, |c| c.hash).into_mut(), 1)
-            }
-        };
-    cell.events = cell.events.wrapping_add(change.events);
-    cell.value_sum += change.sum;
-    cell.value_count = cell.value_count.wrapping_add(change.count);
-    new
+    match table.find_entry(hash, |c| c.hash == hash && same_bytes(c.value.as_bytes(), value.as_bytes())) {
+        Ok(found) => (found.into_mut(), 0),
+        Err(absent) => {
+            let cell = Cell {
+                hash,
+                value: CompactString::new(value),
+                events: 0,
+                value_sum: 0.0,
+                value_count: 0,
+                visitors: visitors.then(UniqHll12::new),
+            };
+            (absent.into_table().insert_unique(hash, cell, |c| c.hash).into_mut(), 1)
+        }
+    }
 }
 
 /// `a == b`, inlined for the short values most cells hold: the comparison confirms a hash

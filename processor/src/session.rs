@@ -8,7 +8,7 @@
 //! | dimension | value | `events` | `value_sum` | `value_count` |
 //! |---|---|---|---|---|
 //! | `session:total` | `""` | visits | duration, ms | bounces |
-//! | `session:entry_page`, `session:source`, `session:country`, `session:device`, `session:browser`, `session:os` | the visit's first event's | visits | duration, ms | bounces |
+//! | `session:entry_page`, and those of `processor.session_breakdowns` (default `session:source`; also `country`, `device`, `browser`, `os`) | the visit's first event's | visits | duration, ms | bounces |
 //! | `session:exit_page` | path of the visit's last pageview | exits | 0 | 0 |
 //! | `session:pageviews` | `""` | pageviews in visits | 0 | 0 |
 //! | `engagement:total`, `engagement:path` | `""`, the page | engaged pageviews | engaged ms | sum of each pageview's deepest scroll, % |
@@ -25,8 +25,9 @@
 //! Engagement events (`engagement`, sent by Plausible's tracker when a page is left or
 //! hidden: `sd` = deepest scroll so far of that pageview, `e` = engaged time since the
 //! previous engagement event) count nowhere else. Within a visit each page's deepest
-//! scroll is kept, so a pageview's later engagement events add only the difference; the
-//! first one counts the engaged pageview.
+//! scroll is kept (Plausible's scroll depth is the deepest per visit and page), so later
+//! engagement events of that page add only the difference; the first one counts the
+//! engaged pageview.
 //!
 //! Open visits span flushes, so each flush carries every visit that changed since the
 //! previous one ([`SessionState`], written by the sink in the same atomic insert as the
