@@ -398,9 +398,8 @@ impl Processor {
             return outcome;
         }
         state.stats.events += 1;
-        state.aggregate(&self.rules, &self.rollup_ids, &self.board_ids, event, bucket);
+        let site = state.aggregate(&self.rules, &self.rollup_ids, &self.board_ids, event, bucket);
         if self.rules.sessions {
-            let site = state.sites.id(event.site());
             self.sessions.on_event(partition, event, ts, &self.watermarks, &mut |bucket, dim, value, change| {
                 state.apply(site, bucket, base + dim as u32, value, change);
             });
@@ -475,7 +474,8 @@ impl State {
         self.live_keys += add_change(entry, &self.hasher, id, value, change);
     }
 
-    /// Updates every rollup and leaderboard of `rules` with `event`, in `bucket`.
+    /// Updates every rollup and leaderboard of `rules` with `event`, in `bucket`; returns
+    /// the event's interned site id.
     fn aggregate<E: EventFields>(
         &mut self,
         rules: &Rules,
@@ -483,7 +483,7 @@ impl State {
         board_ids: &[u32],
         event: &E,
         bucket: u32,
-    ) {
+    ) -> u32 {
         let site = self.sites.id(event.site());
         let mut budget = rules.max_combinations;
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -572,6 +572,7 @@ impl State {
         }
         self.scratch = scratch;
         self.name_scratch = name;
+        site
     }
 }
 

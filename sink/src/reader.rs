@@ -106,6 +106,14 @@ pub struct Headline {
     pub value_events: u64,
 }
 
+/// What [`Reader::visit_totals`] reads.
+#[derive(Debug, Default, Deserialize)]
+struct VisitTotals {
+    visits: u64,
+    bounces: u64,
+    duration_ms: f64,
+}
+
 /// Dimensions whose values may also have visits (`session:<dimension>` rows, kept for
 /// those in `processor.session_breakdowns`).
 const WITH_VISITS: &[&str] = &["source", "country", "device", "browser", "os"];
@@ -230,8 +238,7 @@ impl Reader {
         let totals = totals.into_iter().next().unwrap_or(Totals { visitors: 0, events: 0, value_events: 0 });
         let one = |rows: Vec<BreakdownRow>| rows.into_iter().next();
         let pageviews = one(self.breakdown_where(site, range, "name", "AND value = 'pageview'", 1).await?);
-        let visits = one(self.breakdown_where(site, range, "session:total", "", 1).await?);
-        let bounces = self.sum_count(site, range, "session:total").await?;
+        let visits = self.visit_totals(site, range).await?;
         let visit_pageviews = one(self.breakdown_where(site, range, "session:pageviews", "", 1).await?);
         let mut revenue = BTreeMap::new();
         let mut value = 0.0;
@@ -242,15 +249,15 @@ impl Reader {
                 revenue.insert(row.value, row.value_sum);
             }
         }
-        let visits_n = visits.as_ref().map_or(0, |v| v.events);
+        let visits_n = visits.visits;
         let per_visit = |x: f64| if visits_n == 0 { 0.0 } else { x / visits_n as f64 };
         Ok(Headline {
             visitors: totals.visitors,
             visits: visits_n,
             pageviews: pageviews.map_or(0, |r| r.events),
             events: totals.events,
-            bounce_rate: per_visit(bounces as f64 * 100.0),
-            visit_duration: per_visit(visits.map_or(0.0, |v| v.value_sum) / 1000.0),
+            bounce_rate: per_visit(visits.bounces as f64 * 100.0),
+            visit_duration: per_visit(visits.duration_ms / 1000.0),
             views_per_visit: per_visit(visit_pageviews.map_or(0, |r| r.events) as f64),
             revenue,
             value,
@@ -258,20 +265,17 @@ impl Reader {
         })
     }
 
-    /// `sumMerge(value_count)` of the `""` row of `dimension` (bounces of `session:total`).
-    async fn sum_count(&self, site: &str, range: TimeRange, dimension: &str) -> Result<u64, SinkError> {
-        #[derive(Deserialize)]
-        struct Row {
-            n: u64,
-        }
+    /// Visits of `site` that started in `range`: count, bounces and total duration (ms),
+    /// from the `session:total` rows in one read.
+    async fn visit_totals(&self, site: &str, range: TimeRange) -> Result<VisitTotals, SinkError> {
         let sql = format!(
-            "SELECT sumMerge(value_count) AS n FROM {} WHERE site = '{}' AND kind = 'rollup' AND dimension = '{}' AND {}",
+            "SELECT sumMerge(events) AS visits, sumMerge(value_count) AS bounces, sumMerge(value_sum) AS duration_ms \
+             FROM {} WHERE site = '{}' AND kind = 'rollup' AND dimension = 'session:total' AND {}",
             self.table(),
             escape(site),
-            escape(dimension),
             range.condition()
         );
-        Ok(self.clickhouse.fetch::<Row>(&sql).await?.first().map_or(0, |r| r.n))
+        Ok(self.clickhouse.fetch::<VisitTotals>(&sql).await?.into_iter().next().unwrap_or_default())
     }
 
     /// Visitors with an event in the last five minutes before `now` (seconds): Plausible's
