@@ -14,9 +14,10 @@ mod validate;
 pub use error::{ConfigError, Problem};
 pub use load::{load, Sources, CONFIG_PATH_ENV};
 pub use model::{
-    BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config, ConsumerConfig, EmptyValues, IngestConfig,
-    InputConfig, KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig, LimitsConfig, LogConfig, LogFormat,
-    NatsConfig, ProcessorConfig, RollupConfig, Secret, StorageKind, TimeConfig,
+    redact_url, AuthConfig, BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config, ConsumerConfig,
+    DiscardKind, EmptyValues, IngestConfig, InputConfig, KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig,
+    LimitsConfig, LogConfig, LogFormat, NatsConfig, ProcessorConfig, RollupConfig, Secret, ServerConfig, StorageKind,
+    TimeConfig,
 };
 
 /// Renders a configuration as TOML with secrets redacted, for `gallop config`.

@@ -41,9 +41,23 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     figment = figment.merge(
         Env::prefixed(&sources.env_prefix).filter(|key| !key.as_str().eq_ignore_ascii_case("config")).split("__"),
     );
-    let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+    let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
     crate::validate::validate(&config)?;
+    read_secret_files(&mut config)?;
     Ok(config)
+}
+
+/// Replaces secrets given as files (`clickhouse.password_file`) by the files' first line.
+fn read_secret_files(config: &mut Config) -> Result<(), ConfigError> {
+    if let Some(path) = &config.clickhouse.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: format!("clickhouse.password_file cannot be read: {e}"),
+        })?;
+        let password = text.lines().next().unwrap_or_default().trim_end_matches('\r');
+        config.clickhouse.password = Some(crate::model::Secret::new(password));
+    }
+    Ok(())
 }
 
 fn check_readable(path: &Path) -> Result<(), ConfigError> {

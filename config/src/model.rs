@@ -73,11 +73,21 @@ pub struct TimeConfig {
     /// How far ahead of the gateway's clock an event timestamp may be.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// How long after the gateway accepted an event the broker may stamp it (queueing,
+    /// retries, waiting for the acknowledgement): the processor allows that much more
+    /// lateness, so every event the gateway accepted is counted. At least
+    /// `ingest.publish_timeout + ingest.ack_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub acceptance_grace: Duration,
 }
 
 impl Default for TimeConfig {
     fn default() -> Self {
-        Self { allowed_lateness: Duration::from_secs(3600), max_future: Duration::from_secs(300) }
+        Self {
+            allowed_lateness: Duration::from_secs(3600),
+            max_future: Duration::from_secs(300),
+            acceptance_grace: Duration::from_secs(120),
+        }
     }
 }
 
@@ -211,7 +221,9 @@ impl Serialize for KafkaProperties {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`. Credentials in it
+    /// (`nats://user:pass@host`) work but are shown redacted; prefer `user`/`password`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Optional token for token authentication.
     pub token: Option<Secret>,
@@ -219,6 +231,18 @@ pub struct NatsConfig {
     pub user: Option<String>,
     /// Optional password for user/password authentication.
     pub password: Option<Secret>,
+    /// Optional NKey seed (`SU…`) for NKey authentication.
+    pub nkey: Option<Secret>,
+    /// Optional path of a `.creds` file (JWT + NKey seed) for decentralized authentication.
+    pub credentials_file: Option<PathBuf>,
+    /// Require TLS for the connection (also implied by a `tls://` URL).
+    pub tls: bool,
+    /// PEM file of the CA that signed the server's certificate, when not a public one.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS; set both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// How long the first connection attempt may take before start-up fails.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -233,6 +257,10 @@ pub struct NatsConfig {
     pub max_age: Duration,
     /// Largest size of the stream in bytes; 0 means unlimited.
     pub max_bytes: u64,
+    /// What a stream at `max_bytes` does: `new` (default) refuses new publishes, so the
+    /// gateway answers 503 and nothing accepted is lost; `old` drops the oldest messages,
+    /// which may not have been processed yet (the processor then reports a gap).
+    pub discard: DiscardKind,
     /// Window in which a re-published message with the same `Nats-Msg-Id` is stored once.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
@@ -249,17 +277,34 @@ impl Default for NatsConfig {
             token: None,
             user: None,
             password: None,
+            nkey: None,
+            credentials_file: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             connect_timeout: Duration::from_secs(5),
             stream: "GALLOP_EVENTS".to_owned(),
             subject_prefix: "gallop".to_owned(),
             storage: StorageKind::File,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 0,
+            discard: DiscardKind::New,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             salt_bucket: "gallop_salts".to_owned(),
         }
     }
+}
+
+/// What a full JetStream stream does with the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscardKind {
+    /// Refuse the new message (the publisher gets an error; the gateway answers 503).
+    New,
+    /// Drop the oldest message to make room.
+    Old,
 }
 
 /// Where a JetStream stream keeps its messages.
@@ -270,6 +315,30 @@ pub enum StorageKind {
     File,
     /// In memory (lost when the server stops).
     Memory,
+}
+
+/// `url` (or a comma-separated list of URLs) with the credentials of each replaced by
+/// `<redacted>`: `nats://user:pw@host:4222` → `nats://<redacted>@host:4222`. For config
+/// output and error messages.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.find("://") {
+                Some(at) => one.split_at(at + 3),
+                None => ("", one),
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}<redacted>{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
 }
 
 /// A secret string: printed as `<redacted>`, never logged.
@@ -318,11 +387,22 @@ pub struct IngestConfig {
     pub geoip_database: Option<PathBuf>,
     /// Origins allowed by CORS. `["*"]` allows any origin (trackers run on many sites).
     pub cors_allowed_origins: Vec<String>,
-    /// Longest time a request waits for the broker to acknowledge its events before it
-    /// gets a 503. On Kafka (at least 2.5 s) a message is handed to librdkafka only while it
-    /// settles within 3/4 of this, so the answer is the real outcome.
+    /// Longest time a request waits for its events to be handed to the broker (queueing,
+    /// retries of publishes the broker refused) before it gets a 503, which then always
+    /// means "not stored". On Kafka (at least 2.5 s) a message is handed to librdkafka only
+    /// while it settles within 3/4 of this, so the answer is the real outcome.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// NATS: once a message was sent, longest time the request waits for the broker's
+    /// acknowledgement. The answer is the real outcome (202 or 503) when one comes in this
+    /// time; otherwise 504, "outcome unknown" (a retry with the same event ids is safe).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// `/ready` turns false while a publish has waited this long for the broker with no
+    /// acknowledgement arriving meanwhile (a stalled broker), and for this long after the
+    /// broker reported it is out of storage (JetStream 10023) or the stream is full.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
     /// Seconds put in `Retry-After` on a 503.
     pub retry_after_seconds: u32,
     /// Longest time shutdown waits for in-flight requests and publishes.
@@ -330,8 +410,14 @@ pub struct IngestConfig {
     pub shutdown_timeout: Duration,
     /// Number of distinct User-Agent strings whose parse result is cached.
     pub user_agent_cache: usize,
+    /// Most bytes the User-Agent cache holds (keys and parse results together).
+    pub user_agent_cache_bytes: usize,
     /// Request and field limits.
     pub limits: LimitsConfig,
+    /// Connection, timeout and memory bounds of the HTTP server.
+    pub server: ServerConfig,
+    /// API keys for `POST /v1/events` and `/metrics`.
+    pub auth: AuthConfig,
     /// Micro-batching of events into broker messages.
     pub batching: BatchingConfig,
 }
@@ -346,10 +432,15 @@ impl Default for IngestConfig {
             geoip_database: None,
             cors_allowed_origins: vec!["*".to_owned()],
             publish_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(30),
+            stall_after: Duration::from_secs(2),
             retry_after_seconds: 5,
             shutdown_timeout: Duration::from_secs(30),
             user_agent_cache: 10_000,
+            user_agent_cache_bytes: 8 << 20,
             limits: LimitsConfig::default(),
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
             batching: BatchingConfig::default(),
         }
     }
@@ -381,6 +472,12 @@ pub struct LimitsConfig {
     pub max_prop_value_bytes: usize,
     /// Most sites in one Plausible `domain` list.
     pub max_domains: usize,
+    /// Longest User-Agent parsed, in bytes; a longer one is parsed as its first this many
+    /// bytes (the visitor hash still covers all of it).
+    pub max_user_agent_bytes: usize,
+    /// Largest magnitude of an event `value`; larger values are refused, so that sums stay
+    /// exact enough and can never overflow to infinity.
+    pub max_abs_value: f64,
 }
 
 impl Default for LimitsConfig {
@@ -397,8 +494,63 @@ impl Default for LimitsConfig {
             max_prop_key_bytes: 300,
             max_prop_value_bytes: 2000,
             max_domains: 10,
+            max_user_agent_bytes: 1024,
+            max_abs_value: 1e12,
         }
     }
+}
+
+/// Bounds that keep one client, or many, from exhausting the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Most open client connections. Past it a few more are accepted only to be answered
+    /// 503 with `Retry-After` (and `/health`, `/ready` as usual) and closed; the rest are
+    /// closed at once.
+    pub max_connections: usize,
+    /// Longest time to receive a request's head (request line and headers), from the
+    /// connection's start or the previous response (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest time to receive a request's body, from the end of its head (slow bodies).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request head in bytes (431 above it).
+    pub max_header_bytes: usize,
+    /// Most request-body bytes held at once over all requests in flight; past it new
+    /// bodies get 503 with `Retry-After`.
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_inflight_bytes: 64 << 20,
+        }
+    }
+}
+
+/// API keys. Keys are configured by their SHA-256 (`sha256:<64 hex digits>`, made by
+/// `gallop hash-key`), so the config holds no usable secret; a presented key is hashed
+/// and compared with every configured hash in constant time. Clients send
+/// `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Hashes of the keys that may `POST /v1/events`; empty leaves it open. (`/api/event`,
+    /// called by browsers, cannot hold a secret: `ingest.sites` is its guard.)
+    pub event_keys: Vec<String>,
+    /// Hashes of the keys that may read `/metrics` of the gateway and the processor; empty
+    /// leaves it open.
+    pub metrics_keys: Vec<String>,
 }
 
 /// How the gateway groups events into broker messages.
@@ -667,14 +819,18 @@ impl Default for ConsumerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP interface URL.
+    /// HTTP interface URL. Credentials in it are shown redacted; prefer `user`/`password`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Database holding Gallop's tables; `gallop migrate` creates it.
     pub database: String,
     /// User name.
     pub user: String,
-    /// Optional password.
+    /// Optional password (also `GALLOP_CLICKHOUSE__PASSWORD`).
     pub password: Option<Secret>,
+    /// File holding the password (its first line), e.g. a mounted secret; not together with
+    /// `password`.
+    pub password_file: Option<PathBuf>,
     /// Compress inserts and query results (LZ4).
     pub compression: bool,
     /// Longest time one insert or query may take before it counts as failed and is retried.
@@ -704,6 +860,7 @@ impl Default for ClickHouseConfig {
             database: "gallop".to_owned(),
             user: "default".to_owned(),
             password: None,
+            password_file: None,
             compression: true,
             request_timeout: Duration::from_secs(60),
             retry_initial_backoff: Duration::from_millis(200),

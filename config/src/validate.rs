@@ -37,6 +37,25 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         "0 (unlimited) or at least nats.duplicate_window",
     );
     need(nats.user.is_some() == nats.password.is_some(), "nats.password", "set together with nats.user");
+    need(
+        [nats.token.is_some(), nats.user.is_some(), nats.nkey.is_some(), nats.credentials_file.is_some()]
+            .iter()
+            .filter(|set| **set)
+            .count()
+            <= 1,
+        "nats.token",
+        "one way to authenticate: nats.token, nats.user/password, nats.nkey or nats.credentials_file",
+    );
+    need(
+        nats.tls_cert_file.is_some() == nats.tls_key_file.is_some(),
+        "nats.tls_key_file",
+        "set together with nats.tls_cert_file (mutual TLS)",
+    );
+    need(
+        nats.nkey.as_ref().is_none_or(|k| k.expose().starts_with("SU")),
+        "nats.nkey",
+        "a user NKey seed (starts with SU)",
+    );
 
     let kafka = &config.kafka;
     need(
@@ -125,6 +144,42 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     );
     need(ingest.retry_after_seconds >= 1, "ingest.retry_after_seconds", "at least 1");
     need(ingest.user_agent_cache >= 1, "ingest.user_agent_cache", "at least 1");
+    need(ingest.user_agent_cache_bytes >= 64 * 1024, "ingest.user_agent_cache_bytes", "at least 65536");
+    need(ingest.ack_timeout >= ingest.publish_timeout, "ingest.ack_timeout", "at least ingest.publish_timeout");
+    need(ingest.stall_after.as_millis() >= 100, "ingest.stall_after", "at least 100ms");
+    let server = &ingest.server;
+    need(server.max_connections >= 16, "ingest.server.max_connections", "at least 16");
+    for (key, value) in [
+        ("ingest.server.header_timeout", server.header_timeout),
+        ("ingest.server.body_timeout", server.body_timeout),
+        ("ingest.server.idle_timeout", server.idle_timeout),
+    ] {
+        need(value.as_millis() >= 100, key, "at least 100ms");
+    }
+    need(server.max_header_bytes >= 8192, "ingest.server.max_header_bytes", "at least 8192");
+    need(
+        server.max_inflight_bytes >= ingest.limits.max_body_bytes,
+        "ingest.server.max_inflight_bytes",
+        "at least ingest.limits.max_body_bytes",
+    );
+    for (section, keys) in [("event_keys", &ingest.auth.event_keys), ("metrics_keys", &ingest.auth.metrics_keys)] {
+        for (i, key) in keys.iter().enumerate() {
+            need(
+                key.strip_prefix("sha256:")
+                    .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+                &format!("ingest.auth.{section}[{i}]"),
+                "a key's hash, sha256:<64 hex digits> (print one with `gallop hash-key`)",
+            );
+        }
+    }
+    need(
+        ingest.limits.max_abs_value.is_finite()
+            && ingest.limits.max_abs_value > 0.0
+            && ingest.limits.max_abs_value <= 1e15,
+        "ingest.limits.max_abs_value",
+        "greater than 0 and at most 1e15",
+    );
+    need(ingest.limits.max_user_agent_bytes >= 64, "ingest.limits.max_user_agent_bytes", "at least 64");
     if let Some(header) = &ingest.country_header {
         need(
             !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
@@ -170,6 +225,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(batching.max_in_flight >= 1, "ingest.batching.max_in_flight", "at least 1");
 
     need(config.time.allowed_lateness.as_secs() >= 60, "time.allowed_lateness", "at least 1m (one base bucket)");
+    need(
+        config.time.acceptance_grace >= config.ingest.publish_timeout + config.ingest.ack_timeout,
+        "time.acceptance_grace",
+        "at least ingest.publish_timeout + ingest.ack_timeout (an event the gateway accepted must count)",
+    );
 
     let processor = &config.processor;
     need(!processor.flush_interval.is_zero(), "processor.flush_interval", "greater than 0");
@@ -227,6 +287,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(consumer.dedup_max_ids >= 1_000, "consumer.dedup_max_ids", "at least 1000");
 
     let clickhouse = &config.clickhouse;
+    need(
+        clickhouse.password.is_none() || clickhouse.password_file.is_none(),
+        "clickhouse.password_file",
+        "not together with clickhouse.password",
+    );
     need(
         clickhouse.url.starts_with("http://") || clickhouse.url.starts_with("https://"),
         "clickhouse.url",

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod batcher;
+mod check;
 mod client_ip;
 mod error;
 mod geo;
@@ -25,6 +26,7 @@ mod server;
 mod topic;
 mod useragent;
 
+pub use check::{BodyChecker, BodyFormat};
 pub use error::{ApiError, FieldError, IngestError};
 pub use metrics::Metrics;
 pub use server::{run, Gateway};

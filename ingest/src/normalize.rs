@@ -63,6 +63,13 @@ pub(crate) fn normalize(
             return None;
         }
         match Url::parse(&text) {
+            Ok(url) if SCRIPT_SCHEMES.contains(&url.scheme()) => {
+                error(
+                    "referrer",
+                    format!("the {}: scheme is refused (referrers are http or https URLs)", url.scheme()),
+                );
+                None
+            }
             Ok(url) if url.host_str().is_some() => Some(url),
             _ => {
                 error("referrer", "not an absolute URL with a host".into());
@@ -110,8 +117,14 @@ pub(crate) fn normalize(
         }
     }
     if let Some(value) = raw.value {
-        if !value.is_finite() {
-            error("value", "must be a finite number".into());
+        if !value.is_finite() || value.abs() > limits.max_abs_value {
+            error(
+                "value",
+                format!(
+                    "must be a finite number from -{max:e} to {max:e} (ingest.limits.max_abs_value), got {value:e}",
+                    max = limits.max_abs_value
+                ),
+            );
         }
     }
     if let Some(currency) = &raw.currency {
@@ -170,7 +183,7 @@ pub(crate) fn normalize(
     if let Some(referrer) = referrer {
         let ref_host = strip_www(&referrer.host_str().unwrap_or_default().to_ascii_lowercase()).to_owned();
         if ref_host != strip_www(&record.host) {
-            record.referrer = referrer.to_string();
+            record.referrer = bare_referrer(&referrer);
             record.ref_host = ref_host;
         }
     }
@@ -199,6 +212,22 @@ pub(crate) fn normalize(
     record.scroll_depth = scroll_depth.map(|v| v as u8);
     record.engaged_ms = engaged_ms;
     Ok(record)
+}
+
+/// Schemes whose URLs run code or carry data rather than name a page; a referrer with one is
+/// refused.
+const SCRIPT_SCHEMES: &[&str] = &["javascript", "data", "vbscript", "blob", "file"];
+
+/// What the numbers need of a referrer: scheme, host, port and path. Credentials, query
+/// and fragment (tokens, e-mail addresses, search terms) are never published. Schemes
+/// other than http and https (app referrers such as `android-app://`) keep their host only.
+fn bare_referrer(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    match url.scheme() {
+        scheme @ ("http" | "https") => format!("{scheme}://{host}{port}{}", url.path()),
+        scheme => format!("{scheme}://{host}{port}"),
+    }
 }
 
 /// Most a scroll depth can be, in percent.
@@ -332,7 +361,7 @@ mod tests {
         );
         check(
             raw("https://example.com/", Some("https://news.ycombinator.com/item?id=1")),
-            "host=example.com path=/ ref=https://news.ycombinator.com/item?id=1 ref_host=news.ycombinator.com source=Hacker News utm=////",
+            "host=example.com path=/ ref=https://news.ycombinator.com/item ref_host=news.ycombinator.com source=Hacker News utm=////",
         );
         check(
             raw("https://example.com/a?ref=producthunt", None),
@@ -354,6 +383,43 @@ mod tests {
     }
 
     #[test]
+    fn referrers_keep_only_what_the_numbers_need() {
+        // Credentials, query and fragment never leave the gateway.
+        check(
+            raw("https://example.com/", Some("https://alice:s3cret@Mail.Example.net:8443/inbox/42?token=abc&u=a@b.c#m")),
+            "host=example.com path=/ ref=https://mail.example.net:8443/inbox/42 ref_host=mail.example.net source=mail.example.net utm=////",
+        );
+        check(
+            raw("https://example.com/", Some("android-app://com.google.android.gm/path?x=1")),
+            "host=example.com path=/ ref=android-app://com.google.android.gm ref_host=com.google.android.gm source=com.google.android.gm utm=////",
+        );
+        for script in [
+            "javascript://example.org/%0aalert(1)",
+            "data://text/html,<script>",
+            "vbscript://x/y",
+            "file://host/etc/passwd",
+        ] {
+            let scheme = script.split(':').next().unwrap_or_default();
+            check(
+                raw("https://example.com/", Some(script)),
+                &format!("referrer: the {scheme}: scheme is refused (referrers are http or https URLs)"),
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_bounded() {
+        let mut event = raw("https://example.com/", None);
+        event.value = Some(1.797e308);
+        check(
+            event.clone(),
+            "value: must be a finite number from -1e12 to 1e12 (ingest.limits.max_abs_value), got 1.797e308",
+        );
+        event.value = Some(-1e12);
+        check(event, "host=example.com path=/ ref= ref_host= source= utm=////");
+    }
+
+    #[test]
     fn problems_are_all_reported() {
         let mut event = raw("not a url", Some("also not"));
         event.name = None;
@@ -364,7 +430,8 @@ mod tests {
             event,
             "name: missing; this field is required; url: not a valid absolute URL: relative URL without a base; \
              referrer: not an absolute URL with a host; props: property keys must not be empty; \
-             props.k: value longer than 2000 bytes (limit: ingest.limits.max_prop_value_bytes); value: must be a finite number; \
+             props.k: value longer than 2000 bytes (limit: ingest.limits.max_prop_value_bytes); \
+             value: must be a finite number from -1e12 to 1e12 (ingest.limits.max_abs_value), got NaN; \
              timestamp: older than the allowed lateness of 1h (time.allowed_lateness)",
         );
     }

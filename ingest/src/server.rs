@@ -93,7 +93,11 @@ impl Gateway {
         salts: Arc<dyn SaltStore>,
     ) -> Result<Self, IngestError> {
         let metrics = Metrics::new();
-        let user_agents = UserAgents::new(config.ingest.user_agent_cache)?;
+        let user_agents = UserAgents::new(
+            config.ingest.user_agent_cache,
+            config.ingest.user_agent_cache_bytes,
+            config.ingest.limits.max_user_agent_bytes,
+        )?;
         let geo = Geo::new(&config.ingest)?;
         let visitors = Visitors::new(salts).await?;
         let run_id = format!("{:016x}", rand::random::<u64>());

@@ -39,10 +39,31 @@ pub(crate) struct UaInfo {
     pub(crate) bot: bool,
 }
 
+/// Weighs a cache entry by the bytes it holds, so the cache is bounded in memory, not
+/// only in entries: a client sending many long distinct User-Agents cannot grow it.
+#[derive(Clone)]
+struct EntryBytes;
+
+impl quick_cache::Weighter<String, Arc<UaInfo>> for EntryBytes {
+    fn weight(&self, key: &String, value: &Arc<UaInfo>) -> u64 {
+        // Strings' heap bytes plus the fixed parts and the cache's own bookkeeping.
+        (key.capacity()
+            + value.browser.capacity()
+            + value.browser_version.capacity()
+            + value.os.capacity()
+            + std::mem::size_of::<UaInfo>()
+            + ENTRY_OVERHEAD) as u64
+    }
+}
+
+/// Bytes a cache entry costs beyond its strings (Arc header, slot, hash, key struct).
+const ENTRY_OVERHEAD: usize = 96;
+
 /// A cached User-Agent parser.
 pub(crate) struct UserAgents {
     extractor: &'static ua_parser::Extractor<'static>,
-    cache: Cache<String, Arc<UaInfo>>,
+    cache: Cache<String, Arc<UaInfo>, EntryBytes>,
+    max_len: usize,
 }
 
 impl std::fmt::Debug for UserAgents {
@@ -64,13 +85,21 @@ fn extractor() -> Result<&'static ua_parser::Extractor<'static>, IngestError> {
 }
 
 impl UserAgents {
-    /// A parser caching up to `capacity` distinct User-Agents.
-    pub(crate) fn new(capacity: usize) -> Result<Self, IngestError> {
-        Ok(Self { extractor: extractor()?, cache: Cache::new(capacity.max(1)) })
+    /// A parser caching about `capacity` distinct User-Agents in at most `max_bytes`, and
+    /// parsing at most the first `max_len` bytes of each.
+    pub(crate) fn new(capacity: usize, max_bytes: usize, max_len: usize) -> Result<Self, IngestError> {
+        let cache = Cache::with_weighter(capacity.max(1), max_bytes as u64, EntryBytes);
+        Ok(Self { extractor: extractor()?, cache, max_len })
     }
 
-    /// Parses `ua`, from the cache when seen before.
+    /// Bytes the cache holds now.
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    /// Parses `ua` (its first `max_len` bytes), from the cache when seen before.
     pub(crate) fn parse(&self, ua: &str) -> Arc<UaInfo> {
+        let ua = prefix(ua, self.max_len);
         if let Some(info) = self.cache.get(ua) {
             return info;
         }
@@ -97,6 +126,18 @@ impl UserAgents {
         let device_family = device.as_ref().map(|d| d.device.as_ref()).unwrap_or("");
         UaInfo { browser, browser_version, device: device_class(&lower, device_family, &os_name), os: os_name, bot }
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// `tablet`, `mobile` or `desktop`, from the UA text, the uap device family and the OS.
@@ -153,7 +194,7 @@ mod tests {
 
     #[track_caller]
     fn check(ua: &str, expect: (&str, &str, &str, &str, bool)) {
-        let agents = UserAgents::new(16).expect("rules compile");
+        let agents = UserAgents::new(16, 1 << 20, 1024).expect("rules compile");
         let info = agents.parse(ua);
         let got = (info.browser.as_str(), info.browser_version.as_str(), info.os.as_str(), info.device, info.bot);
         assert_eq!(got, expect, "{ua}");
@@ -226,7 +267,7 @@ mod tests {
 
     #[test]
     fn bots_are_flagged() {
-        let agents = UserAgents::new(16).expect("rules compile");
+        let agents = UserAgents::new(16, 1 << 20, 1024).expect("rules compile");
         for ua in [
             "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
             "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
@@ -241,7 +282,7 @@ mod tests {
 
     #[test]
     fn cache_returns_the_same_parse() {
-        let agents = UserAgents::new(2).expect("rules compile");
+        let agents = UserAgents::new(2, 1 << 20, 1024).expect("rules compile");
         let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
         let a = agents.parse(ua);
         let b = agents.parse(ua);

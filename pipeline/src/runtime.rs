@@ -342,7 +342,10 @@ impl<S: Source, T: Store> Runtime<S, T> {
             if delivered > 1 {
                 info!(partition, position, delivered, "processing a redelivered message not yet stored");
             }
-            let report = self.processor.process_message(partition, position, &payload, now_ms())?;
+            // The broker's stamp, not the clock: the same on every replay, and never before the
+            // gateway accepted the events.
+            let arrival_ms = if timestamp_ms > 0 { timestamp_ms } else { now_ms() };
+            let report = self.processor.process_message(partition, position, &payload, arrival_ms)?;
             for record in &report.invalid {
                 warn!(partition, position, index = record.index, reason = record.reason, detail = %record.detail,
                     "unusable record skipped");

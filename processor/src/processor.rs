@@ -31,6 +31,10 @@ use crate::{
 
 /// Milliseconds in one base bucket.
 const BUCKET_MS: i64 = 60_000;
+/// Largest magnitude of an event value the processor sums (the most
+/// `ingest.limits.max_abs_value` may be): sums of such values cannot overflow to infinity,
+/// which ClickHouse would return as `null`.
+const MAX_ABS_VALUE: f64 = 1e15;
 
 /// Counters of everything the processor saw, cumulative since it was built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,7 +212,7 @@ impl Processor {
         dimensions.keep = dimensions.names.len();
         let sessions = Sessions::new(
             rules.session_timeout_ms,
-            rules.allowed_lateness_ms,
+            rules.lateness_ms(),
             rules.max_open_sessions,
             &rules.session_breakdowns,
         );
@@ -250,7 +254,7 @@ impl Processor {
     /// How far before a partition's watermark a stored visit may have ended and still be
     /// extended: `time.allowed_lateness` + `processor.session_timeout`, ms.
     pub fn session_horizon_ms(&self) -> i64 {
-        self.rules.allowed_lateness_ms.saturating_add(self.rules.session_timeout_ms)
+        self.rules.lateness_ms().saturating_add(self.rules.session_timeout_ms)
     }
 
     /// Visits held open (for the `gallop_sessions_open` gauge).
@@ -369,11 +373,20 @@ impl Processor {
             stats.future += 1;
             return Outcome::Future;
         }
-        let watermark = self.watermarks.entry(partition).or_insert(event.ts());
-        *watermark = (*watermark).max(event.ts());
+        if let Some(value) = event.value() {
+            if !value.is_finite() || value.abs() > MAX_ABS_VALUE {
+                *stats.invalid.entry("value_out_of_range").or_default() += 1;
+                return Outcome::Invalid("value_out_of_range");
+            }
+        }
+        // The watermark never passes arrival time: a future-dated event (inside
+        // `max_future`) must not make events the gateway accepted a moment ago late.
+        let seen = event.ts().min(arrival_ms);
+        let watermark = self.watermarks.entry(partition).or_insert(seen);
+        *watermark = (*watermark).max(seen);
         let mut ts = event.ts();
         let mut outcome = Outcome::Counted;
-        if ts < watermark.saturating_sub(self.rules.allowed_lateness_ms) {
+        if ts < watermark.saturating_sub(self.rules.lateness_ms()) {
             match self.rules.late_events {
                 LateEvents::Drop => {
                     stats.late_dropped += 1;

@@ -51,6 +51,8 @@ pub(crate) struct Rules {
     pub(crate) rollups: Vec<Rollup>,
     pub(crate) leaderboards: Vec<Leaderboard>,
     pub(crate) allowed_lateness_ms: i64,
+    /// Extra lateness for the time between the gateway's check and the broker's stamp.
+    pub(crate) acceptance_grace_ms: i64,
     pub(crate) max_future_ms: i64,
     pub(crate) max_value_bytes: usize,
     pub(crate) max_combinations: usize,
@@ -66,6 +68,12 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
+    /// How far behind its partition's watermark an event may be and still count:
+    /// `time.allowed_lateness` plus `time.acceptance_grace`.
+    pub(crate) fn lateness_ms(&self) -> i64 {
+        self.allowed_lateness_ms.saturating_add(self.acceptance_grace_ms)
+    }
+
     /// Compiles `config`; errors name the config key.
     pub(crate) fn compile(config: &ProcessorConfig, time: &TimeConfig) -> Result<Self, ProcessorError> {
         let mut rollups: Vec<Rollup> = Vec::new();
@@ -113,6 +121,7 @@ impl Rules {
             rollups,
             leaderboards,
             allowed_lateness_ms: millis(time.allowed_lateness),
+            acceptance_grace_ms: millis(time.acceptance_grace),
             max_future_ms: millis(time.max_future),
             max_value_bytes: config.max_value_bytes,
             max_combinations: config.max_combinations_per_event,
