@@ -46,10 +46,16 @@ enum Broker {
 impl Broker {
     /// Connects, creating or updating the stream or topic.
     async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let (partitions, timeout) = (config.broker.partitions, config.ingest.publish_timeout);
+        let partitions = config.broker.partitions;
         Ok(match config.broker.kind {
-            BrokerKind::Nats => Self::Nats(NatsBroker::connect(&config.nats, partitions, timeout).await?),
-            BrokerKind::Kafka => Self::Kafka(KafkaBroker::connect(&config.kafka, partitions, timeout).await?),
+            // A NATS publish waits for its acknowledgement up to ack_timeout; a Kafka one is
+            // bounded by publish_timeout (librdkafka's message.timeout.ms is derived from it).
+            BrokerKind::Nats => {
+                Self::Nats(NatsBroker::connect(&config.nats, partitions, config.ingest.ack_timeout).await?)
+            }
+            BrokerKind::Kafka => {
+                Self::Kafka(KafkaBroker::connect(&config.kafka, partitions, config.ingest.publish_timeout).await?)
+            }
         })
     }
 

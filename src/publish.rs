@@ -106,7 +106,7 @@ impl Target {
         Ok(match config.broker.kind {
             BrokerKind::Nats => {
                 let broker =
-                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout).await?;
+                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.ack_timeout).await?;
                 NatsInput::create_streams(&broker, &config.nats, &config.input).await?;
                 let subject = subject.unwrap_or_else(|| default_subject(&config.input.nats_subject));
                 Self::Nats(Arc::new(broker.jetstream().clone()), subject)

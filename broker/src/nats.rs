@@ -14,7 +14,7 @@ use async_nats::{
     ConnectOptions,
 };
 use futures::future::{BoxFuture, FutureExt};
-use gallop_config::{NatsConfig, StorageKind};
+use gallop_config::{DiscardKind, NatsConfig, StorageKind};
 use time::Date;
 use tracing::{info, warn};
 
@@ -74,7 +74,10 @@ impl NatsBroker {
             name: config.stream.clone(),
             subjects: subjects.clone(),
             retention: RetentionPolicy::Limits,
-            discard: DiscardPolicy::Old,
+            discard: match config.discard {
+                DiscardKind::New => DiscardPolicy::New,
+                DiscardKind::Old => DiscardPolicy::Old,
+            },
             storage: match config.storage {
                 StorageKind::File => StorageType::File,
                 StorageKind::Memory => StorageType::Memory,
@@ -201,6 +204,13 @@ impl Publisher for NatsBroker {
 }
 
 fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> PublishError {
+    // JetStream 10023 "insufficient resources", 10047/10028 "insufficient storage/memory
+    // resources available"; a stream at max_bytes / max_msgs with discard-new answers
+    // "maximum bytes/messages exceeded".
+    let full = ["10023", "10028", "10047", "resources", "maximum bytes exceeded", "maximum messages exceeded"];
+    if full.iter().any(|marker| text.contains(marker)) {
+        return PublishError::StorageFull { id: id.to_owned(), reason: text };
+    }
     match kind {
         PublishErrorKind::TimedOut => PublishError::Timeout { id: id.to_owned() },
         PublishErrorKind::BrokenPipe => PublishError::NotConnected(text),

@@ -40,6 +40,20 @@ pub enum PublishError {
         /// The message id.
         id: String,
     },
+    /// Never handed to the broker: the caller's deadline passed first (queued behind
+    /// other messages, or too close to the deadline to start). Nothing was stored.
+    #[error("not sent to the broker before the deadline: {0}")]
+    NotSent(String),
+    /// The broker is out of storage or the stream is full and refuses new messages
+    /// (JetStream 10023 "insufficient resources", or `max_bytes`/`max_msgs` with
+    /// discard-new). Nothing was stored.
+    #[error("broker refused message {id}: out of storage ({reason})")]
+    StorageFull {
+        /// The message id.
+        id: String,
+        /// The broker's text.
+        reason: String,
+    },
     /// The partition number is outside the broker's range.
     #[error("partition {partition} out of range (broker has {partitions})")]
     NoSuchPartition {
@@ -69,7 +83,20 @@ pub enum PublishError {
 impl PublishError {
     /// Whether publishing the same message again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::NotConnected(_) | Self::Timeout { .. } | Self::Rejected { .. })
+        matches!(
+            self,
+            Self::NotConnected(_)
+                | Self::Timeout { .. }
+                | Self::Rejected { .. }
+                | Self::NotSent(_)
+                | Self::StorageFull { .. }
+        )
+    }
+
+    /// Whether the message may have been stored although no acknowledgement came: only
+    /// after a timeout once it was sent. Every other error means "not stored".
+    pub fn may_be_stored(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
     }
 }
 

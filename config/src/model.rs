@@ -509,15 +509,13 @@ pub struct ServerConfig {
     /// closed at once.
     pub max_connections: usize,
     /// Longest time to receive a request's head (request line and headers), from the
-    /// connection's start or the previous response (slowloris).
+    /// connection's start or the previous response: also how long an idle keep-alive
+    /// connection is kept (slowloris, idle floods).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Longest time to receive a request's body, from the end of its head (slow bodies).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
-    /// How long a keep-alive connection may wait for its next request.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
     /// Largest request head in bytes (431 above it).
     pub max_header_bytes: usize,
     /// Most request-body bytes held at once over all requests in flight; past it new
@@ -531,7 +529,6 @@ impl Default for ServerConfig {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_inflight_bytes: 64 << 20,
         }

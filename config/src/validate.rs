@@ -149,11 +149,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(ingest.stall_after.as_millis() >= 100, "ingest.stall_after", "at least 100ms");
     let server = &ingest.server;
     need(server.max_connections >= 16, "ingest.server.max_connections", "at least 16");
-    for (key, value) in [
-        ("ingest.server.header_timeout", server.header_timeout),
-        ("ingest.server.body_timeout", server.body_timeout),
-        ("ingest.server.idle_timeout", server.idle_timeout),
-    ] {
+    for (key, value) in
+        [("ingest.server.header_timeout", server.header_timeout), ("ingest.server.body_timeout", server.body_timeout)]
+    {
         need(value.as_millis() >= 100, key, "at least 100ms");
     }
     need(server.max_header_bytes >= 8192, "ingest.server.max_header_bytes", "at least 8192");

@@ -15,9 +15,24 @@
 //!
 //! A failed publish is retried with the same message id (the broker stores it once) until
 //! the earliest deadline of the submissions inside it; after that it is abandoned and never
-//! sent again, so a request answered 503 is not published later behind its back.
+//! sent again, so a request answered 503 is not published later behind its back. Once a
+//! message was sent, its submitters wait for the broker's answer (up to the broker's own
+//! acknowledgement timeout, `ingest.ack_timeout` on NATS) however late it comes: the
+//! outcome they report is the real one, or "unknown" (`PublishError::Timeout`), never a
+//! "not stored" that the broker later contradicts.
+//!
+//! The batcher also watches the broker: a message waiting longer than `stall_after` while
+//! no answer at all arrives means a stalled broker, and an "out of storage" answer means a
+//! full one; [`Batcher::trouble`] says so, for `/ready`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use gallop_broker::{OutboundMessage, PublishError, Publisher};
@@ -34,7 +49,7 @@ use crate::metrics::Metrics;
 
 /// Submissions a partition's channel holds before submitters wait.
 const CHANNEL_CAPACITY: usize = 4096;
-/// Extra time a submitter waits past its deadline for the publish task's verdict.
+/// Extra time a submitter waits past the longest a publish may take for its verdict.
 const VERDICT_GRACE: Duration = Duration::from_millis(250);
 
 /// Encoded events of one request for one partition.
@@ -52,6 +67,7 @@ pub(crate) struct Batcher {
     senders: Vec<mpsc::Sender<Submission>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     closing: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -63,9 +79,74 @@ impl std::fmt::Debug for Batcher {
 struct Shared {
     publisher: Arc<dyn Publisher>,
     config: BatchingConfig,
+    waits: BrokerWaits,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
     run_id: String,
+    health: BrokerHealth,
+}
+
+/// How long the gateway waits on the broker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BrokerWaits {
+    /// Longest a sent message waits for its acknowledgement (the broker client's own
+    /// timeout; the batcher's bound only guards against a client that never answers).
+    pub(crate) ack_timeout: Duration,
+    /// A message waiting this long with no broker answer meanwhile means a stalled broker.
+    pub(crate) stall_after: Duration,
+}
+
+/// What the publishes tell about the broker.
+#[derive(Default)]
+struct BrokerHealth {
+    /// Start of every publish awaiting the broker's answer, by a sequence number.
+    waiting: Mutex<BTreeMap<u64, Instant>>,
+    next: AtomicU64,
+    /// When the broker last answered anything (an ack or an error).
+    last_answer: Mutex<Option<Instant>>,
+    /// When the broker last said it is out of storage, and what it said.
+    last_full: Mutex<Option<(Instant, String)>>,
+}
+
+impl BrokerHealth {
+    fn started(&self) -> u64 {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.waiting).insert(ticket, Instant::now());
+        ticket
+    }
+
+    fn answered(&self, ticket: u64, result: &Result<(), PublishError>) {
+        lock(&self.waiting).remove(&ticket);
+        let now = Instant::now();
+        match result {
+            Err(PublishError::Timeout { .. }) => {}
+            Err(PublishError::StorageFull { reason, .. }) => {
+                *lock(&self.last_answer) = Some(now);
+                *lock(&self.last_full) = Some((now, reason.clone()));
+            }
+            _ => *lock(&self.last_answer) = Some(now),
+        }
+    }
+
+    fn trouble(&self, stall_after: Duration) -> Option<String> {
+        let now = Instant::now();
+        if let Some((at, reason)) = lock(&self.last_full).as_ref() {
+            if now.duration_since(*at) < stall_after {
+                return Some(format!("broker out of storage: {reason}"));
+            }
+        }
+        let oldest = lock(&self.waiting).values().next().copied()?;
+        let quiet_since = lock(&self.last_answer).map_or(oldest, |at| at.max(oldest));
+        let waited = now.duration_since(oldest);
+        (waited >= stall_after && now.duration_since(quiet_since) >= stall_after).then(|| {
+            format!("broker stalled: a message has waited {waited:.1?} for its acknowledgement (ingest.stall_after)")
+        })
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere (the data is plain bookkeeping).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Batcher {
@@ -74,6 +155,7 @@ impl Batcher {
     pub(crate) fn start(
         publisher: Arc<dyn Publisher>,
         config: BatchingConfig,
+        waits: BrokerWaits,
         metrics: Metrics,
         run_id: String,
     ) -> Self {
@@ -81,8 +163,10 @@ impl Batcher {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             publisher: publisher.clone(),
             config,
+            waits,
             metrics,
             run_id,
+            health: BrokerHealth::default(),
         });
         let closing = CancellationToken::new();
         let (senders, tasks) = (0..publisher.partitions())
@@ -92,11 +176,20 @@ impl Batcher {
                 (tx, task)
             })
             .unzip();
-        Self { senders, tasks: std::sync::Mutex::new(tasks), closing }
+        Self { senders, tasks: std::sync::Mutex::new(tasks), closing, shared }
+    }
+
+    /// Why the broker cannot take events now, judged by the publishes: stalled (a message
+    /// waited `stall_after` with no answer from the broker meanwhile) or out of storage
+    /// (in the last `stall_after`).
+    pub(crate) fn trouble(&self) -> Option<String> {
+        self.shared.health.trouble(self.shared.waits.stall_after)
     }
 
     /// Hands `payload` (NDJSON holding `events` events) to `partition`'s next message and
-    /// waits for that message's acknowledgement, at most until `deadline`.
+    /// waits for that message's outcome. It is sent only before `deadline`; once sent, its
+    /// acknowledgement is awaited (up to the broker's acknowledgement timeout) even past
+    /// `deadline`, so an error other than `Timeout` always means "not stored".
     pub(crate) async fn submit(
         &self,
         partition: u32,
@@ -114,13 +207,22 @@ impl Batcher {
         match timeout_at(deadline, sender.send(submission)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
-            Err(_) => return Err(PublishError::Timeout { id: format!("(queued for partition {partition})") }),
+            Err(_) => return Err(PublishError::NotSent(format!("queued for partition {partition}"))),
         }
-        match timeout_at(deadline + VERDICT_GRACE, verdict).await {
+        // The publish task answers every submission: not sent by the deadline, or the
+        // outcome of the send. This bound only guards against a task that died.
+        let longest = deadline + self.longest_publish() + VERDICT_GRACE;
+        match timeout_at(longest, verdict).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
             Err(_) => Err(PublishError::Timeout { id: format!("(batch for partition {partition})") }),
         }
+    }
+
+    /// The longest one publish may take once started.
+    fn longest_publish(&self) -> Duration {
+        let waits = &self.shared.waits;
+        self.shared.publisher.publish_settles_within().map_or(waits.ack_timeout, |bound| bound * 2) + VERDICT_GRACE
     }
 
     /// Stops taking submissions once the queues are empty, and waits until every message
@@ -247,20 +349,32 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     let settles_within = shared.publisher.publish_settles_within();
     let result = loop {
+        // A message is started only before the requests' deadline; once started, its
+        // outcome is awaited (the answer is the real one, or "unknown" after a timeout).
         let attempt = match settles_within {
             // A publish the client library settles by itself cannot be taken back once
-            // started: start one only if its outcome comes before the requests' deadline,
-            // and wait for that outcome (the bound here only guards against a library bug).
+            // started: start one only if its outcome comes before the requests' deadline.
             Some(bound) if Instant::now() + bound > batch.deadline => {
-                break Err(PublishError::Timeout { id: format!("{id} (not sent: too close to the deadline)") })
+                break Err(PublishError::NotSent(format!("{id}: too close to the deadline to start")))
             }
-            Some(bound) => tokio::time::timeout(bound * 2, shared.publisher.publish(message.clone())).await,
-            None => timeout_at(batch.deadline, shared.publisher.publish(message.clone())).await,
+            None if Instant::now() >= batch.deadline => {
+                break Err(PublishError::NotSent(format!("{id}: the requests' deadline passed")))
+            }
+            Some(bound) => {
+                watched(&shared, tokio::time::timeout(bound * 2, shared.publisher.publish(message.clone()))).await
+            }
+            None => {
+                let bound = shared.waits.ack_timeout + VERDICT_GRACE;
+                watched(&shared, tokio::time::timeout(bound, shared.publisher.publish(message.clone()))).await
+            }
         };
         let retry_by = Instant::now() + backoff.current() + settles_within.unwrap_or_default();
         match attempt {
             Ok(Ok(_position)) => break Ok(()),
-            Ok(Err(e)) if e.is_retryable() && retry_by < batch.deadline => {
+            // A full broker stays full for longer than a request waits: answer at once.
+            Ok(Err(e))
+                if e.is_retryable() && !matches!(e, PublishError::StorageFull { .. }) && retry_by < batch.deadline =>
+            {
                 metrics.publish_retries.inc();
                 tracing::debug!(message_id = %id, error = %e, "publish failed; retrying");
                 backoff.wait().await;
@@ -286,8 +400,26 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
     }
 }
 
+/// Runs one publish attempt while the broker health bookkeeping knows it is waiting.
+async fn watched<T>(
+    shared: &Shared,
+    attempt: impl std::future::Future<Output = Result<Result<T, PublishError>, tokio::time::error::Elapsed>>,
+) -> Result<Result<T, PublishError>, tokio::time::error::Elapsed> {
+    let ticket = shared.health.started();
+    let outcome = attempt.await;
+    let summary = match &outcome {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.clone()),
+        Err(_) => Err(PublishError::Timeout { id: String::new() }),
+    };
+    shared.health.answered(ticket, &summary);
+    outcome
+}
+
 fn failure_kind(e: &PublishError) -> &'static str {
     match e {
+        PublishError::NotSent(_) => "not_sent",
+        PublishError::StorageFull { .. } => "storage_full",
         PublishError::NotConnected(_) => "not_connected",
         PublishError::Timeout { .. } => "timeout",
         PublishError::NoSuchPartition { .. } => "no_such_partition",
@@ -302,6 +434,8 @@ mod tests {
 
     use super::*;
 
+    const WAITS: BrokerWaits = BrokerWaits { ack_timeout: Duration::from_secs(5), stall_after: Duration::from_secs(2) };
+
     fn config(max_events: usize, linger_ms: u64) -> BatchingConfig {
         BatchingConfig { max_events, max_bytes: 1 << 20, linger: Duration::from_millis(linger_ms), max_in_flight: 16 }
     }
@@ -309,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_submissions_share_messages() {
         let broker = Arc::new(MemoryBroker::new(2));
-        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), Metrics::new(), "t".into()));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), WAITS, Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let submits = (0..10).map(|i| {
             let batcher = batcher.clone();
@@ -329,7 +463,7 @@ mod tests {
     #[tokio::test]
     async fn max_events_closes_a_message() {
         let broker = Arc::new(MemoryBroker::new(1));
-        let batcher = Arc::new(Batcher::start(broker.clone(), config(3, 200), Metrics::new(), "t".into()));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(3, 200), WAITS, Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let submits = (0..7).map(|_| batcher.submit(0, b"{}\n".to_vec(), 1, None, deadline));
         for result in futures::future::join_all(submits).await {
@@ -344,7 +478,7 @@ mod tests {
     #[tokio::test]
     async fn submissions_with_a_dedup_id_travel_alone_and_are_stored_once() {
         let broker = Arc::new(MemoryBroker::new(1));
-        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), Metrics::new(), "t".into()));
+        let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), WAITS, Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let (a, b, c) = tokio::join!(
             batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
@@ -365,7 +499,7 @@ mod tests {
         let broker = Arc::new(MemoryBroker::new(1));
         broker.set_available(false);
         let metrics = Metrics::new();
-        let batcher = Batcher::start(broker.clone(), config(10, 1), metrics.clone(), "t".into());
+        let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, metrics.clone(), "t".into());
         let started = Instant::now();
         let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_millis(300)).await;
         assert!(matches!(result, Err(PublishError::NotConnected(_))), "{result:?}");
@@ -418,9 +552,9 @@ mod tests {
             bound: Duration::from_secs(3),
             delay: Duration::from_millis(10),
         });
-        let batcher = Batcher::start(broker.clone(), config(10, 1), Metrics::new(), "t".into());
+        let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, Metrics::new(), "t".into());
         let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
-        assert!(matches!(result, Err(PublishError::Timeout { .. })), "{result:?}");
+        assert!(matches!(result, Err(PublishError::NotSent(_))), "{result:?}");
         batcher.close().await;
         assert!(broker.inner.messages(0).is_empty(), "nothing was handed to the library");
     }
@@ -432,7 +566,7 @@ mod tests {
             bound: Duration::from_millis(300),
             delay: Duration::from_millis(200),
         });
-        let batcher = Batcher::start(broker.clone(), config(10, 1), Metrics::new(), "t".into());
+        let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, Metrics::new(), "t".into());
         let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(broker.inner.messages(0).len(), 1);

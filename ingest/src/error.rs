@@ -47,14 +47,37 @@ pub enum ApiError {
         /// The types the route reads.
         expected: &'static str,
     },
-    /// 503: the broker is down or did not acknowledge in time; nothing of the request
-    /// was accepted and the client should retry after the given seconds.
+    /// 503: the broker is down, refused the events or could not be reached in time;
+    /// nothing of the request was stored and the client should retry after the given
+    /// seconds.
     Unavailable {
         /// Why.
         reason: String,
         /// Seconds for `Retry-After`.
         retry_after: u32,
     },
+    /// 503: a bound of the gateway itself is reached (connections, request bytes in
+    /// flight); the request was not read and the client should retry after the seconds.
+    Overloaded {
+        /// Which bound, naming its config key.
+        reason: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u32,
+    },
+    /// 408: the body did not arrive within `ingest.server.body_timeout`.
+    BodyTimeout {
+        /// The configured limit.
+        limit: std::time::Duration,
+    },
+    /// 504: the events were sent to the broker but no acknowledgement came within
+    /// `ingest.ack_timeout`: they may or may not be stored. A retry with the same event
+    /// ids is stored once; a retry without ids may count them twice.
+    OutcomeUnknown {
+        /// Why.
+        reason: String,
+    },
+    /// 401: the route needs an API key (`ingest.auth`) and none, or a wrong one, came.
+    Unauthorized,
 }
 
 #[derive(Serialize)]
@@ -70,7 +93,10 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -81,6 +107,10 @@ impl ApiError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::Unavailable { .. } => "broker_unavailable",
+            Self::Overloaded { .. } => "overloaded",
+            Self::BodyTimeout { .. } => "body_timeout",
+            Self::OutcomeUnknown { .. } => "outcome_unknown",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
@@ -113,11 +143,44 @@ impl IntoResponse for ApiError {
             Self::Unavailable { reason, retry_after } => {
                 ("service unavailable", vec![FieldError::request("broker", reason)], Some(retry_after))
             }
+            Self::Overloaded { reason, retry_after } => {
+                ("service unavailable", vec![FieldError::request("server", reason)], Some(retry_after))
+            }
+            Self::BodyTimeout { limit } => (
+                "request timeout",
+                vec![FieldError::request(
+                    "body",
+                    format!("not received within {} (ingest.server.body_timeout)", humantime::format_duration(limit)),
+                )],
+                None,
+            ),
+            Self::OutcomeUnknown { reason } => (
+                "outcome unknown",
+                vec![FieldError::request(
+                    "broker",
+                    format!(
+                        "{reason}; the events may or may not be stored: retrying with the same event ids stores \
+                         them once, retrying without ids may count them twice"
+                    ),
+                )],
+                None,
+            ),
+            Self::Unauthorized => (
+                "unauthorized",
+                vec![FieldError::request(
+                    "Authorization",
+                    "this route needs an API key: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`",
+                )],
+                None,
+            ),
         };
         let body = serde_json::to_vec(&Body { error: summary, errors: &errors }).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

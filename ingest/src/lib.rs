@@ -22,6 +22,7 @@ mod metrics;
 mod normalize;
 mod privacy;
 mod referrer;
+mod serve;
 mod server;
 mod topic;
 mod useragent;

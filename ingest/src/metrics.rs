@@ -39,6 +39,14 @@ pub struct Metrics {
     pub(crate) input_messages: IntCounterVec,
     /// Records (or whole input messages) sent to the dead letters, by reason.
     pub(crate) dead_letters: IntCounterVec,
+    /// Open client connections.
+    pub(crate) connections: IntGauge,
+    /// Connections past `ingest.server.max_connections`: shed (answered 503) or closed.
+    pub(crate) connections_refused: IntCounterVec,
+    /// Request-body bytes held by requests in flight.
+    pub(crate) inflight_bytes: IntGauge,
+    /// Bytes the User-Agent cache holds.
+    pub(crate) user_agent_cache_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -96,6 +104,15 @@ impl Metrics {
                 "Input records (or whole messages) sent to the dead letters, by reason",
                 &["reason"],
             ),
+            connections: r.gauge("gallop_http_connections", "Open client connections"),
+            connections_refused: r.counter_vec(
+                "gallop_http_connections_refused_total",
+                "Connections past ingest.server.max_connections (shed: answered 503; closed: closed at once; \
+                 accept_error: the system refused, e.g. out of file descriptors)",
+                &["reason"],
+            ),
+            inflight_bytes: r.gauge("gallop_http_inflight_bytes", "Request-body bytes held by requests in flight"),
+            user_agent_cache_bytes: r.gauge("gallop_user_agent_cache_bytes", "Bytes the User-Agent cache holds"),
             registry: r,
         }
     }

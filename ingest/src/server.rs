@@ -11,7 +11,9 @@ use std::{
 };
 
 use axum::{
-    extract::{rejection::BytesRejection, ConnectInfo, DefaultBodyLimit, State},
+    body::Body,
+    extract::{ConnectInfo, Extension, State},
+    http::HeaderName,
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use gallop_broker::{partition_for, PublishError, Publisher, SaltStore};
 use gallop_config::Config;
 use gallop_event::encode_into;
+use gallop_support::ApiKeys;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher as _;
 use time::OffsetDateTime;
@@ -29,7 +32,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::{info, warn};
 
 use crate::{
-    batcher::Batcher,
+    batcher::{Batcher, BrokerWaits},
     client_ip::client_ip,
     error::{ApiError, FieldError, IngestError},
     geo::Geo,
@@ -37,6 +40,7 @@ use crate::{
     metrics::Metrics,
     normalize::{normalize, Rules, Sender},
     privacy::{visitor_from_key, visitor_from_request, Visitors},
+    serve::{read_body as read_bounded, serve, BodyLimits, BytesHeld, ConnectionMetrics, InflightBytes, Shedding},
     useragent::UserAgents,
 };
 
@@ -55,6 +59,9 @@ pub(crate) struct AppState {
     pub(crate) geo: Geo,
     pub(crate) visitors: Visitors,
     pub(crate) metrics: Metrics,
+    inflight: InflightBytes,
+    event_keys: ApiKeys,
+    metrics_keys: ApiKeys,
     run_id: String,
     next_id: AtomicU64,
 }
@@ -101,10 +108,15 @@ impl Gateway {
         let geo = Geo::new(&config.ingest)?;
         let visitors = Visitors::new(salts).await?;
         let run_id = format!("{:016x}", rand::random::<u64>());
+        let waits = BrokerWaits { ack_timeout: config.ingest.ack_timeout, stall_after: config.ingest.stall_after };
         let batcher =
-            Batcher::start(publisher.clone(), config.ingest.batching.clone(), metrics.clone(), run_id.clone());
+            Batcher::start(publisher.clone(), config.ingest.batching.clone(), waits, metrics.clone(), run_id.clone());
+        let inflight = InflightBytes::new(config.ingest.server.max_inflight_bytes, metrics.inflight_bytes.clone());
         Ok(Self {
             state: Arc::new(AppState {
+                inflight,
+                event_keys: ApiKeys::new(&config.ingest.auth.event_keys),
+                metrics_keys: ApiKeys::new(&config.ingest.auth.metrics_keys),
                 config,
                 publisher,
                 batcher,
@@ -139,12 +151,11 @@ impl Gateway {
         let cors = CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
-            .allow_headers([header::CONTENT_TYPE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("x-api-key")])
             .max_age(Duration::from_secs(86_400));
         Router::new()
             .route("/api/event", post(plausible_event))
             .route("/v1/events", post(batch_events))
-            .layer(DefaultBodyLimit::max(ingest.limits.max_body_bytes))
             .layer(cors)
             .route("/health", get(|| async { "ok" }))
             .route("/ready", get(ready))
@@ -162,53 +173,56 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), IngestError> {
     let state = gateway.state.clone();
-    let grace = state.config.ingest.shutdown_timeout;
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let ingest = &state.config.ingest;
     let signal = async move {
         shutdown.await;
         info!("shutting down: no new connections; finishing in-flight requests");
-        let _ = stopping_tx.send(());
     };
-    let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let deadline = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+    let connections = ConnectionMetrics {
+        open: state.metrics.connections.clone(),
+        refused: state.metrics.connections_refused.clone(),
     };
-    tokio::select! {
-        result = serve => result?,
-        () = deadline => warn!(?grace, "shutdown timeout reached with requests still in flight"),
-    }
+    serve(gateway.router(), listener, &ingest.server, connections, signal, ingest.shutdown_timeout).await;
     state.batcher.close().await;
     info!("gateway stopped");
     Ok(())
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.publisher.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker not connected").into_response()
+    match broker_trouble(&state) {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.broker_up.set(i64::from(state.publisher.is_ready()));
+/// Why the broker cannot take events now, if it cannot: not connected, stalled (a publish
+/// waiting `ingest.stall_after` with no acknowledgement meanwhile), or out of storage.
+fn broker_trouble(state: &AppState) -> Option<String> {
+    if !state.publisher.is_ready() {
+        return Some("broker not connected".to_owned());
+    }
+    state.batcher.trouble()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !allowed(&state.metrics_keys, &headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    state.metrics.broker_up.set(i64::from(broker_trouble(&state).is_none()));
+    state.metrics.user_agent_cache_bytes.set(i64::try_from(state.user_agents.cached_bytes()).unwrap_or(i64::MAX));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn plausible_event(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    shedding: Option<Extension<Shedding>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let result = async {
-        let body = read_body(&state, &headers, body, Route::Plausible)?;
+        let (body, _held) = read_body(&state, &headers, body, Route::Plausible, shedding.is_some()).await?;
         let events =
             parse_plausible(utf8(&body)?, state.config.ingest.limits.max_domains).map_err(ApiError::Invalid)?;
         accept(&state, events, &headers, peer.ip(), Route::Plausible).await?;
@@ -221,12 +235,16 @@ async fn plausible_event(
 async fn batch_events(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    shedding: Option<Extension<Shedding>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let result = async {
-        let body = read_body(&state, &headers, body, Route::Batch)?;
+        if !allowed(&state.event_keys, &headers) {
+            return Err(ApiError::Unauthorized);
+        }
+        let (body, _held) = read_body(&state, &headers, body, Route::Batch, shedding.is_some()).await?;
         let text = utf8(&body)?;
         let framing = match content_type(&headers).as_str() {
             "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => Framing::NdJson,
@@ -240,6 +258,14 @@ async fn batch_events(
     }
     .await;
     respond(&state, Route::Batch, result, started)
+}
+
+/// Whether `headers` carry a key `keys` allows (always, when no key is configured).
+fn allowed(keys: &ApiKeys, headers: &HeaderMap) -> bool {
+    keys.allows(
+        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        headers.get("x-api-key").map(HeaderValue::as_bytes),
+    )
 }
 
 /// Turns a handler's result into its response and records it in the request metrics.
@@ -265,13 +291,26 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// Checks Content-Type and size; returns the body.
-fn read_body(
+/// Checks Content-Type, then reads the body within the server's bounds (size, time,
+/// bytes held over all requests); on a connection accepted past `max_connections` answers
+/// 503 without reading it. The guard keeps the bytes counted while the request is served.
+async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     route: Route,
-) -> Result<Bytes, ApiError> {
+    shedding: bool,
+) -> Result<(Bytes, BytesHeld), ApiError> {
+    let ingest = &state.config.ingest;
+    if shedding {
+        return Err(ApiError::Overloaded {
+            reason: format!(
+                "the gateway has {} connections open, its limit (ingest.server.max_connections)",
+                ingest.server.max_connections
+            ),
+            retry_after: ingest.retry_after_seconds,
+        });
+    }
     let got = content_type(headers);
     let supported = match route {
         // Plausible's tracker sends text/plain (to skip CORS preflight) or JSON; curl
@@ -291,13 +330,13 @@ fn read_body(
             },
         });
     }
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit: state.config.ingest.limits.max_body_bytes }
-        } else {
-            ApiError::Invalid(vec![FieldError::request("body", format!("could not be read: {rejection}"))])
-        }
-    })
+    let limits = BodyLimits {
+        max_body_bytes: ingest.limits.max_body_bytes,
+        timeout: ingest.server.body_timeout,
+        inflight: &state.inflight,
+        retry_after: ingest.retry_after_seconds,
+    };
+    read_bounded(headers, body, limits).await
 }
 
 /// The body as UTF-8 text, or an error pointing at the first bad byte.
@@ -325,8 +364,8 @@ async fn accept(
 ) -> Result<Outcome, ApiError> {
     let config = &state.config;
     let unavailable = |reason: String| ApiError::Unavailable { reason, retry_after: config.ingest.retry_after_seconds };
-    if !state.publisher.is_ready() {
-        return Err(unavailable("not connected to the broker".to_owned()));
+    if let Some(reason) = broker_trouble(state) {
+        return Err(unavailable(reason));
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if is_prefetch(headers) {
@@ -388,11 +427,13 @@ async fn accept(
 
     let results = submit_parts(state, parts).await;
     if let Some(error) = results.into_iter().find_map(Result::err) {
-        state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total as u64);
-        return Err(match error {
+        let error = match error {
             PublishError::TooLarge { .. } => ApiError::BodyTooLarge { limit: config.ingest.batching.max_bytes },
+            unknown if unknown.may_be_stored() => ApiError::OutcomeUnknown { reason: unknown.to_string() },
             other => unavailable(other.to_string()),
-        });
+        };
+        state.metrics.events_rejected.with_label_values(&[error.metric_reason()]).inc_by(total as u64);
+        return Err(error);
     }
     state.metrics.events_accepted.inc_by(total as u64);
     Ok(Outcome { accepted: total, dropped: 0 })
@@ -400,7 +441,8 @@ async fn accept(
 
 /// Hands each part (index = partition; cut to `batching.max_bytes`) to the batcher, under a
 /// message id derived from its events' ids where they all have one, and waits until every
-/// chunk is acknowledged or failed (at most `ingest.publish_timeout`).
+/// chunk is acknowledged or failed: chunks not sent within `ingest.publish_timeout` fail,
+/// sent ones are awaited to their outcome (at most `ingest.ack_timeout` more).
 pub(crate) async fn submit_parts(state: &AppState, parts: Vec<Part>) -> Vec<Result<(), PublishError>> {
     let deadline = Instant::now() + state.config.ingest.publish_timeout;
     let max_bytes = state.config.ingest.batching.max_bytes;

@@ -7,5 +7,6 @@ mod batch;
 mod broker_down;
 mod endpoints;
 mod fixture;
+mod hardening;
 mod plausible;
 mod privacy;
