@@ -293,3 +293,13 @@ async fn shutdown_signal() {
         () = term => info!("SIGTERM received"),
     }
 }
+
+/// `gallop hash-key`: the `sha256:…` form of the key on stdin's first line.
+pub(crate) fn hash_key() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the key from stdin")?;
+    let key = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(key.len() >= 16, "an API key should have at least 16 characters (got {})", key.len());
+    println!("{}", gallop_support::hash_key(key));
+    Ok(())
+}

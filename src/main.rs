@@ -55,6 +55,9 @@ enum Command {
         /// The URL to GET.
         url: String,
     },
+    /// Print the hash of an API key (read from stdin, one line) to put in
+    /// `ingest.auth.event_keys` or `ingest.auth.metrics_keys`: the config holds hashes only.
+    HashKey,
     /// Benchmarks that print their numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -70,6 +73,16 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::HashKey) {
+        // Needs no config: an operator hashes a key before writing it into one.
+        return match commands::hash_key() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gallop: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match gallop_config::load(&gallop_config::Sources::standard(cli.config.clone())) {
         Ok(config) => config,
         Err(e) => {
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
+        Command::HashKey => Ok(()),
         Command::Probe { url } => commands::probe(&url),
         Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
         Command::Ingest => {

@@ -57,7 +57,11 @@ pub(crate) async fn run<S: Source>(
     let store = Arc::new(ClickHouseStore::new(Writer::new(clickhouse, stream, &config.clickhouse), stream));
     let metrics = ProcessMetrics::new();
     let health = Arc::new(Health::default());
-    let router = status_router(metrics.clone(), Arc::clone(&health));
+    let router = status_router(
+        metrics.clone(),
+        Arc::clone(&health),
+        gallop_support::ApiKeys::new(&config.ingest.auth.metrics_keys),
+    );
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let options = RunOptions::from_config(&config);
     let result = gallop_pipeline::run(source, processor, store, options, metrics, health, shutdown).await;

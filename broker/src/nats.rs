@@ -14,7 +14,7 @@ use async_nats::{
     ConnectOptions,
 };
 use futures::future::{BoxFuture, FutureExt};
-use gallop_config::{DiscardKind, NatsConfig, StorageKind};
+use gallop_config::{redact_url, DiscardKind, NatsConfig, StorageKind};
 use time::Date;
 use tracing::{info, warn};
 
@@ -120,7 +120,7 @@ impl NatsBroker {
 
     /// Opens (creating if needed) the salt bucket named in `config` on this connection.
     pub async fn salt_store(&self, config: &NatsConfig) -> Result<NatsSaltStore, NatsError> {
-        NatsSaltStore::open(&self.jetstream, &config.salt_bucket, config.storage).await
+        NatsSaltStore::open(&self.jetstream, &config.salt_bucket).await
     }
 }
 
@@ -142,20 +142,37 @@ async fn connect_client(config: &NatsConfig) -> Result<async_nats::Client, NatsE
                 other => info!(event = %other, "NATS client event"),
             }
         });
+    let url = redact_url(&config.url);
     if let Some(token) = &config.token {
         options = options.token(token.expose().to_owned());
     }
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
+    if let Some(seed) = &config.nkey {
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options.credentials_file(path).await.map_err(|e| NatsError::Connect {
+            url: url.clone(),
+            reason: format!("nats.credentials_file {}: {e}", path.display()),
+        })?;
+    }
+    if config.tls || config.url.split(',').any(|u| u.trim_start().starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
     let connect = options.connect(config.url.as_str());
     match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(NatsError::Connect { url: config.url.clone(), reason: e.to_string() }),
-        Err(_) => Err(NatsError::Connect {
-            url: config.url.clone(),
-            reason: format!("no connection within {:?}", config.connect_timeout),
-        }),
+        // The client's text may quote the URL it was given, credentials included.
+        Ok(Err(e)) => Err(NatsError::Connect { url: url.clone(), reason: e.to_string().replace(&config.url, &url) }),
+        Err(_) => Err(NatsError::Connect { url, reason: format!("no connection within {:?}", config.connect_timeout) }),
     }
 }
 
@@ -243,32 +260,39 @@ impl NatsSaltStore {
     /// (ADR-8: stream `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key, rollups
     /// allowed, deletes denied, direct get): `create_key_value` first asks for account
     /// info, which async-nats cannot parse from NATS 2.9 servers (Debian's).
-    pub async fn open(jetstream: &jetstream::Context, bucket: &str, storage: StorageKind) -> Result<Self, NatsError> {
+    ///
+    /// Salts live in memory storage only, whatever `nats.storage` says: a salt must never
+    /// reach a disk where it would outlive its day (purged file-store messages stay
+    /// readable in block files until compaction). If every NATS server restarts, the day
+    /// gets a fresh salt, so visitors of that day are counted again once. A bucket found
+    /// on file storage (made by an older Gallop) is deleted and made again in memory.
+    pub async fn open(jetstream: &jetstream::Context, bucket: &str) -> Result<Self, NatsError> {
         let fail = |e: &dyn std::fmt::Display| NatsError::Bucket { bucket: bucket.to_owned(), reason: e.to_string() };
         let max_age = Duration::from_secs(24 * 3600);
-        jetstream
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                description: Some("Gallop daily visitor salts".to_owned()),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age,
-                max_bytes: -1,
-                max_message_size: -1,
-                discard: DiscardPolicy::New,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                duplicate_window: Duration::from_secs(120),
-                num_replicas: 1,
-                storage: match storage {
-                    StorageKind::File => StorageType::File,
-                    StorageKind::Memory => StorageType::Memory,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(&e))?;
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Gallop daily visitor salts".to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            max_bytes: -1,
+            max_message_size: -1,
+            discard: DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: 1,
+            storage: StorageType::Memory,
+            ..Default::default()
+        };
+        let mut stream = jetstream.get_or_create_stream(config.clone()).await.map_err(|e| fail(&e))?;
+        let info = stream.info().await.map_err(|e| fail(&e))?;
+        if info.config.storage != StorageType::Memory {
+            warn!(bucket, "salt bucket found on file storage; making it again in memory (today's salt is replaced)");
+            jetstream.delete_stream(&config.name).await.map_err(|e| fail(&e))?;
+            jetstream.create_stream(config).await.map_err(|e| fail(&e))?;
+        }
         let store = jetstream.get_key_value(bucket).await.map_err(|e| fail(&e))?;
         Ok(Self { store, bucket: bucket.to_owned() })
     }

@@ -5,7 +5,14 @@ use std::sync::{
     Arc,
 };
 
-use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use gallop_support::ApiKeys;
 
 use crate::metrics::ProcessMetrics;
 
@@ -43,16 +50,17 @@ impl Health {
 struct Status {
     metrics: ProcessMetrics,
     health: Arc<Health>,
+    metrics_keys: ApiKeys,
 }
 
 /// Routes `/health` (always `ok`), `/ready` (`503` with the reason while `health` says
-/// no) and `/metrics`.
-pub fn status_router(metrics: ProcessMetrics, health: Arc<Health>) -> Router {
+/// no) and `/metrics` (`401` without one of `metrics_keys`, when there are any).
+pub fn status_router(metrics: ProcessMetrics, health: Arc<Health>, metrics_keys: ApiKeys) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(readiness))
         .route("/metrics", get(render))
-        .with_state(Arc::new(Status { metrics, health }))
+        .with_state(Arc::new(Status { metrics, health, metrics_keys }))
 }
 
 async fn readiness(State(status): State<Arc<Status>>) -> axum::response::Response {
@@ -62,6 +70,18 @@ async fn readiness(State(status): State<Arc<Status>>) -> axum::response::Respons
     }
 }
 
-async fn render(State(status): State<Arc<Status>>) -> axum::response::Response {
+async fn render(State(status): State<Arc<Status>>, headers: HeaderMap) -> axum::response::Response {
+    let allowed = status.metrics_keys.allows(
+        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        headers.get("x-api-key").map(HeaderValue::as_bytes),
+    );
+    if !allowed {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "an API key is needed (ingest.auth.metrics_keys)",
+        )
+            .into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], status.metrics.render()).into_response()
 }

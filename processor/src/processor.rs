@@ -855,7 +855,8 @@ mod tests {
 
     #[test]
     fn late_and_future_events() {
-        let hour = 3_600_000;
+        // Allowed lateness (1 h) plus the acceptance grace (2 min).
+        let hour = 3_600_000 + 120_000;
         let mut drop = processor(ProcessorConfig::default());
         assert_eq!(drop.process(0, &event("pageview", "/", 1, T0), T0), Ok(Outcome::Counted));
         assert_eq!(
@@ -884,6 +885,42 @@ mod tests {
         let late_row =
             reassign.flush(T0).rows.into_iter().find(|r| r.dimension == "path" && r.value == "/late").expect("row");
         assert_eq!(late_row.bucket, arrival / 60_000 * 60);
+    }
+
+    #[test]
+    fn an_event_the_gateway_accepted_is_never_late() {
+        // The gateway accepts ts in [now - 1h, now + 5m]. A future-dated event must not
+        // move the watermark past arrival time, or a 58-minute-old event accepted a moment
+        // later would be dropped.
+        let minute = 60_000;
+        let mut p = processor(ProcessorConfig::default());
+        assert_eq!(p.process(0, &event("pageview", "/future", 1, T0 + 4 * minute), T0), Ok(Outcome::Counted));
+        assert_eq!(p.watermark(0), Some(T0), "the watermark stops at arrival time");
+        assert_eq!(p.process(0, &event("pageview", "/old", 2, T0 - 58 * minute), T0 + 1_000), Ok(Outcome::Counted));
+        // Accepted at the edge of the window, stamped by the broker a while later.
+        let accepted_at = T0 + 2_000;
+        let stamped = accepted_at + 35_000;
+        assert_eq!(
+            p.process(0, &event("pageview", "/edge", 3, accepted_at - 60 * minute), stamped),
+            Ok(Outcome::Counted)
+        );
+        assert_eq!(p.stats().late_dropped, 0);
+    }
+
+    #[test]
+    fn values_that_could_overflow_a_sum_are_refused() {
+        let mut p = processor(ProcessorConfig { sessions: false, ..ProcessorConfig::default() });
+        for value in [1.797e308, f64::INFINITY, f64::NAN, -2e15] {
+            let mut e = event("purchase", "/checkout", 1, T0);
+            e.value = Some(value);
+            assert_eq!(p.process(0, &e, T0), Ok(Outcome::Invalid("value_out_of_range")), "{value}");
+        }
+        let mut e = event("purchase", "/checkout", 1, T0);
+        e.value = Some(1e15);
+        assert_eq!(p.process(0, &e, T0), Ok(Outcome::Counted));
+        assert_eq!(p.process(0, &e, T0), Ok(Outcome::Counted));
+        let t = table(&p.flush(T0));
+        assert_eq!(t.get(&("total".into(), "".into(), T0 / 1000)).map(|c| c.2), Some(2e15));
     }
 
     #[test]

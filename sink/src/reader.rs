@@ -106,11 +106,30 @@ pub struct Headline {
     pub value_events: u64,
 }
 
+/// A float as ClickHouse's JSON prints it: a number, or `null` (or a quoted `inf`/`nan`)
+/// for a sum that is not finite. One bad row (a sum that overflowed before values were
+/// bounded) then reads as NaN instead of failing every query of its site.
+fn lenient_f64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Float {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+    Ok(match Option::<Float>::deserialize(deserializer)? {
+        Some(Float::Number(x)) => x,
+        Some(Float::Text(text)) => text.parse().unwrap_or(f64::NAN),
+        Some(Float::Null(())) | None => f64::NAN,
+    })
+}
+
 /// What [`Reader::visit_totals`] reads.
 #[derive(Debug, Default, Deserialize)]
 struct VisitTotals {
     visits: u64,
     bounces: u64,
+    #[serde(deserialize_with = "lenient_f64")]
     duration_ms: f64,
 }
 
@@ -129,6 +148,9 @@ pub struct BreakdownRow {
     /// pageviews).
     pub events: u64,
     /// Sum of their event values (`session:*`: duration ms; `engagement:*`: engaged ms).
+    /// NaN where the stored sum is not a finite number (rows written before values were
+    /// bounded), instead of failing the whole answer.
+    #[serde(deserialize_with = "lenient_f64")]
     pub value_sum: f64,
     /// Visits that started with that value (source, country, device, browser, OS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +347,7 @@ impl Reader {
             value: String,
             events: u64,
             visitors: u64,
+            #[serde(deserialize_with = "lenient_f64")]
             value_sum: f64,
             value_count: u64,
         }

@@ -68,14 +68,14 @@ pub(crate) const FIREFOX: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:1
 impl TestGateway {
     /// Starts a gateway with `config`, talking to NATS at `config.nats.url`.
     pub(crate) async fn start(config: Config) -> Self {
-        let broker = NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.publish_timeout)
+        let broker = NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.ack_timeout)
             .await
             .unwrap_or_else(|e| {
                 panic!("NATS JetStream must run at {} (scripts/services.sh starts it): {e}", config.nats.url)
             });
         let salts = broker.salt_store(&config.nats).await.expect("salt bucket");
-        let jetstream =
-            async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("test's own NATS connection"));
+        // The test reads the stream on the gateway's connection (same server, same credentials).
+        let jetstream = broker.jetstream().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let gateway = Gateway::new(config.clone(), Arc::new(broker), Arc::new(salts)).await.expect("gateway builds");

@@ -10,3 +10,4 @@ mod fixture;
 mod hardening;
 mod plausible;
 mod privacy;
+mod private_nats;
