@@ -1,6 +1,12 @@
 //! NATS JetStream adapter: one stream, one subject per partition, KV-held salts.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_nats::{
     connection::State,
@@ -60,6 +66,66 @@ pub struct NatsBroker {
     subjects: Vec<String>,
     stream: String,
     max_payload: usize,
+    fill: Option<Arc<FillWatch>>,
+}
+
+/// Refuse publishes to a stream with `max_bytes` once it is this full (in percent): the
+/// server's own check lets a stream overshoot and then drops its oldest messages even
+/// with discard-new (seen on NATS 2.9), and those may not be processed yet.
+const HIGH_WATER_PERCENT: u64 = 90;
+/// What JetStream stores per message beyond its payload (subject, headers, index), roughly.
+const MESSAGE_OVERHEAD: u64 = 160;
+
+/// How full a stream with `max_bytes` is: its size as last read from the server plus what
+/// was published since, so a burst cannot overshoot between two reads.
+#[derive(Debug)]
+struct FillWatch {
+    limit: u64,
+    stored: AtomicU64,
+    poller: tokio::task::AbortHandle,
+}
+
+impl Drop for FillWatch {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl FillWatch {
+    /// Starts reading `stream`'s size every second.
+    fn start(jetstream: jetstream::Context, stream: String, limit: u64, stored: u64) -> Arc<Self> {
+        Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let weak = weak.clone();
+            let poller = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let Some(watch) = weak.upgrade() else { break };
+                    if let Ok(mut handle) = jetstream.get_stream(&stream).await {
+                        if let Ok(info) = handle.info().await {
+                            watch.stored.store(info.state.bytes, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+            .abort_handle();
+            Self { limit, stored: AtomicU64::new(stored), poller }
+        })
+    }
+
+    /// Counts `bytes` more, or says why the stream must not take them.
+    fn admit(&self, bytes: u64) -> Result<(), String> {
+        let high_water = self.limit / 100 * HIGH_WATER_PERCENT;
+        let stored = self.stored.load(Ordering::Relaxed);
+        if stored + bytes + MESSAGE_OVERHEAD > high_water {
+            return Err(format!(
+                "the stream holds about {stored} of its {} bytes (nats.max_bytes); new events are refused at \
+                 {HIGH_WATER_PERCENT}% so none it holds is dropped",
+                self.limit
+            ));
+        }
+        self.stored.fetch_add(bytes + MESSAGE_OVERHEAD, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl NatsBroker {
@@ -94,8 +160,15 @@ impl NatsBroker {
             .await
             .map_err(|e| NatsError::Stream { stream: config.stream.clone(), reason: e.to_string() })?;
         info!(stream = %config.stream, partitions, messages = info.state.messages, "JetStream stream ready");
+        if config.max_bytes > 0 && config.discard == DiscardKind::Old {
+            warn!(stream = %config.stream, max_bytes = config.max_bytes,
+                "nats.discard = \"old\": a full stream drops its oldest messages, processed or not \
+                 (the processor then reports a gap)");
+        }
+        let fill = (config.max_bytes > 0 && config.discard == DiscardKind::New)
+            .then(|| FillWatch::start(jetstream.clone(), config.stream.clone(), config.max_bytes, info.state.bytes));
         let max_payload = client.server_info().max_payload;
-        Ok(Self { client, jetstream, subjects, stream: config.stream.clone(), max_payload })
+        Ok(Self { client, jetstream, subjects, stream: config.stream.clone(), max_payload, fill })
     }
 
     /// The client, for other adapters sharing the connection.
@@ -192,7 +265,14 @@ impl Publisher for NatsBroker {
         let connected = self.is_ready();
         let max_payload = self.max_payload;
         let jetstream = self.jetstream.clone();
+        let admitted = match &self.fill {
+            Some(fill) if connected => fill.admit(message.payload.len() as u64),
+            _ => Ok(()),
+        };
         async move {
+            if let Err(reason) = admitted {
+                return Err(PublishError::StorageFull { id: message.id, reason });
+            }
             let Some(subject) = subject else {
                 return Err(PublishError::NoSuchPartition { partition: message.partition, partitions });
             };

@@ -24,6 +24,55 @@ fn prints_effective_config_with_env_overrides_and_redacted_secrets() {
 }
 
 #[test]
+fn credentials_in_urls_and_secret_files_are_redacted() {
+    let dir = std::env::temp_dir().join(format!("gallop-config-test-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let password_file = dir.join("clickhouse-password");
+    std::fs::write(&password_file, "from-a-file-pw\n").expect("write");
+    let output = gallop()
+        .args(["config"])
+        .env("GALLOP_NATS__URL", "nats://alice:url-secret@127.0.0.1:4222,nats://bob:other-secret@10.0.0.2:4222")
+        .env("GALLOP_CLICKHOUSE__URL", "http://ch-user:ch-secret@127.0.0.1:8123")
+        .env("GALLOP_CLICKHOUSE__PASSWORD_FILE", &password_file)
+        .env("GALLOP_NATS__NKEY", "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("url = \"nats://<redacted>@127.0.0.1:4222,nats://<redacted>@10.0.0.2:4222\""), "{stdout}");
+    assert!(stdout.contains("url = \"http://<redacted>@127.0.0.1:8123\""), "{stdout}");
+    for secret in ["url-secret", "other-secret", "ch-secret", "from-a-file-pw", "SUAIBDPB"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    assert!(stdout.contains("password = \"<redacted>\""), "the file's password is loaded: {stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn hash_key_prints_what_the_config_takes() {
+    use std::io::Write as _;
+    let mut child = gallop()
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    child.stdin.take().expect("stdin").write_all(b"secret-key-1-long-enough\n").expect("write");
+    let output = child.wait_with_output().expect("exits");
+    assert!(output.status.success());
+    // sha256sum of "secret-key-1-long-enough", computed outside Gallop.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "sha256:c01da6efdc88f86a39be139e8d3fc8ab7ec26e048b21d6065c9db2a0c6d562b0"
+    );
+    let output =
+        gallop().args(["config"]).env("GALLOP_INGEST__AUTH__EVENT_KEYS", "[\"not-a-hash\"]").output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ingest.auth.event_keys[0]: a key's hash, sha256:<64 hex digits>"), "{stderr}");
+}
+
+#[test]
 fn example_config_is_complete_and_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gallop.example.toml");
     let output = gallop().args(["--config", example, "config"]).output().expect("runs");

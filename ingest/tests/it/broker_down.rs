@@ -61,3 +61,36 @@ async fn unreachable_nats_at_start_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains(&format!("cannot connect to NATS at nats://127.0.0.1:{port}")), "{text}");
 }
+
+#[tokio::test]
+async fn a_full_stream_refuses_new_events_and_loses_none_it_accepted() {
+    let mut config = test_config();
+    // Discard-new is the default: a full stream refuses, it never drops what it holds.
+    config.nats.max_bytes = 8 * 1024;
+    config.ingest.stall_after = Duration::from_secs(3);
+    let gateway = TestGateway::start(config).await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let body = format!(r#"{{"n":"pageview","u":"https://example.com/p{i}","d":"example.com"}}"#);
+        let reply = gateway.post("/api/event", Some("text/plain"), body, &[("user-agent", FIREFOX)]).await;
+        match reply.status {
+            202 => accepted.push(format!("/p{i}")),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("status {other}: {}", reply.body),
+        }
+    }
+    let refused = refused.expect("an 8 KiB stream fills up within 200 events");
+    assert!(refused.body.contains("out of storage"), "{}", refused.body);
+    assert_eq!(refused.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
+    let ready = gateway.get("/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("out of storage"), "{}", ready.body);
+    let paths: Vec<String> = gateway.records().await.into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, accepted, "every accepted event is still in the stream, in order");
+    let metrics = gateway.get("/metrics").await.body;
+    assert!(metrics.contains("gallop_publish_failures_total{kind=\"storage_full\"} 1"), "{metrics}");
+}
