@@ -63,8 +63,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    let shed_slots = (config.max_connections / 8).max(16);
+    ensure_descriptors(config.max_connections + shed_slots);
     let served = Arc::new(Semaphore::new(config.max_connections));
-    let shed = Arc::new(Semaphore::new((config.max_connections / 8).max(16)));
+    let shed = Arc::new(Semaphore::new(shed_slots));
     let stopping = CancellationToken::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -137,6 +139,26 @@ pub(crate) async fn serve(
     if tokio::time::timeout(grace, drain).await.is_err() {
         warn!(?grace, "shutdown timeout reached with requests still in flight");
         connections.abort_all();
+    }
+}
+
+/// Descriptors besides client connections: the broker, listeners, files, the runtime.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open files towards the hard one so `connections` fit, and
+/// says so loudly when they cannot: past the limit, accepting fails and even `/health`
+/// cannot be answered.
+fn ensure_descriptors(connections: usize) {
+    let wanted = connections as u64 + SPARE_DESCRIPTORS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => warn!(
+            limit,
+            wanted,
+            "the open-file limit is below ingest.server.max_connections plus spare descriptors; lower \
+             max_connections or raise the limit (ulimit -n / LimitNOFILE)"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
     }
 }
 
