@@ -248,7 +248,9 @@ pub(crate) async fn read_body(
         return Err(busy());
     }
     let read = async {
-        let mut buffer = BytesMut::with_capacity(declared.min(64 * 1024));
+        // A declared length is already counted in the budget: take it in one allocation
+        // rather than doubling towards it (each doubling leaves freed memory behind).
+        let mut buffer = BytesMut::with_capacity(if declared > 0 { declared } else { 16 * 1024 });
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {

@@ -275,3 +275,32 @@ async fn a_rejected_insert_is_a_fatal_error_not_a_retry_loop() {
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("insert of"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stored_sum_that_is_not_finite_reads_as_nan_instead_of_failing_the_site() {
+    // Rows like this were written before values were bounded: two values of 1.797e308
+    // summed to +inf, which ClickHouse prints as null.
+    let db = TestDb::new("inf");
+    let ch = db.migrated().await;
+    let writer = Writer::new(ch.clone(), "EVENTS", &db.config);
+    let mut processor = processor();
+    let mut e = event("inf.test", T0, "purchase", "/checkout", 1);
+    e.value = Some(5.0);
+    processor.process_message(0, 1, &message(&[e]), T0).expect("not full");
+    let delta = processor.flush(0);
+    writer.write(&delta, &marks(&delta), T0 / 1000).await.expect("write");
+    let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
+    query(&format!(
+        "INSERT INTO {table} (site, kind, granularity, bucket, dimension, value, events, value_sum, value_count) \
+         SELECT 'inf.test', 'rollup', 'minute', toDateTime({}), 'currency', '', sumState(toUInt64(2)), \
+         sumState(x), sumState(toUInt64(2)) FROM (SELECT arrayJoin([1.797e308, 1.797e308]) AS x)",
+        T0 / 1000
+    ));
+    let reader = Reader::new(ch.clone());
+    let range = TimeRange::new(T0 / 1000, T0 / 1000 + 60).expect("range");
+    let headline = reader.headline("inf.test", range).await.expect("one bad row does not fail the headline");
+    assert_eq!(headline.events, 1);
+    assert!(headline.value.is_nan(), "{}", headline.value);
+    let rows = reader.breakdown("inf.test", range, "path", 10).await.expect("breakdown");
+    assert_eq!(rows.rows.iter().map(|r| (r.value.as_str(), r.value_sum)).collect::<Vec<_>>(), [("/checkout", 5.0)]);
+}
