@@ -122,6 +122,13 @@ pub enum SketchError {
         /// The `k` the state was read for.
         k: usize,
     },
+    /// A key listed more than once whose counters add up past what a counter holds
+    /// (2^63 − 1) or to more error than count.
+    #[error("topK state: key {key:?} is listed more than once and its counters add up past 2^63 - 1 or to more error than count")]
+    TopKRepeatedKeyOverflow {
+        /// The key, lossily decoded as UTF-8.
+        key: String,
+    },
     /// A `topK` counter claims more error than count.
     #[error("topK state: key {key:?} has error {error} above its count {count}")]
     TopKErrorAboveCount {

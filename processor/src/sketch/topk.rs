@@ -57,7 +57,7 @@
 use std::collections::HashMap;
 
 use super::hash::string_ref_hash;
-use super::varint::{write_varuint, Reader};
+use super::varint::{write_varuint, Reader, VARUINT_MAX};
 use super::SketchError;
 
 /// ClickHouse's `TOP_K_LOAD_FACTOR`: counters kept per requested item.
@@ -409,8 +409,21 @@ impl TopK {
             // second counter to the first, and so does this.
             if let Some(&id) = sketch.index.get(key) {
                 let c = &mut sketch.counters[id];
-                c.count = c.count.wrapping_add(count);
-                c.error = c.error.wrapping_add(error);
+                // The sums must still be a counter ClickHouse can hold (found by fuzzing:
+                // wrapping sums gave states that were refused or changed when written back).
+                let count_sum = c.count.checked_add(count).filter(|v| *v <= VARUINT_MAX);
+                let error_sum = c.error.checked_add(error).filter(|v| *v <= VARUINT_MAX);
+                match (count_sum, error_sum) {
+                    (Some(count), Some(error)) if error <= count => {
+                        c.count = count;
+                        c.error = error;
+                    }
+                    _ => {
+                        return Err(SketchError::TopKRepeatedKeyOverflow {
+                            key: String::from_utf8_lossy(key).into_owned(),
+                        })
+                    }
+                }
                 sketch.percolate(id);
             } else {
                 sketch.push(key.into(), string_ref_hash(key), count, error);
@@ -440,6 +453,30 @@ impl TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_key_whose_counters_overflow_is_refused() {
+        // One counter map listing key "a" twice (18.16 can write a key twice): counts that
+        // sum past 2^63 - 1, and errors that sum past the counts. Found by fuzzing.
+        let state = |count: u64, error: u64| {
+            let mut out = Vec::new();
+            write_varuint(2, &mut out);
+            for _ in 0..2 {
+                write_varuint(1, &mut out);
+                out.push(b'a');
+                write_varuint(count, &mut out);
+                write_varuint(error, &mut out);
+            }
+            write_varuint(0, &mut out);
+            out
+        };
+        let fine = TopK::read_state(1, &state(5, 1)).expect("counters add up");
+        assert_eq!(fine.top(), [(b"a".to_vec(), 10, 2)]);
+        for (count, error) in [(VARUINT_MAX, 0), (VARUINT_MAX / 2 + 1, 0)] {
+            let err = TopK::read_state(1, &state(count, error)).expect_err("sum past 2^63 - 1");
+            assert!(matches!(err, SketchError::TopKRepeatedKeyOverflow { .. }), "{err}");
+        }
+    }
 
     #[test]
     fn alpha_sizes_match_clickhouse() {
