@@ -85,3 +85,32 @@ async fn render(State(status): State<Arc<Status>>, headers: HeaderMap) -> axum::
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], status.metrics.render()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn status_of(router: &Router, headers: &[(&str, &str)]) -> StatusCode {
+        let mut request = axum::http::Request::get("/metrics");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::empty()).expect("request");
+        router.clone().oneshot(request).await.expect("infallible").status()
+    }
+
+    #[tokio::test]
+    async fn metrics_need_a_configured_key_when_there_are_keys() {
+        let open = status_router(ProcessMetrics::new(), Arc::default(), ApiKeys::new(&[]));
+        assert_eq!(status_of(&open, &[]).await, StatusCode::OK);
+        let keys = ApiKeys::new(&[gallop_support::hash_key("scraper-key-0123456789")]);
+        let locked = status_router(ProcessMetrics::new(), Arc::default(), keys);
+        assert_eq!(status_of(&locked, &[]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status_of(&locked, &[("authorization", "Bearer nope")]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status_of(&locked, &[("authorization", "Bearer scraper-key-0123456789")]).await, StatusCode::OK);
+        assert_eq!(status_of(&locked, &[("x-api-key", "scraper-key-0123456789")]).await, StatusCode::OK);
+    }
+}
