@@ -54,7 +54,7 @@ impl Metrics {
     pub fn new() -> Self {
         let r = MetricsRegistry::new().with_process_metrics("gateway");
         let latency = || exponential_buckets(0.000_1, 2.0, 18);
-        Self {
+        let metrics = Self {
             requests: r.counter_vec(
                 "gallop_http_requests_total",
                 "HTTP requests by route and status code",
@@ -114,7 +114,12 @@ impl Metrics {
             inflight_bytes: r.gauge("gallop_http_inflight_bytes", "Request-body bytes held by requests in flight"),
             user_agent_cache_bytes: r.gauge("gallop_user_agent_cache_bytes", "Bytes the User-Agent cache holds"),
             registry: r,
+        };
+        // Every reason exists from the start (at 0), so rates and alerts see a series.
+        for reason in ["shed", "closed", "accept_error"] {
+            metrics.connections_refused.with_label_values(&[reason]);
         }
+        metrics
     }
 
     /// The registry, to add metrics of other components to the same `/metrics` page.

@@ -45,7 +45,7 @@ fn prometheus_config_alert_rules_and_their_tests_pass_promtool() {
         &tool("promtool", &["check", "config", "deploy/prometheus/prometheus.yml"], &[]),
         "promtool check config",
     );
-    assert!(out.contains("1 rule files found") && out.contains("8 rules found"), "{out}");
+    assert!(out.contains("1 rule files found") && out.contains("9 rules found"), "{out}");
     assert_success(&tool("promtool", &["check", "rules", "deploy/prometheus/alerts.yml"], &[]), "promtool check rules");
     let out = assert_success(
         &tool("promtool", &["test", "rules", "deploy/prometheus/alerts_test.yml"], &[]),

@@ -268,7 +268,7 @@ async fn prometheus_scrapes_gallop_run_and_answers_every_pipeline_panel() {
                     (field("name"), field("health"), field("state"))
                 })
                 .collect();
-            (rules.len() == 8 && rules.iter().all(|(_, health, _)| health == "ok"), rules)
+            (rules.len() == 9 && rules.iter().all(|(_, health, _)| health == "ok"), rules)
         })
         .await;
     for (name, _, state) in &rules {
