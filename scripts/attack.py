@@ -142,9 +142,11 @@ async def idle_flood(host, port):
     return len(conns), result
 
 
-async def huge_user_agents(host, port):
+async def user_agents(host, port, count, filler, batch):
+    """`count` requests, `batch` at a time, each with a distinct User-Agent padded by
+    `filler` bytes; returns the statuses counted and a last /health probe."""
     async def one(i):
-        ua = f"{FIREFOX} {i} " + "x" * (200 * 1024)
+        ua = f"{FIREFOX} {i} " + "x" * filler
         head = (f"POST /api/event HTTP/1.1\r\nHost: x\r\nUser-Agent: {ua}\r\nContent-Type: text/plain\r\n"
                 f"Content-Length: {len(EVENT)}\r\nConnection: close\r\n\r\n").encode()
         try:
@@ -152,28 +154,19 @@ async def huge_user_agents(host, port):
         except (OSError, asyncio.TimeoutError):
             return b""
     statuses = {}
-    for start_at in range(0, 3000, 100):
-        for reply in await asyncio.gather(*(one(i) for i in range(start_at, start_at + 100))):
+    for start_at in range(0, count, batch):
+        for reply in await asyncio.gather(*(one(i) for i in range(start_at, start_at + batch))):
             code = reply[9:12].decode() if reply.startswith(b"HTTP/1.1") else "none"
             statuses[code] = statuses.get(code, 0) + 1
     return statuses, await probe_during(host, port, 1)
+
+
+async def huge_user_agents(host, port):
+    return await user_agents(host, port, 3000, 200 * 1024, 100)
 
 
 async def distinct_user_agents(host, port):
-    async def one(i):
-        ua = f"{FIREFOX} {i} " + "z" * 1000
-        head = (f"POST /api/event HTTP/1.1\r\nHost: x\r\nUser-Agent: {ua}\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(EVENT)}\r\nConnection: close\r\n\r\n").encode()
-        try:
-            return await request(host, port, head, EVENT, timeout=10)
-        except (OSError, asyncio.TimeoutError):
-            return b""
-    statuses = {}
-    for start_at in range(0, 20000, 200):
-        for reply in await asyncio.gather(*(one(i) for i in range(start_at, start_at + 200))):
-            code = reply[9:12].decode() if reply.startswith(b"HTTP/1.1") else "none"
-            statuses[code] = statuses.get(code, 0) + 1
-    return statuses, await probe_during(host, port, 1)
+    return await user_agents(host, port, 20000, 1000, 200)
 
 
 ATTACKS = [

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use quick_cache::sync::Cache;
 
-use crate::error::IngestError;
+use crate::{error::IngestError, normalize::truncate};
 
 /// The uap-core rules, compiled into the binary.
 const RULES: &str = include_str!("../data/uap-regexes.yaml");
@@ -99,7 +99,7 @@ impl UserAgents {
 
     /// Parses `ua` (its first `max_len` bytes), from the cache when seen before.
     pub(crate) fn parse(&self, ua: &str) -> Arc<UaInfo> {
-        let ua = prefix(ua, self.max_len);
+        let ua = truncate(ua, self.max_len);
         if let Some(info) = self.cache.get(ua) {
             return info;
         }
@@ -126,18 +126,6 @@ impl UserAgents {
         let device_family = device.as_ref().map(|d| d.device.as_ref()).unwrap_or("");
         UaInfo { browser, browser_version, device: device_class(&lower, device_family, &os_name), os: os_name, bot }
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-fn prefix(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `tablet`, `mobile` or `desktop`, from the UA text, the uap device family and the OS.
