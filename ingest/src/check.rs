@@ -83,3 +83,28 @@ impl BodyChecker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_428_000_000;
+    const FIREFOX: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+
+    #[test]
+    fn checks_bodies_as_the_routes_do() {
+        let checker = BodyChecker::new(Config::default()).expect("rules compile");
+        let body = br#"{"n":"pageview","u":"https://example.com/a?utm_source=x","d":"example.com","r":"https://u:p@news.ycombinator.com/item?id=1"}"#;
+        let records = checker.check(BodyFormat::Plausible, body, FIREFOX, NOW).expect("valid");
+        let r = &records[0];
+        assert_eq!(
+            (r.site.as_str(), r.path.as_str(), r.referrer.as_str(), r.source.as_str(), r.browser.as_str()),
+            ("example.com", "/a", "https://news.ycombinator.com/item", "x", "Firefox")
+        );
+        let batch = b"{\"site\":\"a.test\",\"name\":\"x\",\"url\":\"https://a.test/\"}\n{\"site\":\"a.test\",\"name\":\"x\",\"url\":\"nope\"}\n";
+        let errors = checker.check(BodyFormat::NdJson, batch, "", NOW).expect_err("second is bad");
+        assert_eq!((errors.len(), errors[0].index, errors[0].field.as_str()), (1, Some(1), "url"));
+        let errors = checker.check(BodyFormat::Json, b"\xff", "", NOW).expect_err("not UTF-8");
+        assert!(errors[0].reason.contains("not valid UTF-8"), "{errors:?}");
+    }
+}
