@@ -86,9 +86,7 @@ mod tests {
     fn values_decode_to_the_very_f64_written() {
         // Shortest representations of 17 significant digits; without serde_json's
         // float_roundtrip one in five came back 1 ULP off (found by fuzzing).
-        for value in
-            [210_622.603_170_053_01, 2.106_226_031_700_530_15e5, 0.1 + 0.2, 1e-7 / 3.0, 9_007_199_254_740_993.0]
-        {
+        for value in [210_622.603_170_053_01, 0.1 + 0.2, 1e-7 / 3.0, f64::from_bits(0x4109_b5b4_d3d7_d21d)] {
             let mut record = sample("a.test");
             record.value = Some(value);
             let mut payload = Vec::new();
