@@ -12,9 +12,6 @@ use gallop_ingest::{BodyChecker, BodyFormat};
 /// sit around it so the time-window checks pass and the rest of the record is exercised.
 pub const NOW_MS: i64 = 1_780_000_000_000;
 
-/// `time.allowed_lateness` and `time.max_future` of `Config::default()`.
-const LATENESS_MS: i64 = 3_600_000;
-const FUTURE_MS: i64 = 300_000;
 
 /// Realistic User-Agents, picked by the first input byte when it is below 0x80.
 const USER_AGENTS: &[&str] = &[
@@ -26,10 +23,29 @@ const USER_AGENTS: &[&str] = &[
 ];
 
 /// The checker built from the default config, once per process (compiling the uap-core
-/// rules takes a moment).
-pub fn checker() -> &'static BodyChecker {
-    static CHECKER: OnceLock<BodyChecker> = OnceLock::new();
-    CHECKER.get_or_init(|| BodyChecker::new(Config::default()).expect("the default config builds a BodyChecker"))
+/// rules takes a moment), and the range of event times that config accepts at [`NOW_MS`].
+struct Checker {
+    checker: BodyChecker,
+    accepted_ts: std::ops::RangeInclusive<i64>,
+}
+
+fn checker() -> &'static Checker {
+    static CHECKER: OnceLock<Checker> = OnceLock::new();
+    CHECKER.get_or_init(|| {
+        let config = Config::default();
+        let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).expect("a window of sane size");
+        let accepted_ts =
+            NOW_MS - millis(config.time.allowed_lateness)..=NOW_MS + millis(config.time.max_future);
+        let checker = BodyChecker::new(config).expect("the default config builds a BodyChecker");
+        Checker { checker, accepted_ts }
+    })
+}
+
+/// `GALLOP_FUZZ_VERBOSE=1` prints what each body became (to check seeds: run the target
+/// on a corpus with `-runs=0`).
+fn verbose() -> bool {
+    static VERBOSE: OnceLock<bool> = OnceLock::new();
+    *VERBOSE.get_or_init(|| std::env::var_os("GALLOP_FUZZ_VERBOSE").is_some_and(|v| v == "1"))
 }
 
 /// Splits `data` into a User-Agent and a body. First byte `b`: below 0x80 picks one of
@@ -48,12 +64,17 @@ pub fn split(data: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
 /// Checks `body` in `format` and, when it is accepted, every property an accepted record
 /// must have. Panics (a finding) when one does not hold.
 pub fn check_body(format: BodyFormat, body: &[u8], user_agent: &str) {
-    let Ok(records) = checker().check(format, body, user_agent, NOW_MS) else {
+    let checker = checker();
+    let result = checker.checker.check(format, body, user_agent, NOW_MS);
+    if verbose() {
+        eprintln!("{format:?} body, User-Agent {user_agent:?}: {result:#?}");
+    }
+    let Ok(records) = result else {
         return;
     };
     assert!(!records.is_empty(), "an accepted body yields at least one record");
     for record in &records {
-        check_record(record);
+        check_record(record, &checker.accepted_ts);
     }
     // The whole set as one broker message, as the batcher would publish it.
     let mut message = Vec::new();
@@ -72,18 +93,14 @@ pub fn check_body(format: BodyFormat, body: &[u8], user_agent: &str) {
 }
 
 /// What `normalize` promises about a record it accepted.
-fn check_record(r: &EventRecord) {
+fn check_record(r: &EventRecord, accepted_ts: &std::ops::RangeInclusive<i64>) {
     assert_eq!(r.v, FORMAT_VERSION, "{r:?}");
     assert!(!r.site.is_empty() && r.site.trim() == r.site, "site empty or untrimmed: {r:?}");
     assert!(!r.name.is_empty() && r.name.trim() == r.name, "name empty or untrimmed: {r:?}");
     assert!(!r.host.is_empty(), "host empty: {r:?}");
     assert!(r.path.starts_with('/'), "path does not start with '/': {r:?}");
     assert!(r.id.is_empty() && r.visitor == 0, "id/visitor are the gateway's to set: {r:?}");
-    assert!(
-        (NOW_MS - LATENESS_MS..=NOW_MS + FUTURE_MS).contains(&r.ts),
-        "ts {} outside the accepted window around {NOW_MS}: {r:?}",
-        r.ts
-    );
+    assert!(accepted_ts.contains(&r.ts), "ts {} outside the accepted window {accepted_ts:?}: {r:?}", r.ts);
     if let Some(value) = r.value {
         assert!(value.is_finite(), "value not finite: {r:?}");
     }
