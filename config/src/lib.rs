@@ -17,7 +17,7 @@ pub use model::{
     redact_url, AuthConfig, BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config, ConsumerConfig,
     DiscardKind, EmptyValues, IngestConfig, InputConfig, KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig,
     LimitsConfig, LogConfig, LogFormat, NatsConfig, ProcessorConfig, RollupConfig, Secret, ServerConfig, StorageKind,
-    TimeConfig,
+    TimeConfig, MAX_ABS_VALUE,
 };
 
 /// Renders a configuration as TOML with secrets redacted, for `gallop config`.

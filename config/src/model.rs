@@ -446,6 +446,11 @@ impl Default for IngestConfig {
     }
 }
 
+/// The largest `ingest.limits.max_abs_value` may be, and what the processor refuses
+/// beyond: sums of values this large cannot overflow to infinity (which ClickHouse returns
+/// as `null`).
+pub const MAX_ABS_VALUE: f64 = 1e15;
+
 /// Limits on what one request and one event may hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

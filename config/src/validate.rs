@@ -2,7 +2,7 @@
 
 use crate::{
     error::{ConfigError, Problem},
-    model::{BrokerKind, Config},
+    model::{BrokerKind, Config, MAX_ABS_VALUE},
 };
 
 /// Checks every rule and reports all broken ones together.
@@ -173,9 +173,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     need(
         ingest.limits.max_abs_value.is_finite()
             && ingest.limits.max_abs_value > 0.0
-            && ingest.limits.max_abs_value <= 1e15,
+            && ingest.limits.max_abs_value <= MAX_ABS_VALUE,
         "ingest.limits.max_abs_value",
-        "greater than 0 and at most 1e15",
+        &format!("greater than 0 and at most {MAX_ABS_VALUE:e}"),
     );
     need(ingest.limits.max_user_agent_bytes >= 64, "ingest.limits.max_user_agent_bytes", "at least 64");
     if let Some(header) = &ingest.country_header {

@@ -144,6 +144,15 @@ impl BrokerHealth {
     }
 }
 
+impl Shared {
+    /// The longest one publish attempt may take once started: the broker client's own
+    /// acknowledgement timeout (NATS) or twice the library's settling bound (Kafka), plus a
+    /// grace; the bound only guards against a client that never answers.
+    fn attempt_bound(&self) -> Duration {
+        self.publisher.publish_settles_within().map_or(self.waits.ack_timeout, |bound| bound * 2) + VERDICT_GRACE
+    }
+}
+
 /// Locks `mutex`, also after a panic elsewhere (the data is plain bookkeeping).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -211,18 +220,12 @@ impl Batcher {
         }
         // The publish task answers every submission: not sent by the deadline, or the
         // outcome of the send. This bound only guards against a task that died.
-        let longest = deadline + self.longest_publish() + VERDICT_GRACE;
+        let longest = deadline + self.shared.attempt_bound() + VERDICT_GRACE;
         match timeout_at(longest, verdict).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
             Err(_) => Err(PublishError::Timeout { id: format!("(batch for partition {partition})") }),
         }
-    }
-
-    /// The longest one publish may take once started.
-    fn longest_publish(&self) -> Duration {
-        let waits = &self.shared.waits;
-        self.shared.publisher.publish_settles_within().map_or(waits.ack_timeout, |bound| bound * 2) + VERDICT_GRACE
     }
 
     /// Stops taking submissions once the queues are empty, and waits until every message
@@ -360,12 +363,9 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
             None if Instant::now() >= batch.deadline => {
                 break Err(PublishError::NotSent(format!("{id}: the requests' deadline passed")))
             }
-            Some(bound) => {
-                watched(&shared, tokio::time::timeout(bound * 2, shared.publisher.publish(message.clone()))).await
-            }
-            None => {
-                let bound = shared.waits.ack_timeout + VERDICT_GRACE;
-                watched(&shared, tokio::time::timeout(bound, shared.publisher.publish(message.clone()))).await
+            _ => {
+                let attempt = tokio::time::timeout(shared.attempt_bound(), shared.publisher.publish(message.clone()));
+                watched(&shared, attempt).await
             }
         };
         let retry_by = Instant::now() + backoff.current() + settles_within.unwrap_or_default();

@@ -67,6 +67,17 @@ pub(crate) async fn serve(
     ensure_descriptors(config.max_connections + shed_slots);
     let served = Arc::new(Semaphore::new(config.max_connections));
     let shed = Arc::new(Semaphore::new(shed_slots));
+    // One HTTP/1 setup for served connections and one for shed ones, made once.
+    let http = |head_timeout: Duration, keep_alive: bool| {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(head_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .keep_alive(keep_alive);
+        Arc::new(builder)
+    };
+    let (served_http, shed_http) = (http(config.header_timeout, true), http(SHED_HEADER_TIMEOUT, false));
     let stopping = CancellationToken::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -102,12 +113,7 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(if shedding { SHED_HEADER_TIMEOUT } else { config.header_timeout })
-            .max_buf_size(config.max_header_bytes.max(8192))
-            .keep_alive(!shedding);
+        let builder = if shedding { shed_http.clone() } else { served_http.clone() };
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));

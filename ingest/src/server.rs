@@ -205,7 +205,7 @@ fn broker_trouble(state: &AppState) -> Option<String> {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !allowed(&state.metrics_keys, &headers) {
+    if !state.metrics_keys.allows(&headers) {
         return ApiError::Unauthorized.into_response();
     }
     state.metrics.broker_up.set(i64::from(broker_trouble(&state).is_none()));
@@ -241,7 +241,7 @@ async fn batch_events(
 ) -> Response {
     let started = std::time::Instant::now();
     let result = async {
-        if !allowed(&state.event_keys, &headers) {
+        if !state.event_keys.allows(&headers) {
             return Err(ApiError::Unauthorized);
         }
         let (body, _held) = read_body(&state, &headers, body, Route::Batch, shedding.is_some()).await?;
@@ -258,14 +258,6 @@ async fn batch_events(
     }
     .await;
     respond(&state, Route::Batch, result, started)
-}
-
-/// Whether `headers` carry a key `keys` allows (always, when no key is configured).
-fn allowed(keys: &ApiKeys, headers: &HeaderMap) -> bool {
-    keys.allows(
-        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
-        headers.get("x-api-key").map(HeaderValue::as_bytes),
-    )
 }
 
 /// Turns a handler's result into its response and records it in the request metrics.

@@ -7,7 +7,7 @@ use std::sync::{
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Router,
@@ -71,11 +71,7 @@ async fn readiness(State(status): State<Arc<Status>>) -> axum::response::Respons
 }
 
 async fn render(State(status): State<Arc<Status>>, headers: HeaderMap) -> axum::response::Response {
-    let allowed = status.metrics_keys.allows(
-        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
-        headers.get("x-api-key").map(HeaderValue::as_bytes),
-    );
-    if !allowed {
+    if !status.metrics_keys.allows(&headers) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],

@@ -16,7 +16,7 @@ use std::{
 
 use compact_str::CompactString;
 use foldhash::fast::FixedState;
-use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig};
+use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig, MAX_ABS_VALUE};
 use gallop_event::{decode_message_view, DecodeError, EventFields, ENGAGEMENT};
 use hashbrown::HashTable;
 
@@ -31,10 +31,6 @@ use crate::{
 
 /// Milliseconds in one base bucket.
 const BUCKET_MS: i64 = 60_000;
-/// Largest magnitude of an event value the processor sums (the most
-/// `ingest.limits.max_abs_value` may be): sums of such values cannot overflow to infinity,
-/// which ClickHouse would return as `null`.
-const MAX_ABS_VALUE: f64 = 1e15;
 
 /// Counters of everything the processor saw, cumulative since it was built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

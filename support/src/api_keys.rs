@@ -57,12 +57,14 @@ impl ApiKeys {
         !self.hashes.is_empty()
     }
 
-    /// Whether a request presenting `authorization` (`Bearer <key>`) and/or `x_api_key`
-    /// header values may pass: always when no key is configured.
-    pub fn allows(&self, authorization: Option<&[u8]>, x_api_key: Option<&[u8]>) -> bool {
+    /// Whether a request with `headers` may pass: it presents one of the keys as
+    /// `Authorization: Bearer <key>` or `X-Api-Key: <key>`, or no key is configured.
+    pub fn allows(&self, headers: &http::HeaderMap) -> bool {
         if self.hashes.is_empty() {
             return true;
         }
+        let authorization = headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes);
+        let x_api_key = headers.get("x-api-key").map(http::HeaderValue::as_bytes);
         let bearer = authorization.and_then(|value| {
             let value = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
             Some(value.trim_ascii())
@@ -83,6 +85,10 @@ impl ApiKeys {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+    }
+
     #[test]
     fn keys_are_checked_by_hash() {
         // The SHA-256 of "secret-key-1", as `sha256sum` prints it.
@@ -90,11 +96,14 @@ mod tests {
         assert_eq!(hash, "sha256:a6c1eaef9d5f23f4e13d9b574cbbe07ae877227d92be87d077005dc6776bcdcc");
         let keys = ApiKeys::new(&[hash, hash_key("other")]);
         assert!(keys.is_enabled());
-        assert!(keys.allows(Some(b"Bearer secret-key-1"), None));
-        assert!(keys.allows(None, Some(b"other")));
-        assert!(!keys.allows(Some(b"Bearer secret-key-2"), None));
-        assert!(!keys.allows(Some(b"secret-key-1"), None), "a bare Authorization value is no bearer token");
-        assert!(!keys.allows(None, None));
-        assert!(ApiKeys::new(&[]).allows(None, None), "no keys configured: open");
+        assert!(keys.allows(&headers(&[("authorization", "Bearer secret-key-1")])));
+        assert!(keys.allows(&headers(&[("x-api-key", "other")])));
+        assert!(!keys.allows(&headers(&[("authorization", "Bearer secret-key-2")])));
+        assert!(
+            !keys.allows(&headers(&[("authorization", "secret-key-1")])),
+            "a bare Authorization value is no bearer token"
+        );
+        assert!(!keys.allows(&headers(&[])));
+        assert!(ApiKeys::new(&[]).allows(&headers(&[])), "no keys configured: open");
     }
 }
