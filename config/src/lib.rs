@@ -9,6 +9,7 @@
 mod error;
 mod load;
 mod model;
+mod traqq;
 mod validate;
 
 pub use error::{ConfigError, Problem};
@@ -19,6 +20,13 @@ pub use model::{
     LimitsConfig, LogConfig, LogFormat, NatsConfig, ProcessorConfig, RollupConfig, Secret, ServerConfig, StorageKind,
     TimeConfig, MAX_ABS_VALUE,
 };
+pub use traqq::{field_spec, TraqqAddValue, TraqqConfig, TraqqKind, TraqqMapping, TraqqMetric, EVENT, MAX_TOP_K};
+
+/// Checks the rules between values of `config` (what [`load`] checks after parsing), for
+/// configurations built in code.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate::validate(config)
+}
 
 /// Renders a configuration as TOML with secrets redacted, for `gallop config`.
 pub fn to_toml(config: &Config) -> Result<String, ConfigError> {

@@ -33,6 +33,9 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// The ClickHouse sink: server, database, retries, retention.
     pub clickhouse: ClickHouseConfig,
+    /// A listener speaking traqq's TCP protocol in the gateway process, and traqq's metric
+    /// mapping (docs/traqq.md). Off by default.
+    pub traqq: crate::traqq::TraqqConfig,
 }
 
 /// How logs are written.

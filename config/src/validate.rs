@@ -3,6 +3,7 @@
 use crate::{
     error::{ConfigError, Problem},
     model::{BrokerKind, Config, MAX_ABS_VALUE},
+    traqq::{TraqqKind, MAX_TOP_K},
 };
 
 /// Checks every rule and reports all broken ones together.
@@ -304,11 +305,68 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         "at least clickhouse.retry_initial_backoff",
     );
 
+    let traqq = &config.traqq;
+    if traqq.enabled {
+        need(
+            !traqq.site.trim().is_empty() && traqq.site.len() <= config.ingest.limits.max_site_bytes,
+            "traqq.site",
+            "the site traqq events are recorded under, not empty, within ingest.limits.max_site_bytes",
+        );
+        need(
+            config.ingest.sites.is_empty() || config.ingest.sites.contains(&traqq.site),
+            "traqq.site",
+            "one of ingest.sites (the allow-list applies to traqq events too)",
+        );
+        need(traqq.max_line_bytes >= 1024, "traqq.max_line_bytes", "at least 1024");
+        need(traqq.max_connections >= 1, "traqq.max_connections", "at least 1");
+        need(traqq.max_pipelined >= 1, "traqq.max_pipelined", "at least 1");
+        need((1..=3660).contains(&traqq.max_query_days), "traqq.max_query_days", "between 1 and 3660");
+        need((1..=MAX_TOP_K).contains(&traqq.top_k), "traqq.top_k", "between 1 and 100");
+        for (key, expected) in traqq.mapping.problems() {
+            need(false, &key, &expected);
+        }
+        // The processor must keep what the listener answers from: listed explicitly, as
+        // `gallop traqq-config` prints them.
+        for metric in traqq.mapping.metrics() {
+            let (list, present) = match metric.kind {
+                TraqqKind::Top => (
+                    "processor.leaderboards",
+                    processor
+                        .leaderboards
+                        .iter()
+                        .any(|l| same_spec(&l.dimension, &metric.dimension) && l.k >= traqq.top_k),
+                ),
+                _ => {
+                    ("processor.rollups", processor.rollups.iter().any(|r| same_spec(&r.dimension, &metric.dimension)))
+                }
+            };
+            need(
+                present,
+                &metric.origin,
+                &format!(
+                    "{list} to hold {:?}{} (`gallop traqq-config` prints every rule the mapping needs)",
+                    metric.dimension,
+                    if metric.kind == TraqqKind::Top {
+                        format!(" with k >= traqq.top_k ({})", traqq.top_k)
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
+    }
+
     if problems.is_empty() {
         Ok(())
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// Whether two dimension specs name the same dimension (spaces around `~` aside).
+fn same_spec(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.split('~').map(str::trim).collect::<Vec<_>>().join("~");
+    norm(a) == norm(b)
 }
 
 fn is_stream_name(name: &str) -> bool {

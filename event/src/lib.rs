@@ -11,5 +11,5 @@ mod record;
 mod view;
 
 pub use message::{decode_message, encode_into, DecodeError};
-pub use record::{EventRecord, Props, ENGAGEMENT, FORMAT_VERSION};
-pub use view::{decode_message_view, EventFields, EventView, ViewProps};
+pub use record::{EventRecord, Props, Uniques, ENGAGEMENT, FORMAT_VERSION};
+pub use view::{decode_message_view, EventFields, EventView, ViewProps, ViewUniques};

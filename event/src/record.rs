@@ -10,6 +10,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Custom properties, sorted by key (a key appears once).
 pub type Props = BTreeMap<String, String>;
 
+/// Hashed identifiers to count distinct values of, by name (traqq's `bmp` fields such as
+/// `ip`): each a keyed hash under the day's salt, never the raw value. Kept apart from
+/// [`Props`] so that no breakdown over every property ever makes a row per identifier.
+pub type Uniques = BTreeMap<String, u64>;
+
 /// One event as it travels on the broker: validated, enriched, and holding no raw IP
 /// address or User-Agent (only the derived [`visitor`](Self::visitor) hash and the
 /// parsed browser, OS and device).
@@ -77,6 +82,9 @@ pub struct EventRecord {
     /// Custom properties.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub props: Props,
+    /// Hashed identifiers to count distinct values of (rollups `uniq:<name>`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub uniques: Uniques,
     /// Numeric value (revenue, duration…) when the event has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
@@ -138,6 +146,7 @@ impl Default for EventRecord {
             device: String::new(),
             visitor: 0,
             props: Props::new(),
+            uniques: Uniques::new(),
             value: None,
             currency: String::new(),
             interactive: true,

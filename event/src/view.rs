@@ -72,6 +72,8 @@ pub trait EventFields {
     fn prop(&self, key: &str) -> Option<&str>;
     /// Every property, each key once.
     fn props(&self) -> impl Iterator<Item = (&str, &str)>;
+    /// The hashed identifier `name` (see [`EventRecord::uniques`]).
+    fn unique(&self, name: &str) -> Option<u64>;
 }
 
 /// The accessors both record types share: each field read straight off the struct.
@@ -121,6 +123,10 @@ impl EventFields for EventRecord {
     fn props(&self) -> impl Iterator<Item = (&str, &str)> {
         self.props.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+
+    fn unique(&self, name: &str) -> Option<u64> {
+        self.uniques.get(name).copied()
+    }
 }
 
 impl EventFields for EventView<'_> {
@@ -132,6 +138,10 @@ impl EventFields for EventView<'_> {
 
     fn props(&self) -> impl Iterator<Item = (&str, &str)> {
         self.props.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    fn unique(&self, name: &str) -> Option<u64> {
+        self.uniques.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 }
 
@@ -182,6 +192,8 @@ pub struct EventView<'a> {
     pub visitor: u64,
     #[serde(borrow)]
     pub props: ViewProps<'a>,
+    #[serde(borrow)]
+    pub uniques: ViewUniques<'a>,
     pub value: Option<f64>,
     #[serde(borrow)]
     pub currency: Cow<'a, str>,
@@ -217,6 +229,7 @@ impl Default for EventView<'_> {
             device: empty(),
             visitor: 0,
             props: ViewProps::default(),
+            uniques: ViewUniques::default(),
             value: None,
             currency: empty(),
             interactive: true,
@@ -252,6 +265,7 @@ impl EventView<'_> {
             device: self.device.to_string(),
             visitor: self.visitor,
             props: self.props.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            uniques: self.uniques.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             value: self.value,
             currency: self.currency.to_string(),
             interactive: self.interactive,
@@ -287,6 +301,34 @@ impl<'de: 'a, 'a> Deserialize<'de> for ViewProps<'a> {
             }
         }
         deserializer.deserialize_map(PropsVisitor(PhantomData))
+    }
+}
+
+/// Hashed identifiers in message order; a repeated name keeps its last value, as
+/// [`EventRecord`]'s map does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewUniques<'a>(pub Vec<(Cow<'a, str>, u64)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ViewUniques<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniquesVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for UniquesVisitor<'a> {
+            type Value = ViewUniques<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of unsigned 64-bit hashes")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut uniques: Vec<(Cow<'a, str>, u64)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(8));
+                while let Some((key, value)) = map.next_entry::<CowStr<'a>, u64>()? {
+                    match uniques.iter_mut().find(|(k, _)| *k == key.0) {
+                        Some(existing) => existing.1 = value,
+                        None => uniques.push((key.0, value)),
+                    }
+                }
+                Ok(ViewUniques(uniques))
+            }
+        }
+        deserializer.deserialize_map(UniquesVisitor(PhantomData))
     }
 }
 
@@ -352,6 +394,7 @@ mod tests {
                 e.value(),
                 e.props().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>(),
                 e.prop("plan").map(str::to_owned),
+                e.unique("ip"),
             )
         )
     }
@@ -367,6 +410,7 @@ mod tests {
         r.value = Some(1.5);
         r.props.insert("plan".into(), "pro".into());
         r.props.insert("seats".into(), "5".into());
+        r.uniques.insert("ip".into(), u64::MAX - 3);
         let mut payload = Vec::new();
         encode_into(&r, &mut payload);
         payload.extend_from_slice(b"{broken\n");

@@ -67,7 +67,7 @@ impl BodyChecker {
         };
         let ua = self.user_agents.parse(user_agent);
         let sender = Sender { ua: &ua, country: "", now_ms };
-        let rules = Rules { limits, time: &self.config.time, sites: &self.config.ingest.sites };
+        let rules = Rules { limits, time: &self.config.time, sites: &self.config.ingest.sites, url_required: true };
         let mut records = Vec::with_capacity(events.len());
         let mut errors = Vec::new();
         for (index, raw) in events.into_iter().enumerate() {

@@ -9,13 +9,15 @@
 //! [`Gateway::new`] builds everything from config plus a [`gallop_broker::Publisher`] and a
 //! [`gallop_broker::SaltStore`]; [`run`] serves it on a listener until a shutdown future
 //! resolves, mini-redis style, so tests and binaries choose the I/O. [`run_input`] does
-//! the same for events applications publish to the input subject or topic (topic.rs).
+//! the same for events applications publish to the input subject or topic (topic.rs);
+//! [`Gateway::accept_foreign`] takes events of other protocols (traqq's) down the same path.
 #![warn(missing_docs)]
 
 mod batcher;
 mod check;
 mod client_ip;
 mod error;
+mod foreign;
 mod geo;
 mod input;
 mod metrics;
@@ -29,6 +31,7 @@ mod useragent;
 
 pub use check::{BodyChecker, BodyFormat};
 pub use error::{ApiError, FieldError, IngestError};
+pub use foreign::{ForeignError, ForeignEvent};
 pub use metrics::Metrics;
 pub use server::{run, Gateway};
 pub use topic::{run_input, InputOutcome};

@@ -23,6 +23,9 @@ pub(crate) struct Rules<'a> {
     pub(crate) time: &'a TimeConfig,
     /// Allowed sites; empty allows all.
     pub(crate) sites: &'a [String],
+    /// Whether an event must have a page `url` (web events); events of other protocols
+    /// (traqq) have none, and their records no host, path or UTM fields.
+    pub(crate) url_required: bool,
 }
 
 /// Checks `raw` and builds its record, without `id` and `visitor` (the caller sets those).
@@ -44,17 +47,20 @@ pub(crate) fn normalize(
         }
     }
     let name = required(raw.name, "name", limits.max_name_bytes, "max_name_bytes", &mut error);
-    let url = required(raw.url, "url", limits.max_url_bytes, "max_url_bytes", &mut error).and_then(|text| {
-        match Url::parse(&text) {
-            Ok(url) if url.host_str().is_some() => Some(url),
-            Ok(_) => {
-                error("url", "must be an absolute URL with a host, such as https://example.com/page".into());
-                None
-            }
-            Err(e) => {
-                error("url", format!("not a valid absolute URL: {e}"));
-                None
-            }
+    let url = if raw.url.is_none() && !rules.url_required {
+        None
+    } else {
+        required(raw.url, "url", limits.max_url_bytes, "max_url_bytes", &mut error)
+    };
+    let url = url.and_then(|text| match Url::parse(&text) {
+        Ok(url) if url.host_str().is_some() => Some(url),
+        Ok(_) => {
+            error("url", "must be an absolute URL with a host, such as https://example.com/page".into());
+            None
+        }
+        Err(e) => {
+            error("url", format!("not a valid absolute URL: {e}"));
+            None
         }
     });
     let referrer = raw.referrer.and_then(|text| {
@@ -153,15 +159,20 @@ pub(crate) fn normalize(
         );
     }
 
-    let (Some(site), Some(name), Some(url), true) = (site, name, url, errors.is_empty()) else {
+    let (Some(site), Some(name), true) = (site, name, errors.is_empty()) else {
         return Err(errors);
     };
+    if url.is_none() && rules.url_required {
+        return Err(errors);
+    }
 
     let mut record = EventRecord::new();
-    record.host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    record.path = if url.path().is_empty() { "/".to_owned() } else { url.path().to_owned() };
     let mut ref_param = None;
-    for (key, value) in url.query_pairs() {
+    if let Some(url) = &url {
+        record.host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        record.path = if url.path().is_empty() { "/".to_owned() } else { url.path().to_owned() };
+    }
+    for (key, value) in url.iter().flat_map(Url::query_pairs) {
         let slot = match key.as_ref() {
             "utm_source" => &mut record.utm_source,
             "utm_medium" => &mut record.utm_medium,
@@ -333,7 +344,7 @@ mod tests {
         let sender = Sender { ua: &ua, country: "DE", now_ms: 1_795_428_000_000 };
         let limits = LimitsConfig::default();
         let time = TimeConfig::default();
-        let rules = Rules { limits: &limits, time: &time, sites: &[] };
+        let rules = Rules { limits: &limits, time: &time, sites: &[], url_required: true };
         let got = match normalize(event, 0, &sender, &rules) {
             Ok(r) => format!(
                 "host={} path={} ref={} ref_host={} source={} utm={}/{}/{}/{}/{}",
@@ -443,7 +454,7 @@ mod tests {
         let limits = LimitsConfig::default();
         let time = TimeConfig::default();
         let sites = vec!["other.com".to_owned()];
-        let rules = Rules { limits: &limits, time: &time, sites: &sites };
+        let rules = Rules { limits: &limits, time: &time, sites: &sites, url_required: true };
         let errors = normalize(raw("https://example.com/", None), 3, &sender, &rules).expect_err("not allowed");
         assert_eq!(errors[0].index, Some(3));
         assert!(errors[0].reason.contains("not an allowed site"), "{errors:?}");

@@ -91,6 +91,19 @@ pub(crate) fn visitor_from_key(salt: &Salt, site: &str, key: &str) -> u64 {
     hasher.finish()
 }
 
+/// The hash of identifier `name` = `value` (traqq's `bmp` fields, such as an IP address):
+/// distinct values stay distinct within a day, the value itself never leaves the gateway.
+pub(crate) fn identifier_hash(salt: &Salt, site: &str, name: &str, value: &str) -> u64 {
+    let mut hasher = keyed(salt);
+    hasher.write_u8(2);
+    hasher.write(site.as_bytes());
+    hasher.write_u8(0xff);
+    hasher.write(name.as_bytes());
+    hasher.write_u8(0xff);
+    hasher.write(value.as_bytes());
+    hasher.finish()
+}
+
 fn keyed(salt: &Salt) -> SipHasher24 {
     let (k0, k1) = salt.0.split_at(8);
     // split_at(8) of a 16-byte array gives two 8-byte halves.

@@ -62,8 +62,8 @@ pub(crate) struct AppState {
     inflight: InflightBytes,
     event_keys: ApiKeys,
     metrics_keys: ApiKeys,
-    run_id: String,
-    next_id: AtomicU64,
+    pub(crate) run_id: String,
+    pub(crate) next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -197,7 +197,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// Why the broker cannot take events now, if it cannot: not connected, stalled (a publish
 /// waiting `ingest.stall_after` with no acknowledgement meanwhile), or out of storage.
-fn broker_trouble(state: &AppState) -> Option<String> {
+pub(crate) fn broker_trouble(state: &AppState) -> Option<String> {
     if !state.publisher.is_ready() {
         return Some("broker not connected".to_owned());
     }
@@ -380,7 +380,8 @@ async fn accept(
     })?;
     let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     let sender = Sender { ua: &ua, country: &country, now_ms };
-    let rules = Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites };
+    let rules =
+        Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
 
     let partitions = state.publisher.partitions();
     let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
@@ -436,6 +437,14 @@ async fn accept(
 /// chunk is acknowledged or failed: chunks not sent within `ingest.publish_timeout` fail,
 /// sent ones are awaited to their outcome (at most `ingest.ack_timeout` more).
 pub(crate) async fn submit_parts(state: &AppState, parts: Vec<Part>) -> Vec<Result<(), PublishError>> {
+    submit_parts_by_partition(state, parts).await.into_iter().map(|(_, result)| result).collect()
+}
+
+/// [`submit_parts`], each outcome with the partition of its chunk.
+pub(crate) async fn submit_parts_by_partition(
+    state: &AppState,
+    parts: Vec<Part>,
+) -> Vec<(u32, Result<(), PublishError>)> {
     let deadline = Instant::now() + state.config.ingest.publish_timeout;
     let max_bytes = state.config.ingest.batching.max_bytes;
     let submissions = parts
@@ -451,7 +460,9 @@ pub(crate) async fn submit_parts(state: &AppState, parts: Vec<Part>) -> Vec<Resu
                 },
             )
         })
-        .map(|(partition, chunk, n, id)| state.batcher.submit(partition, chunk, n, id, deadline));
+        .map(|(partition, chunk, n, id)| async move {
+            (partition, state.batcher.submit(partition, chunk, n, id, deadline).await)
+        });
     futures::future::join_all(submissions).await
 }
 

@@ -168,7 +168,8 @@ pub(crate) async fn ingest_message(
     let (records, mut refused) = split_records(&message.payload, config.input.max_records_per_message);
     let salt = state.visitors.salt().await.map_err(|e| PublishError::NotConnected(format!("visitor salt: {e}")))?;
     let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let rules = Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites };
+    let rules =
+        Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
     let partitions = state.publisher.partitions();
     let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
     let mut outcome = InputOutcome::default();

@@ -11,6 +11,10 @@ pub(crate) const COMPOUND: char = '~';
 /// The name given to the dimension with no fields: one row per site and bucket.
 pub(crate) const TOTAL: &str = "total";
 
+/// Prefix of a distinct count of a hashed identifier: `uniq:ip` is one row per site and
+/// bucket whose sketch counts the distinct `uniques.ip` of its events (traqq's `bmp`).
+pub(crate) const UNIQ_PREFIX: &str = "uniq:";
+
 /// One field of an event record that can be grouped by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Field {
@@ -106,6 +110,8 @@ pub(crate) struct Dimension {
     /// The spec as written, normalized (`total` for no fields).
     pub(crate) spec: String,
     pub(crate) fields: Vec<Field>,
+    /// `uniq:<name>`: the identifier whose distinct values the row's sketch counts.
+    pub(crate) uniques_of: Option<String>,
 }
 
 impl Dimension {
@@ -113,7 +119,22 @@ impl Dimension {
     pub(crate) fn parse(spec: &str, key: &str) -> Result<Self, ProcessorError> {
         let spec = spec.trim();
         if spec == TOTAL || spec.is_empty() {
-            return Ok(Self { spec: TOTAL.to_owned(), fields: Vec::new() });
+            return Ok(Self { spec: TOTAL.to_owned(), fields: Vec::new(), uniques_of: None });
+        }
+        if let Some(name) = spec.strip_prefix(UNIQ_PREFIX) {
+            let name = name.trim();
+            if name.is_empty() || name.contains(COMPOUND) || name.contains(char::is_whitespace) {
+                return Err(ProcessorError::Dimension {
+                    key: key.to_owned(),
+                    spec: spec.to_owned(),
+                    reason: "uniq: takes one identifier name, such as uniq:ip".to_owned(),
+                });
+            }
+            return Ok(Self {
+                spec: format!("{UNIQ_PREFIX}{name}"),
+                fields: Vec::new(),
+                uniques_of: Some(name.to_owned()),
+            });
         }
         let fields = spec
             .split(COMPOUND)
@@ -136,7 +157,7 @@ impl Dimension {
             });
         }
         let spec = fields.iter().map(Field::spec).collect::<Vec<_>>().join("~");
-        Ok(Self { spec, fields })
+        Ok(Self { spec, fields, uniques_of: None })
     }
 
     /// The one field of a single-field, non-wildcard dimension.
@@ -276,6 +297,12 @@ mod tests {
         assert!(text.contains("processor.rollups[0].dimension") && text.contains("\"colour\""), "{text}");
         assert!(Dimension::parse("props.*~props.*", "k").is_err());
         assert!(Dimension::parse("props.", "k").is_err());
+        let uniq = Dimension::parse(" uniq:ip ", "k").expect("valid");
+        assert_eq!((uniq.spec.as_str(), uniq.uniques_of.as_deref(), uniq.fields.len()), ("uniq:ip", Some("ip"), 0));
+        for bad in ["uniq:", "uniq:a~b", "uniq:a b"] {
+            let err = Dimension::parse(bad, "processor.rollups[2].dimension").expect_err(bad);
+            assert!(err.to_string().contains("one identifier name"), "{err}");
+        }
     }
 
     #[test]

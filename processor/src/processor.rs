@@ -501,7 +501,16 @@ impl State {
 
         for (rollup, &static_id) in rules.rollups.iter().zip(rollup_ids) {
             let dimension = &rollup.dimension;
-            if dimension.is_wildcard() {
+            if let Some(name) = &dimension.uniques_of {
+                // Only events carrying the identifier count here.
+                let Some(hash) = event.unique(name) else { continue };
+                if budget == 0 {
+                    self.stats.combinations_capped += 1;
+                    continue;
+                }
+                budget -= 1;
+                self.live_keys += upsert_unique(entry, &self.hasher, static_id, event, hash);
+            } else if dimension.is_wildcard() {
                 for (key, value) in event.props() {
                     let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
                     if budget == 0 {
@@ -620,6 +629,21 @@ fn upsert_cell<E: EventFields>(
     }
     if let Some(hll) = &mut cell.visitors {
         hll.insert_u64(event.visitor());
+    }
+    new
+}
+
+/// Counts `event` into the one cell of the distinct count `id`, its sketch fed with the
+/// event's identifier `hash` instead of the visitor; 1 if the cell is new.
+fn upsert_unique<E: EventFields>(entry: &mut BucketState, hasher: &FixedState, id: u32, event: &E, hash: u64) -> usize {
+    let (cell, new) = cell_of(entry, hasher, id, "", true);
+    cell.events += 1;
+    if let Some(value) = event.value() {
+        cell.value_sum += value;
+        cell.value_count += 1;
+    }
+    if let Some(hll) = &mut cell.visitors {
+        hll.insert_u64(hash);
     }
     new
 }
@@ -806,6 +830,35 @@ mod tests {
             .collect();
         assert_eq!(boards, vec![("props.plan", vec![b"pro".to_vec()])], "no referrer: no referrer leaderboard");
         assert_eq!(p.live_keys(), 0, "flush forgets");
+    }
+
+    #[test]
+    fn a_distinct_count_counts_its_identifier_not_the_visitor() {
+        let config = ProcessorConfig {
+            default_rollups: false,
+            sessions: false,
+            rollups: vec![RollupConfig { dimension: "uniq:ip".into(), visitors: false }],
+            ..ProcessorConfig::default()
+        };
+        let mut p = processor(config);
+        // 40 events of one visitor from 8 distinct hashed addresses, and 5 without one.
+        for i in 0..45u64 {
+            let mut e = event("hit", "/", 1, T0 + i as i64);
+            if i < 40 {
+                e.uniques.insert("ip".into(), 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i % 8 + 1));
+                e.value = Some(1.5);
+            }
+            p.process(0, &e, T0 + 1_000).expect("room");
+        }
+        let t = table(&p.flush(T0));
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[&("uniq:ip".into(), "".into(), T0 / 1000)], (40, 8, 60.0, 40));
+        let boards = ProcessorConfig {
+            leaderboards: vec![LeaderboardConfig { dimension: "uniq:ip".into(), k: 5 }],
+            ..ProcessorConfig::default()
+        };
+        let err = Processor::new(&boards, &TimeConfig::default()).expect_err("not rankable");
+        assert!(err.to_string().contains("processor.leaderboards[0].dimension"), "{err}");
     }
 
     #[test]

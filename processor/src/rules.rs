@@ -82,7 +82,8 @@ impl Rules {
             .find(|r| r.dimension.spec == dimension.spec)
         {
             Some(existing) => existing.visitors |= visitors,
-            None => rollups.push(Rollup { dimension, visitors }),
+            // A distinct count is nothing but its sketch.
+            None => rollups.push(Rollup { visitors: visitors || dimension.uniques_of.is_some(), dimension }),
         };
         if config.default_rollups {
             for spec in DEFAULT_ROLLUPS {
@@ -109,6 +110,13 @@ impl Rules {
                 format!("processor.leaderboards[{i}]")
             };
             let dimension = Dimension::parse(spec, &format!("{key}.dimension"))?;
+            if dimension.uniques_of.is_some() {
+                return Err(ProcessorError::Dimension {
+                    key: format!("{key}.dimension"),
+                    spec: spec.to_owned(),
+                    reason: "a distinct count (uniq:) has no values to rank; use it as a rollup".to_owned(),
+                });
+            }
             TopK::new(k).map_err(|e| ProcessorError::Leaderboard { key: format!("{key}.k"), reason: e.to_string() })?;
             match leaderboards.iter_mut().find(|l| l.dimension.spec == dimension.spec) {
                 Some(existing) => existing.k = k,

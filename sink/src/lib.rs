@@ -23,7 +23,7 @@ pub use encode::{
     watermark_dimension, EncodedFlush, FlushContext, Mark, Retention,
 };
 pub use error::SinkError;
-pub use reader::{Breakdown, BreakdownRow, ExportRow, Headline, Leader, Reader, TimeRange};
+pub use reader::{Breakdown, BreakdownRow, DimensionRow, ExportRow, Headline, Leader, Reader, TimeRange};
 pub use schema::{Granularity, Kind, Migration, Schema, AGGREGATES_TABLE, MAX_LEADERBOARD_K, MIGRATIONS_TABLE};
 pub use version::{Features, ServerVersion};
 pub use writer::{WriteReport, Writer, WriterStatus};

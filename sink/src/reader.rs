@@ -177,6 +177,24 @@ pub struct Leader {
     pub error: u64,
 }
 
+/// One value of one of several dimensions, merged over a range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DimensionRow {
+    /// The dimension.
+    pub dimension: String,
+    /// Its value.
+    pub value: String,
+    /// Distinct visitors (for `uniq:<name>` rows: distinct identifiers).
+    pub visitors: u64,
+    /// Events.
+    pub events: u64,
+    /// Sum of the events' values (NaN where the stored sum is not finite).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub value_sum: f64,
+    /// Events with a value.
+    pub value_count: u64,
+}
+
 /// One stored rollup row, merged: what `gallop export` writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportRow {
@@ -442,6 +460,31 @@ impl Reader {
             self.table(),
             escape(site),
             escape(dimension),
+            range.condition()
+        );
+        self.clickhouse.fetch(&sql).await
+    }
+
+    /// Every value of each of `dimensions` of `site` in `range`, merged over the range, in
+    /// one read: events, distinct visitors (identifiers for `uniq:` rows), value sum and
+    /// count.
+    pub async fn dimension_rows(
+        &self,
+        site: &str,
+        range: TimeRange,
+        dimensions: &[String],
+    ) -> Result<Vec<DimensionRow>, SinkError> {
+        if dimensions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = dimensions.iter().map(|d| format!("'{}'", escape(d))).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT dimension, value, uniqHLL12Merge(visitors) AS visitors, sumMerge(events) AS events, \
+             sumMerge(value_sum) AS value_sum, sumMerge(value_count) AS value_count FROM {} \
+             WHERE site = '{}' AND kind = 'rollup' AND dimension IN ({list}) AND {} \
+             GROUP BY dimension, value ORDER BY dimension, events DESC, value",
+            self.table(),
+            escape(site),
             range.condition()
         );
         self.clickhouse.fetch(&sql).await
