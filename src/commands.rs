@@ -108,9 +108,9 @@ impl Input {
 }
 
 /// Serves `gateway` on `listener` and, with `input.enabled`, consumes the input subject or
-/// topic into it, until `shutdown` resolves: then topic ingestion stops taking messages and
-/// finishes those it holds (their events still need the gateway's batcher), and only then
-/// does HTTP stop.
+/// topic into it, and with `traqq.enabled` serves traqq's protocol, until `shutdown`
+/// resolves: then the traqq listener and topic ingestion stop taking work and finish what
+/// they hold (their events still need the gateway's batcher), and only then does HTTP stop.
 async fn serve_gateway(
     config: &Config,
     broker: &Broker,
@@ -123,6 +123,7 @@ async fn serve_gateway(
     };
     let (stop_input, input_stopped) = tokio::sync::watch::channel(false);
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let (stop_traqq, traqq_stopped) = tokio::sync::watch::channel(false);
     let input = match config.input.enabled {
         true => {
             Some(tokio::spawn(Input::open(broker, config).await?.run(gateway.clone(), when_stopped(input_stopped))))
@@ -135,6 +136,28 @@ async fn serve_gateway(
             Some(input) => input.await.context("topic ingestion task panicked"),
             None => Ok(()),
         }
+    };
+    let traqq = match config.traqq.enabled {
+        true => {
+            let traqq_listener = bind(config.traqq.listen, "traqq.listen").await?;
+            // Queries are answered from ClickHouse; records need only the broker.
+            let reader = gallop_sink::Reader::new(gallop_sink::ClickHouse::connect(&config.clickhouse).await?);
+            Some(tokio::spawn(gallop_traqq::run(
+                traqq_listener,
+                gateway.clone(),
+                reader,
+                config.traqq.clone(),
+                when_stopped(traqq_stopped),
+            )))
+        }
+        false => None,
+    };
+    let stop_input = async move {
+        let _ = stop_traqq.send(true);
+        if let Some(traqq) = traqq {
+            traqq.await.context("traqq listener task panicked")?;
+        }
+        stop_input.await
     };
     let http = gallop_ingest::run(gateway, listener, when_stopped(http_stopped));
     tokio::pin!(http);
@@ -155,6 +178,19 @@ async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpLis
     let listener = TcpListener::bind(address).await.with_context(|| format!("binding {key} = {address}"))?;
     info!(address = %listener.local_addr()?, key, "listening");
     Ok(listener)
+}
+
+/// `gallop traqq-config`: a traqq configuration (JSON file, or stdin for `-` or none) as
+/// Gallop TOML on stdout.
+pub(crate) fn traqq_config(file: Option<&std::path::Path>, site: &str, listen: &str) -> anyhow::Result<()> {
+    let json = match file {
+        Some(path) if path != std::path::Path::new("-") => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        _ => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+    };
+    print!("{}", gallop_traqq::convert(&json, site, listen)?);
+    Ok(())
 }
 
 /// `gallop ingest`: the gateway until SIGTERM or Ctrl-C.

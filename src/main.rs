@@ -58,9 +58,25 @@ enum Command {
     /// Print the hash of an API key (read from stdin, one line) to put in
     /// `ingest.auth.event_keys` or `ingest.auth.metrics_keys`: the config holds hashes only.
     HashKey,
+    /// Turn a traqq `TraqqConfig` (JSON, a file or stdin) into Gallop's `[traqq]` section
+    /// and the processor rules its metrics need; prints TOML to add to gallop.toml.
+    TraqqConfig(TraqqConfigArgs),
     /// Benchmarks that print their numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `gallop traqq-config`'s arguments.
+#[derive(Debug, clap::Args)]
+struct TraqqConfigArgs {
+    /// The traqq configuration as JSON (`-` or nothing: stdin).
+    file: Option<PathBuf>,
+    /// The Gallop site traqq events are recorded under.
+    #[arg(long)]
+    site: String,
+    /// Where the traqq listener listens.
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    listen: String,
 }
 
 /// Benchmarks of the pipeline as it runs. The side-by-side comparisons with traqq and
@@ -73,6 +89,16 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::TraqqConfig(args) = &cli.command {
+        // Needs no config: it writes part of one.
+        return match commands::traqq_config(args.file.as_deref(), &args.site, &args.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gallop: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if matches!(cli.command, Command::HashKey) {
         // Needs no config: an operator hashes a key before writing it into one.
         return match commands::hash_key() {
@@ -97,7 +123,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Config => commands::print_config(&config),
-        Command::HashKey => Ok(()),
+        Command::HashKey | Command::TraqqConfig(_) => Ok(()),
         Command::Probe { url } => commands::probe(&url),
         Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
         Command::Ingest => {

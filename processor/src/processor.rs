@@ -513,12 +513,16 @@ impl State {
             } else if dimension.is_wildcard() {
                 for (key, value) in event.props() {
                     let Some(any_empty) = compose(dimension, event, Some((key, value)), &mut scratch) else { continue };
+                    dimension.write_with_prop(key, &mut name);
+                    let id = self.dimensions.id(&name);
+                    if rollup_ids.contains(&id) {
+                        // A rollup configured for this very dimension counts it once.
+                        continue;
+                    }
                     if budget == 0 {
                         self.stats.combinations_capped += 1;
                         continue;
                     }
-                    dimension.write_with_prop(key, &mut name);
-                    let id = self.dimensions.id(&name);
                     if accept_value(&mut self.stats, self.empty_values, self.max_value_bytes, &mut scratch, any_empty) {
                         budget -= 1;
                         self.live_keys += upsert_cell(entry, &self.hasher, id, &scratch, event, rollup.visitors);
@@ -565,13 +569,17 @@ impl State {
                     if compose(dimension, event, Some((key, value)), &mut scratch) != Some(false) {
                         continue;
                     }
+                    dimension.write_with_prop(key, &mut name);
+                    let id = self.dimensions.id(&name);
+                    if board_ids.contains(&id) {
+                        // A leaderboard configured for this very dimension keeps it (its k).
+                        continue;
+                    }
                     if budget == 0 {
                         self.stats.combinations_capped += 1;
                         continue;
                     }
                     budget -= 1;
-                    dimension.write_with_prop(key, &mut name);
-                    let id = self.dimensions.id(&name);
                     count_truncation(&mut self.stats, self.max_value_bytes, &mut scratch);
                     self.live_keys += insert_board(entry, id, board.k, &scratch);
                 }
@@ -830,6 +838,33 @@ mod tests {
             .collect();
         assert_eq!(boards, vec![("props.plan", vec![b"pro".to_vec()])], "no referrer: no referrer leaderboard");
         assert_eq!(p.live_keys(), 0, "flush forgets");
+    }
+
+    #[test]
+    fn a_configured_dimension_is_not_counted_again_by_a_wildcard() {
+        let config = ProcessorConfig {
+            sessions: false,
+            rollups: vec![RollupConfig { dimension: "name~props.plan".into(), visitors: false }],
+            leaderboards: vec![LeaderboardConfig { dimension: "props.plan".into(), k: 50 }],
+            ..ProcessorConfig::default()
+        };
+        let mut p = processor(config);
+        let mut e = event("signup", "/", 1, T0);
+        e.props.insert("plan".into(), "pro".into());
+        e.props.insert("seats".into(), "5".into());
+        p.process(0, &e, T0 + 1_000).expect("room");
+        let delta = p.flush(T0);
+        let t = table(&delta);
+        let b = T0 / 1000;
+        assert_eq!(t[&("name~props.plan".into(), "signup~pro".into(), b)].0, 1, "once, not once per rule");
+        assert_eq!(t[&("name~props.seats".into(), "signup~5".into(), b)].0, 1);
+        let boards: Vec<(&str, usize, u64)> = delta
+            .leaderboards
+            .iter()
+            .map(|l| (l.dimension.as_str(), l.top.k(), l.top.top().iter().map(|i| i.1).sum()))
+            .collect();
+        assert_eq!(boards.len(), 2, "{boards:?}");
+        assert!(boards.contains(&("props.plan", 50, 1)) && boards.contains(&("props.seats", 10, 1)), "{boards:?}");
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Broker {
     }
 
     /// The payload of every message in the log.
-    async fn payloads(&self, expected: usize) -> Vec<Vec<u8>> {
+    pub(crate) async fn payloads(&self, expected: usize) -> Vec<Vec<u8>> {
         match self.kind {
             Kind::Nats => {
                 use futures::StreamExt;
