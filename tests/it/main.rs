@@ -9,6 +9,7 @@ mod pipeline;
 mod prometheus;
 mod sessions;
 mod topics;
+mod traqq;
 
 /// Sends SIGTERM to `child` and returns its exit code once it exits (panics if it takes
 /// longer than `within`).
