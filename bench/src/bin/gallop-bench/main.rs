@@ -2,6 +2,7 @@
 //! live outside the `gallop` binary so that traqq, sonic-rs and simd-json never ship in it.
 
 mod process;
+mod traqq_tcp;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Side-by-side benchmarks of Gallop's processor core.
+/// Side-by-side benchmarks of Gallop's processor core and of its traqq protocol listener.
 #[derive(Debug, Parser)]
 #[command(name = "gallop-bench", version, about)]
 struct Cli {
@@ -28,6 +29,9 @@ enum Command {
     /// The processor core and traqq 0.2.0 side by side on one synthetic stream, with JSON
     /// decoders compared.
     Process(process::ProcessBench),
+    /// traqq's TCP protocol: Gallop's listener (a running `gallop run` with `[traqq]`) and
+    /// traqq 0.2.0's own server, side by side.
+    TraqqTcp(traqq_tcp::TraqqTcpBench),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Process(options) => process::process(&options, &config.processor, &config.time),
+        Command::TraqqTcp(options) => traqq_tcp::traqq_tcp(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
