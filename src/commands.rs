@@ -140,12 +140,12 @@ async fn serve_gateway(
     let traqq = match config.traqq.enabled {
         true => {
             let traqq_listener = bind(config.traqq.listen, "traqq.listen").await?;
-            // Queries are answered from ClickHouse; records need only the broker.
-            let reader = gallop_sink::Reader::new(gallop_sink::ClickHouse::connect(&config.clickhouse).await?);
+            // Queries are answered from ClickHouse (connected when first asked); records
+            // need only the broker.
             Some(tokio::spawn(gallop_traqq::run(
                 traqq_listener,
                 gateway.clone(),
-                reader,
+                config.clickhouse.clone(),
                 config.traqq.clone(),
                 when_stopped(traqq_stopped),
             )))

@@ -451,5 +451,11 @@ mod tests {
         assert_eq!(view.props().collect::<Vec<_>>(), vec![("k", "2")]);
         let record = decode_message(payload).next().and_then(Result::ok).expect("decodes");
         assert_eq!(record.props().collect::<Vec<_>>(), vec![("k", "2")]);
+        let payload = br#"{"v":1,"site":"a","uniques":{"ip":1,"ip":18446744073709551615}}"#;
+        let view = decode_message_view(payload).next().and_then(Result::ok).expect("decodes");
+        let record = decode_message(payload).next().and_then(Result::ok).expect("decodes");
+        assert_eq!((view.unique("ip"), record.unique("ip")), (Some(u64::MAX), Some(u64::MAX)));
+        assert_eq!(view.to_record(), record);
+        assert!(decode_message_view(br#"{"v":1,"uniques":{"ip":-1}}"#).next().is_some_and(|r| r.is_err()));
     }
 }

@@ -14,8 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use gallop_config::{TraqqConfig, TraqqKind, TraqqMetric};
-use gallop_sink::{DimensionRow, Reader, TimeRange};
+use gallop_config::{ClickHouseConfig, TraqqConfig, TraqqKind, TraqqMetric};
+use gallop_sink::{ClickHouse, DimensionRow, Reader, TimeRange};
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -55,10 +55,11 @@ pub(crate) struct DayResult {
     results: Vec<MetricResult>,
 }
 
-/// Answers queries of the traqq site from ClickHouse.
-#[derive(Clone)]
+/// Answers queries of the traqq site from ClickHouse, connecting on the first query (and
+/// again after a failed connection), so records never wait for ClickHouse.
 pub(crate) struct Answers {
-    reader: Reader,
+    clickhouse: ClickHouseConfig,
+    reader: tokio::sync::OnceCell<Reader>,
     site: String,
     metrics: Vec<TraqqMetric>,
     top_k: usize,
@@ -66,9 +67,10 @@ pub(crate) struct Answers {
 }
 
 impl Answers {
-    pub(crate) fn new(reader: Reader, config: &TraqqConfig) -> Self {
+    pub(crate) fn new(clickhouse: ClickHouseConfig, config: &TraqqConfig) -> Self {
         Self {
-            reader,
+            clickhouse,
+            reader: tokio::sync::OnceCell::new(),
             site: config.site.clone(),
             metrics: config.mapping.metrics(),
             top_k: config.top_k,
@@ -137,6 +139,14 @@ impl Answers {
         serde_json::to_value(found).map_err(|e| e.to_string())
     }
 
+    /// The reader, connected.
+    async fn reader(&self) -> Result<&Reader, String> {
+        self.reader
+            .get_or_try_init(|| async { ClickHouse::connect(&self.clickhouse).await.map(Reader::new) })
+            .await
+            .map_err(|e| format!("ClickHouse unavailable: {e}; retry later"))
+    }
+
     /// The day starts traqq walks: `min`, `min + 86400`, … while not past `max`.
     fn day_starts(&self, min: i64, max: i64) -> Result<Vec<i64>, String> {
         if min > max {
@@ -158,7 +168,8 @@ impl Answers {
             metrics.iter().filter(|m| m.kind != TraqqKind::Top).map(|m| m.dimension.clone()).collect();
         dimensions.sort();
         dimensions.dedup();
-        let rows = self.reader.dimension_rows(&self.site, range, &dimensions).await.map_err(|e| e.to_string())?;
+        let reader = self.reader().await?;
+        let rows = reader.dimension_rows(&self.site, range, &dimensions).await.map_err(|e| e.to_string())?;
         let mut by_dimension: BTreeMap<&str, Vec<&DimensionRow>> = BTreeMap::new();
         for row in &rows {
             by_dimension.entry(row.dimension.as_str()).or_default().push(row);
@@ -203,8 +214,7 @@ impl Answers {
                     results.push(result(location(&format!("{add_key}:{pattern}:i")), summary));
                 }
                 TraqqKind::Top => {
-                    let leaders = self
-                        .reader
+                    let leaders = reader
                         .leaderboard(&self.site, range, &metric.dimension, self.top_k)
                         .await
                         .map_err(|e| e.to_string())?;

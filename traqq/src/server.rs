@@ -16,9 +16,8 @@ use std::{
 };
 
 use futures::{stream::FuturesOrdered, StreamExt};
-use gallop_config::TraqqConfig;
+use gallop_config::{ClickHouseConfig, TraqqConfig};
 use gallop_ingest::{ForeignEvent, Gateway};
-use gallop_sink::Reader;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -77,18 +76,19 @@ fn unreachable_metric<T>() -> T {
 }
 
 /// Serves traqq's protocol on `listener` until `shutdown` resolves: records go through
-/// `gateway`, queries are answered with `reader`. At shutdown it stops accepting, and each
-/// connection stops reading, answers what it has read and closes.
+/// `gateway`, queries are answered from the ClickHouse of `clickhouse` (connected at the
+/// first query; while it is down queries get an error and records go on). At shutdown it
+/// stops accepting, and each connection stops reading, answers what it has read and closes.
 pub async fn run(
     listener: TcpListener,
     gateway: Gateway,
-    reader: Reader,
+    clickhouse: ClickHouseConfig,
     config: TraqqConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = TraqqMetrics::register(&gateway);
     let shared = Arc::new(Shared {
-        answers: Answers::new(reader, &config),
+        answers: Answers::new(clickhouse, &config),
         gateway,
         config,
         metrics,

@@ -7,7 +7,7 @@ use gallop_broker::NatsBroker;
 use gallop_config::{Config, StorageKind, TraqqAddValue, TraqqMapping};
 use gallop_event::{decode_message, EventRecord};
 use gallop_ingest::Gateway;
-use gallop_sink::{ClickHouse, Reader};
+use gallop_sink::ClickHouse;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// The mapping every test here uses (traqq README's, plus a leaderboard of referrers).
@@ -50,22 +50,34 @@ pub(crate) struct TraqqGateway {
 
 impl TraqqGateway {
     pub(crate) async fn start(config: Config) -> Self {
+        Self::start_with(config, true).await
+    }
+
+    /// Starts a gateway; with `migrate`, makes its ClickHouse database first.
+    pub(crate) async fn start_with(config: Config, migrate: bool) -> Self {
         let broker = NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.ack_timeout)
             .await
             .unwrap_or_else(|e| panic!("NATS must run at {} (scripts/services.sh starts it): {e}", config.nats.url));
         let salts = broker.salt_store(&config.nats).await.expect("salt bucket");
         let gateway = Gateway::new(config.clone(), Arc::new(broker.clone()), Arc::new(salts)).await.expect("gateway");
-        let clickhouse = ClickHouse::connect(&config.clickhouse)
-            .await
-            .unwrap_or_else(|e| panic!("ClickHouse must run at {} (scripts/services.sh): {e}", config.clickhouse.url));
-        clickhouse.migrate().await.expect("migrate");
+        if migrate {
+            let clickhouse = ClickHouse::connect(&config.clickhouse).await.unwrap_or_else(|e| {
+                panic!("ClickHouse must run at {} (scripts/services.sh): {e}", config.clickhouse.url)
+            });
+            clickhouse.migrate().await.expect("migrate");
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = listener.local_addr().expect("address");
         let (tx, rx) = oneshot::channel();
-        let task =
-            tokio::spawn(gallop_traqq::run(listener, gateway, Reader::new(clickhouse), config.traqq.clone(), async {
+        let task = tokio::spawn(gallop_traqq::run(
+            listener,
+            gateway,
+            config.clickhouse.clone(),
+            config.traqq.clone(),
+            async {
                 let _ = rx.await;
-            }));
+            },
+        ));
         Self { address, config, broker, shutdown: Some(tx), task: Some(task) }
     }
 

@@ -195,3 +195,22 @@ async fn connections_past_the_limit_are_told_and_closed() {
     assert!(still.success, "{still:?}");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_clickhouse_queries_fail_and_records_go_on() {
+    let mut config = test_config();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    config.clickhouse.url = format!("http://127.0.0.1:{port}");
+    let gateway = TraqqGateway::start_with(config, false).await;
+    let address = gateway.address.to_string();
+    let payload = b"{\"cmd\":\"query_days\",\"days\":1}\n{\"cmd\":\"record\",\"event\":{\"event\":\"x\"}}\n";
+    let got = tokio::task::spawn_blocking(move || exchange(&address, payload, 2)).await.expect("client");
+    let error = got[0].error.as_deref().unwrap_or_default();
+    assert!(
+        !got[0].success && error.starts_with("ClickHouse unavailable: ") && error.ends_with("; retry later"),
+        "{error}"
+    );
+    assert!(got[1].success, "{:?}", got[1]);
+    assert_eq!(gateway.stream().await.0.len(), 1);
+    gateway.stop().await;
+}
