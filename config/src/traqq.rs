@@ -28,6 +28,9 @@ pub struct TraqqConfig {
     pub max_connections: usize,
     /// Most command lines of one connection being answered at once (pipelining).
     pub max_pipelined: usize,
+    /// A connection with nothing sent and nothing to answer for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: std::time::Duration,
     /// Most days one `query` or `find` may cover.
     pub max_query_days: u32,
     /// Metrics, in traqq's own `MappingConfig` shape.
@@ -46,6 +49,7 @@ impl Default for TraqqConfig {
             max_line_bytes: 64 * 1024,
             max_connections: 1024,
             max_pipelined: 4096,
+            idle_timeout: std::time::Duration::from_secs(300),
             max_query_days: 366,
             mapping: TraqqMapping::default(),
             top_k: MAX_TOP_K,
@@ -159,35 +163,23 @@ impl TraqqMapping {
                 origin: format!("traqq.mapping.bitmap[{i}]"),
             });
         }
-        for (i, pattern) in self.add.iter().enumerate() {
+        let grouping = |kind, pattern: &str, add_key: Option<&String>, origin: String| {
             let keys = sorted(pattern);
-            metrics.push(TraqqMetric {
-                kind: TraqqKind::Add,
-                dimension: grouped(&keys),
-                keys,
-                add_key: None,
-                origin: format!("traqq.mapping.add[{i}]"),
-            });
+            TraqqMetric { kind, dimension: grouped(&keys), keys, add_key: add_key.cloned(), origin }
+        };
+        for (i, pattern) in self.add.iter().enumerate() {
+            metrics.push(grouping(TraqqKind::Add, pattern, None, format!("traqq.mapping.add[{i}]")));
         }
         for (i, adv) in self.add_value.iter().enumerate() {
-            let keys = sorted(&adv.key);
-            metrics.push(TraqqMetric {
-                kind: TraqqKind::Adv,
-                dimension: grouped(&keys),
-                keys,
-                add_key: Some(adv.add_key.clone()),
-                origin: format!("traqq.mapping.add_value[{i}]"),
-            });
+            metrics.push(grouping(
+                TraqqKind::Adv,
+                &adv.key,
+                Some(&adv.add_key),
+                format!("traqq.mapping.add_value[{i}]"),
+            ));
         }
         for (i, pattern) in self.top.iter().enumerate() {
-            let keys = sorted(pattern);
-            metrics.push(TraqqMetric {
-                kind: TraqqKind::Top,
-                dimension: grouped(&keys),
-                keys,
-                add_key: None,
-                origin: format!("traqq.mapping.top[{i}]"),
-            });
+            metrics.push(grouping(TraqqKind::Top, pattern, None, format!("traqq.mapping.top[{i}]")));
         }
         metrics
     }

@@ -320,6 +320,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         need(traqq.max_line_bytes >= 1024, "traqq.max_line_bytes", "at least 1024");
         need(traqq.max_connections >= 1, "traqq.max_connections", "at least 1");
         need(traqq.max_pipelined >= 1, "traqq.max_pipelined", "at least 1");
+        need(!traqq.idle_timeout.is_zero(), "traqq.idle_timeout", "greater than 0");
         need((1..=3660).contains(&traqq.max_query_days), "traqq.max_query_days", "between 1 and 3660");
         need((1..=MAX_TOP_K).contains(&traqq.top_k), "traqq.top_k", "between 1 and 100");
         for (key, expected) in traqq.mapping.problems() {

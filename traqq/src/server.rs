@@ -154,6 +154,8 @@ async fn serve_lines(stream: &mut TcpStream, shared: &Shared, stop: Cancellation
     let mut pending_lines = 0usize;
     let mut out = Vec::new();
     let mut reading = true;
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             biased;
@@ -168,7 +170,12 @@ async fn serve_lines(stream: &mut TcpStream, shared: &Shared, stop: Cancellation
                 write.write_all(&out).await?;
             }
             () = stop.cancelled(), if reading => reading = false,
+            () = &mut idle, if reading && pending.is_empty() => {
+                debug!(timeout = ?config.idle_timeout, "closing an idle traqq connection (traqq.idle_timeout)");
+                reading = false;
+            }
             read_bytes = read.read_buf(framer.buffer()), if reading && pending_lines < config.max_pipelined => {
+                idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
                 if read_bytes? == 0 {
                     reading = false;
                     framer.finish();

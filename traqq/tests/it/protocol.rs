@@ -214,3 +214,29 @@ async fn without_clickhouse_queries_fail_and_records_go_on() {
     assert_eq!(gateway.stream().await.0.len(), 1);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let mut config = test_config();
+    config.traqq.idle_timeout = Duration::from_millis(300);
+    let gateway = TraqqGateway::start(config).await;
+    let address = gateway.address.to_string();
+    let (answer, closed_after) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.write_all(b"{\"cmd\":\"nope\"}\n").expect("write");
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("answer");
+        let since = std::time::Instant::now();
+        let mut rest = String::new();
+        let n = reader.read_line(&mut rest).expect("the server closes, not the read timeout");
+        assert_eq!(n, 0, "nothing more comes: {rest:?}");
+        (line, since.elapsed())
+    })
+    .await
+    .expect("client");
+    assert!(answer.contains("invalid command"), "{answer}");
+    assert!(closed_after >= Duration::from_millis(200) && closed_after < Duration::from_secs(5), "{closed_after:?}");
+    gateway.stop().await;
+}
