@@ -12,7 +12,8 @@
 #   scripts/fuzz.sh list                 the targets
 #
 # Targets: plausible_body, batch_body (gateway bodies through gallop_ingest::BodyChecker),
-# broker_message (decode_message vs decode_message_view), sketch_state (ClickHouse state
+# broker_message (decode_message vs decode_message_view), block_message (the compact block
+# decoder), sketch_state (ClickHouse state
 # readers of gallop_processor::sketch). Each fuzz/fuzz_targets/<target>.rs says what it checks.
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz with
@@ -37,7 +38,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-TARGETS=(plausible_body batch_body broker_message sketch_state)
+TARGETS=(plausible_body batch_body broker_message block_message sketch_state)
 read -r -a BUILD_ARGS <<<"${FUZZ_BUILD_ARGS:---sanitizer none --codegen-units 16}"
 # Builds go to a cache outside the checkout (FUZZ_TARGET_DIR), so a fresh clone (CI) rebuilds
 # only Gallop's own crates, not librdkafka and every dependency (about 7 minutes on 2 cores

@@ -6,10 +6,12 @@
 //! knowledge, so the processor core can depend on it and stay pure.
 #![warn(missing_docs)]
 
+mod block;
 mod message;
 mod record;
 mod view;
 
+pub use block::{decode_block, encode_block, BlockError, BlockEvent, MessageFormat, BLOCK_MAGIC, BLOCK_VERSION};
 pub use message::{decode_message, encode_into, DecodeError};
 pub use record::{EventRecord, Props, Uniques, ENGAGEMENT, FORMAT_VERSION};
 pub use view::{decode_message_view, EventFields, EventView, ViewProps, ViewUniques};

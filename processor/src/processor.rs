@@ -17,7 +17,7 @@ use std::{
 use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_config::{EmptyValues, LateEvents, ProcessorConfig, TimeConfig, MAX_ABS_VALUE};
-use gallop_event::{decode_message_view, DecodeError, EventFields, ENGAGEMENT};
+use gallop_event::{decode_block, decode_message_view, DecodeError, EventFields, MessageFormat, ENGAGEMENT};
 use hashbrown::HashTable;
 
 use crate::{
@@ -101,6 +101,20 @@ pub struct MessageReport {
     pub future: usize,
     /// Records that could not be used.
     pub invalid: Vec<InvalidRecord>,
+}
+
+impl MessageReport {
+    /// Counts the outcome of record `index`.
+    fn tally(&mut self, index: usize, outcome: Outcome) {
+        match outcome {
+            Outcome::Counted | Outcome::LateReassigned => self.counted += 1,
+            Outcome::LateDropped => self.late += 1,
+            Outcome::Future => self.future += 1,
+            Outcome::Invalid(reason) => {
+                self.invalid.push(InvalidRecord { index, reason, detail: format!("record {index}: {reason}") })
+            }
+        }
+    }
 }
 
 /// One (site, bucket, dimension, value) cell.
@@ -291,10 +305,11 @@ impl Processor {
         self.live_keys() >= self.rules.max_live_keys
     }
 
-    /// Decodes a broker message (NDJSON records) and aggregates every usable record.
-    /// `position` is the message's stream sequence / offset in `partition`; it is
-    /// remembered for the next [`Delta`]. A bad record is reported and skipped; it never
-    /// stops the message.
+    /// Decodes a broker message (NDJSON records, or a compact block: told by its first
+    /// bytes) and aggregates every usable record. `position` is the message's stream
+    /// sequence / offset in `partition`; it is remembered for the next [`Delta`]. A bad NDJSON
+    /// record is reported and skipped; it never stops the message. A corrupt or truncated
+    /// block is refused whole (reason `block`), before any of its records counts.
     pub fn process_message(
         &mut self,
         partition: u32,
@@ -304,27 +319,37 @@ impl Processor {
     ) -> Result<MessageReport, ProcessorError> {
         self.check_capacity()?;
         let mut report = MessageReport::default();
-        for (index, decoded) in decode_message_view(payload).enumerate() {
-            let event = match decoded {
-                Ok(event) => event,
-                Err(e) => {
-                    let reason = match e {
-                        DecodeError::Json { .. } => "json",
-                        DecodeError::Version { .. } => "version",
+        match MessageFormat::of(payload) {
+            MessageFormat::Ndjson => {
+                for (index, decoded) in decode_message_view(payload).enumerate() {
+                    let event = match decoded {
+                        Ok(event) => event,
+                        Err(e) => {
+                            let reason = match e {
+                                DecodeError::Json { .. } => "json",
+                                DecodeError::Version { .. } => "version",
+                            };
+                            *self.state.stats.invalid.entry(reason).or_default() += 1;
+                            report.invalid.push(InvalidRecord { index, reason, detail: e.to_string() });
+                            continue;
+                        }
                     };
-                    *self.state.stats.invalid.entry(reason).or_default() += 1;
-                    report.invalid.push(InvalidRecord { index, reason, detail: e.to_string() });
-                    continue;
-                }
-            };
-            match self.add(partition, &event, arrival_ms) {
-                Outcome::Counted | Outcome::LateReassigned => report.counted += 1,
-                Outcome::LateDropped => report.late += 1,
-                Outcome::Future => report.future += 1,
-                Outcome::Invalid(reason) => {
-                    report.invalid.push(InvalidRecord { index, reason, detail: format!("record {index}: {reason}") })
+                    let outcome = self.add(partition, &event, arrival_ms);
+                    report.tally(index, outcome);
                 }
             }
+            MessageFormat::Block(_) => match decode_block(payload) {
+                Ok(events) => {
+                    for (index, event) in events.iter().enumerate() {
+                        let outcome = self.add(partition, event, arrival_ms);
+                        report.tally(index, outcome);
+                    }
+                }
+                Err(e) => {
+                    *self.state.stats.invalid.entry("block").or_default() += 1;
+                    report.invalid.push(InvalidRecord { index: 0, reason: "block", detail: e.to_string() });
+                }
+            },
         }
         let seen = self.positions.entry(partition).or_insert(position);
         *seen = (*seen).max(position);
@@ -838,6 +863,60 @@ mod tests {
             .collect();
         assert_eq!(boards, vec![("props.plan", vec![b"pro".to_vec()])], "no referrer: no referrer leaderboard");
         assert_eq!(p.live_keys(), 0, "flush forgets");
+    }
+
+    #[test]
+    fn compact_blocks_and_ndjson_count_the_same() {
+        let records: Vec<EventRecord> = (0..300u64)
+            .map(|i| {
+                let mut e = event(
+                    if i % 4 == 0 { "signup" } else { "pageview" },
+                    &format!("/p{}", i % 7),
+                    i % 40,
+                    T0 + i as i64,
+                );
+                e.id = format!("run{i:010x}");
+                if i % 4 == 0 {
+                    e.props.insert("plan".into(), ["free", "pro"][i as usize % 2].into());
+                    e.value = Some(i as f64 / 4.0);
+                }
+                e
+            })
+            .collect();
+        let mut ndjson = Vec::new();
+        for r in &records {
+            gallop_event::encode_into(r, &mut ndjson);
+        }
+        let mut old_half = Vec::new();
+        for r in &records[..150] {
+            gallop_event::encode_into(r, &mut old_half);
+        }
+        let mut first = Vec::new();
+        gallop_event::encode_block(&records[150..], &mut first);
+        let mut by_json = processor(ProcessorConfig::default());
+        let report = by_json.process_message(0, 1, &ndjson, T0 + 1_000).expect("room");
+        assert_eq!(report.counted, 300);
+        // A stream of both formats, as during a rolling upgrade.
+        let mut mixed = processor(ProcessorConfig::default());
+        for (position, message) in [&old_half, &first].into_iter().enumerate() {
+            let report = mixed.process_message(0, position as u64 + 1, message, T0 + 1_000).expect("room");
+            assert_eq!((report.counted, report.invalid.len()), (150, 0));
+        }
+        assert_eq!(table(&mixed.flush(T0 + 2_000)), table(&by_json.flush(T0 + 2_000)));
+
+        let mut corrupt = first.clone();
+        corrupt.truncate(first.len() - 3);
+        let mut p = processor(ProcessorConfig::default());
+        let report = p.process_message(0, 1, &corrupt, T0 + 1_000).expect("room");
+        assert_eq!(report.counted, 0, "a cut block counts nothing");
+        assert_eq!(report.invalid[0].reason, "block");
+        assert!(
+            report.invalid[0].detail.starts_with("compact block truncated at byte"),
+            "{}",
+            report.invalid[0].detail
+        );
+        assert_eq!(p.stats().invalid.get("block"), Some(&1));
+        assert_eq!(p.live_keys(), 0);
     }
 
     #[test]
