@@ -572,11 +572,31 @@ pub struct BatchingConfig {
     pub linger: Duration,
     /// Most broker messages awaiting acknowledgement at once, over all partitions.
     pub max_in_flight: usize,
+    /// How messages are encoded: `block` (compact, each distinct string once per message;
+    /// read by processors of this version and later) or `ndjson` (one JSON record per line;
+    /// read by every version: set it while older processors still run).
+    pub format: MessageEncoding,
+}
+
+/// The encoding of broker messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageEncoding {
+    /// A compact block per message (`gallop_event::encode_block`).
+    Block,
+    /// One JSON record per line.
+    Ndjson,
 }
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { max_events: 1000, max_bytes: 512 * 1024, linger: Duration::from_millis(2), max_in_flight: 512 }
+        Self {
+            max_events: 1000,
+            max_bytes: 512 * 1024,
+            linger: Duration::from_millis(2),
+            max_in_flight: 512,
+            format: MessageEncoding::Block,
+        }
     }
 }
 

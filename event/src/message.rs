@@ -23,6 +23,29 @@ pub enum DecodeError {
     },
 }
 
+/// Why a record of a message of either format could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// A line of an NDJSON message.
+    #[error(transparent)]
+    Line(#[from] DecodeError),
+    /// A compact block (refused whole).
+    #[error(transparent)]
+    Block(#[from] crate::block::BlockError),
+}
+
+/// Every record of a message, NDJSON or compact block (told by its first bytes), owned: for
+/// tools and tests (the processor reads either without copying strings).
+pub fn decode_records(payload: &[u8]) -> Vec<Result<EventRecord, MessageError>> {
+    match crate::block::MessageFormat::of(payload) {
+        crate::block::MessageFormat::Ndjson => decode_message(payload).map(|r| r.map_err(MessageError::from)).collect(),
+        crate::block::MessageFormat::Block(_) => match crate::block::decode_block(payload) {
+            Ok(events) => events.iter().map(|e| Ok(e.to_record())).collect(),
+            Err(e) => vec![Err(e.into())],
+        },
+    }
+}
+
 /// Appends `record` to `out` as one NDJSON line.
 pub fn encode_into(record: &EventRecord, out: &mut Vec<u8>) {
     // Serializing plain strings, numbers and a string map into a Vec cannot fail.

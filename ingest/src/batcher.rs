@@ -45,17 +45,16 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, outbound::Outbound};
 
 /// Submissions a partition's channel holds before submitters wait.
 const CHANNEL_CAPACITY: usize = 4096;
 /// Extra time a submitter waits past the longest a publish may take for its verdict.
 const VERDICT_GRACE: Duration = Duration::from_millis(250);
 
-/// Encoded events of one request for one partition.
+/// Events of one request for one partition.
 struct Submission {
-    payload: Vec<u8>,
-    events: u32,
+    body: Outbound,
     /// Message id derived from client event ids; such a submission is never coalesced.
     dedup_id: Option<String>,
     deadline: Instant,
@@ -195,15 +194,14 @@ impl Batcher {
         self.shared.health.trouble(self.shared.waits.stall_after)
     }
 
-    /// Hands `payload` (NDJSON holding `events` events) to `partition`'s next message and
+    /// Hands `body` to `partition`'s next message and
     /// waits for that message's outcome. It is sent only before `deadline`; once sent, its
     /// acknowledgement is awaited (up to the broker's acknowledgement timeout) even past
     /// `deadline`, so an error other than `Timeout` always means "not stored".
     pub(crate) async fn submit(
         &self,
         partition: u32,
-        payload: Vec<u8>,
-        events: u32,
+        body: Outbound,
         dedup_id: Option<String>,
         deadline: Instant,
     ) -> Result<(), PublishError> {
@@ -212,7 +210,7 @@ impl Batcher {
             .get(partition as usize)
             .ok_or(PublishError::NoSuchPartition { partition, partitions: self.senders.len() as u32 })?;
         let (done, verdict) = oneshot::channel();
-        let submission = Submission { payload, events, dedup_id, deadline, done };
+        let submission = Submission { body, dedup_id, deadline, done };
         match timeout_at(deadline, sender.send(submission)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(PublishError::NotConnected("gateway is shutting down".to_owned())),
@@ -242,45 +240,43 @@ impl Batcher {
 /// A message being filled.
 struct Batch {
     dedup_id: Option<String>,
-    payload: Vec<u8>,
-    events: u32,
+    body: Option<Outbound>,
     deadline: Instant,
     waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
 }
 
 impl Batch {
     fn new(first: Submission) -> Self {
-        let mut batch = Self {
-            dedup_id: first.dedup_id.clone(),
-            payload: Vec::new(),
-            events: 0,
-            deadline: first.deadline,
-            waiters: Vec::new(),
-        };
+        let mut batch =
+            Self { dedup_id: first.dedup_id.clone(), body: None, deadline: first.deadline, waiters: Vec::new() };
         batch.add(first);
         batch
     }
 
     fn add(&mut self, s: Submission) {
-        if self.payload.is_empty() {
-            self.payload = s.payload;
-        } else {
-            self.payload.extend_from_slice(&s.payload);
+        match &mut self.body {
+            Some(body) => body.append(s.body),
+            None => self.body = Some(s.body),
         }
-        self.events += s.events;
         self.deadline = self.deadline.min(s.deadline);
         self.waiters.push(s.done);
+    }
+
+    fn events(&self) -> u32 {
+        self.body.as_ref().map_or(0, Outbound::events)
     }
 
     fn fits(&self, s: &Submission, config: &BatchingConfig) -> bool {
         self.dedup_id.is_none()
             && s.dedup_id.is_none()
-            && self.payload.len() + s.payload.len() <= config.max_bytes
-            && (self.events + s.events) as usize <= config.max_events
+            && self.body.as_ref().map_or(s.body.size(), |b| b.size_with(&s.body)) <= config.max_bytes
+            && (self.events() + s.body.events()) as usize <= config.max_events
     }
 
     fn is_full(&self, config: &BatchingConfig) -> bool {
-        self.dedup_id.is_some() || self.payload.len() >= config.max_bytes || self.events as usize >= config.max_events
+        self.dedup_id.is_some()
+            || self.body.as_ref().map_or(0, Outbound::size) >= config.max_bytes
+            || self.events() as usize >= config.max_events
     }
 }
 
@@ -345,8 +341,9 @@ async fn run_partition(
 
 async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, _permit: OwnedSemaphorePermit) {
     let metrics = &shared.metrics;
-    let message =
-        OutboundMessage { partition, id: id.clone(), payload: Bytes::from(batch.payload), events: batch.events };
+    let events = batch.events();
+    let payload = batch.body.map(Outbound::into_payload).unwrap_or_default();
+    let message = OutboundMessage { partition, id: id.clone(), payload: Bytes::from(payload), events };
     metrics.publishes_in_flight.inc();
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
@@ -387,11 +384,11 @@ async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, 
     match &result {
         Ok(()) => {
             metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-            metrics.message_events.observe(f64::from(batch.events));
+            metrics.message_events.observe(f64::from(events));
             metrics.published_bytes.inc_by(message.payload.len() as u64);
         }
         Err(e) => {
-            tracing::warn!(message_id = %id, events = batch.events, error = %e, "giving up on broker message");
+            tracing::warn!(message_id = %id, events, error = %e, "giving up on broker message");
             metrics.publish_failures.with_label_values(&[failure_kind(e)]).inc();
         }
     }
@@ -437,7 +434,18 @@ mod tests {
     const WAITS: BrokerWaits = BrokerWaits { ack_timeout: Duration::from_secs(5), stall_after: Duration::from_secs(2) };
 
     fn config(max_events: usize, linger_ms: u64) -> BatchingConfig {
-        BatchingConfig { max_events, max_bytes: 1 << 20, linger: Duration::from_millis(linger_ms), max_in_flight: 16 }
+        BatchingConfig {
+            max_events,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(linger_ms),
+            max_in_flight: 16,
+            format: gallop_config::MessageEncoding::Ndjson,
+        }
+    }
+
+    /// One NDJSON line as a submission's body.
+    fn ndjson(line: Vec<u8>) -> Outbound {
+        Outbound::Ndjson { bytes: line, events: 1 }
     }
 
     #[tokio::test]
@@ -447,7 +455,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let submits = (0..10).map(|i| {
             let batcher = batcher.clone();
-            async move { batcher.submit(1, format!("{{\"e\":{i}}}\n").into_bytes(), 1, None, deadline).await }
+            async move { batcher.submit(1, ndjson(format!("{{\"e\":{i}}}\n").into_bytes()), None, deadline).await }
         });
         for result in futures::future::join_all(submits).await {
             result.expect("acknowledged");
@@ -465,7 +473,7 @@ mod tests {
         let broker = Arc::new(MemoryBroker::new(1));
         let batcher = Arc::new(Batcher::start(broker.clone(), config(3, 200), WAITS, Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
-        let submits = (0..7).map(|_| batcher.submit(0, b"{}\n".to_vec(), 1, None, deadline));
+        let submits = (0..7).map(|_| batcher.submit(0, ndjson(b"{}\n".to_vec()), None, deadline));
         for result in futures::future::join_all(submits).await {
             result.expect("acknowledged");
         }
@@ -481,9 +489,9 @@ mod tests {
         let batcher = Arc::new(Batcher::start(broker.clone(), config(100, 20), WAITS, Metrics::new(), "t".into()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let (a, b, c) = tokio::join!(
-            batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
-            batcher.submit(0, b"{\"b\":1}\n".to_vec(), 1, None, deadline),
-            batcher.submit(0, b"{\"a\":1}\n".to_vec(), 1, Some("c-1".into()), deadline),
+            batcher.submit(0, ndjson(b"{\"a\":1}\n".to_vec()), Some("c-1".into()), deadline),
+            batcher.submit(0, ndjson(b"{\"b\":1}\n".to_vec()), None, deadline),
+            batcher.submit(0, ndjson(b"{\"a\":1}\n".to_vec()), Some("c-1".into()), deadline),
         );
         a.expect("a");
         b.expect("b");
@@ -501,7 +509,8 @@ mod tests {
         let metrics = Metrics::new();
         let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, metrics.clone(), "t".into());
         let started = Instant::now();
-        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_millis(300)).await;
+        let result =
+            batcher.submit(0, ndjson(b"{}\n".to_vec()), None, Instant::now() + Duration::from_millis(300)).await;
         assert!(matches!(result, Err(PublishError::NotConnected(_))), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(metrics.publish_retries.get() > 0);
@@ -553,7 +562,7 @@ mod tests {
             delay: Duration::from_millis(10),
         });
         let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, Metrics::new(), "t".into());
-        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
+        let result = batcher.submit(0, ndjson(b"{}\n".to_vec()), None, Instant::now() + Duration::from_secs(1)).await;
         assert!(matches!(result, Err(PublishError::NotSent(_))), "{result:?}");
         batcher.close().await;
         assert!(broker.inner.messages(0).is_empty(), "nothing was handed to the library");
@@ -567,7 +576,7 @@ mod tests {
             delay: Duration::from_millis(200),
         });
         let batcher = Batcher::start(broker.clone(), config(10, 1), WAITS, Metrics::new(), "t".into());
-        let result = batcher.submit(0, b"{}\n".to_vec(), 1, None, Instant::now() + Duration::from_secs(1)).await;
+        let result = batcher.submit(0, ndjson(b"{}\n".to_vec()), None, Instant::now() + Duration::from_secs(1)).await;
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(broker.inner.messages(0).len(), 1);
         batcher.close().await;

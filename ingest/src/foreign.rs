@@ -9,7 +9,6 @@
 use std::sync::atomic::Ordering;
 
 use gallop_broker::partition_for;
-use gallop_event::encode_into;
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -82,7 +81,7 @@ impl Gateway {
             url_required: false,
         };
         let partitions = state.publisher.partitions();
-        let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
+        let mut parts = Part::per_partition(state);
         // Per event: its partition, or why it was refused.
         let mut placed: Vec<Result<u32, ForeignError>> = Vec::with_capacity(events.len());
         let mut invalid = 0u64;
@@ -113,10 +112,7 @@ impl Gateway {
             };
             record.id = format!("{}{:010x}", state.run_id, state.next_id.fetch_add(1, Ordering::Relaxed));
             let partition = partition_for(&record.site, record.visitor, partitions);
-            let part = &mut parts[partition as usize];
-            part.note_id(&record.site, None);
-            encode_into(&record, &mut part.payload);
-            part.events += 1;
+            parts[partition as usize].push(record, None);
             placed.push(Ok(partition));
         }
         if invalid > 0 {

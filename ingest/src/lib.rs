@@ -22,6 +22,7 @@ mod geo;
 mod input;
 mod metrics;
 mod normalize;
+mod outbound;
 mod privacy;
 mod referrer;
 mod serve;

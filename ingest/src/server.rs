@@ -21,8 +21,8 @@ use axum::{
 };
 use bytes::Bytes;
 use gallop_broker::{partition_for, PublishError, Publisher, SaltStore};
-use gallop_config::Config;
-use gallop_event::encode_into;
+use gallop_config::{Config, MessageEncoding};
+use gallop_event::EventRecord;
 use gallop_support::ApiKeys;
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher as _;
@@ -39,6 +39,7 @@ use crate::{
     input::{parse_batch, parse_plausible, Framing, RawEvent},
     metrics::Metrics,
     normalize::{normalize, Rules, Sender},
+    outbound::Outbound,
     privacy::{visitor_from_key, visitor_from_request, Visitors},
     serve::{read_body as read_bounded, serve, BodyLimits, BytesHeld, ConnectionMetrics, InflightBytes, Shedding},
     useragent::UserAgents,
@@ -384,7 +385,7 @@ async fn accept(
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
 
     let partitions = state.publisher.partitions();
-    let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
+    let mut parts = Part::per_partition(state);
     let mut errors: Vec<FieldError> = Vec::new();
     let total = events.len();
     for (index, raw) in events.into_iter().enumerate() {
@@ -397,13 +398,10 @@ async fn accept(
                     None => visitor_from_request(&salt, &record.site, ip, user_agent),
                 };
                 let partition = partition_for(&record.site, record.visitor, partitions);
-                let part = &mut parts[partition as usize];
-                part.note_id(&record.site, client_id.as_deref());
-                record.id = client_id.unwrap_or_else(|| {
+                record.id = client_id.clone().unwrap_or_else(|| {
                     format!("{}{:010x}", state.run_id, state.next_id.fetch_add(1, Ordering::Relaxed))
                 });
-                encode_into(&record, &mut part.payload);
-                part.events += 1;
+                parts[partition as usize].push(record, client_id.as_deref());
             }
             Ok(_) => {}
             Err(mut e) => errors.append(&mut e),
@@ -450,34 +448,46 @@ pub(crate) async fn submit_parts_by_partition(
     let submissions = parts
         .into_iter()
         .enumerate()
-        .filter(|(_, part)| part.events > 0)
+        .filter(|(_, part)| part.body.events() > 0)
         .flat_map(|(partition, part)| {
             let dedup = part.dedup_id();
-            split_lines(part.payload, part.events, max_bytes).into_iter().enumerate().map(
-                move |(chunk_index, (chunk, n))| {
-                    let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
-                    (partition as u32, chunk, n, id)
-                },
-            )
+            part.body.split(max_bytes).into_iter().enumerate().map(move |(chunk_index, chunk)| {
+                let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
+                (partition as u32, chunk, id)
+            })
         })
-        .map(|(partition, chunk, n, id)| async move {
-            (partition, state.batcher.submit(partition, chunk, n, id, deadline).await)
+        .map(|(partition, chunk, id)| async move {
+            (partition, state.batcher.submit(partition, chunk, id, deadline).await)
         });
     futures::future::join_all(submissions).await
 }
 
 /// The events of one request bound for one partition.
-#[derive(Default)]
 pub(crate) struct Part {
-    pub(crate) payload: Vec<u8>,
-    pub(crate) events: u32,
+    pub(crate) body: Outbound,
     /// Hash of the (site, client id) pairs while every event so far had a client id.
     client_ids: Option<SipHasher13>,
     without_client_id: bool,
 }
 
 impl Part {
-    pub(crate) fn note_id(&mut self, site: &str, client_id: Option<&str>) {
+    /// An empty part of messages in `encoding`.
+    pub(crate) fn new(encoding: MessageEncoding) -> Self {
+        Self { body: Outbound::new(encoding), client_ids: None, without_client_id: false }
+    }
+
+    /// The parts of a request, one per partition.
+    pub(crate) fn per_partition(state: &AppState) -> Vec<Self> {
+        (0..state.publisher.partitions()).map(|_| Self::new(state.config.ingest.batching.format)).collect()
+    }
+
+    /// Adds `record`, noting its client id (if any) for the part's message id.
+    pub(crate) fn push(&mut self, record: EventRecord, client_id: Option<&str>) {
+        self.note_id(&record.site, client_id);
+        self.body.push(record);
+    }
+
+    fn note_id(&mut self, site: &str, client_id: Option<&str>) {
         match client_id {
             Some(id) if !self.without_client_id => {
                 let hasher = self.client_ids.get_or_insert_with(|| SipHasher13::new_with_keys(0x6761_6c6c_6f70, 1));
@@ -498,31 +508,8 @@ impl Part {
     pub(crate) fn dedup_id(&self) -> Option<String> {
         let hasher = self.client_ids.as_ref().filter(|_| !self.without_client_id)?;
         let wide = hasher.finish128();
-        Some(format!("c-{:016x}{:016x}-{}", wide.h1, wide.h2, self.events))
+        Some(format!("c-{:016x}{:016x}-{}", wide.h1, wide.h2, self.body.events()))
     }
-}
-
-/// Cuts an NDJSON payload of `count` lines into chunks of at most `max_bytes` (a single
-/// longer line stays whole).
-fn split_lines(payload: Vec<u8>, count: u32, max_bytes: usize) -> Vec<(Vec<u8>, u32)> {
-    if payload.len() <= max_bytes {
-        return vec![(payload, count)];
-    }
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut lines = 0;
-    for line in payload.split_inclusive(|b| *b == b'\n') {
-        if !current.is_empty() && current.len() + line.len() > max_bytes {
-            chunks.push((std::mem::take(&mut current), lines));
-            lines = 0;
-        }
-        current.extend_from_slice(line);
-        lines += 1;
-    }
-    if !current.is_empty() {
-        chunks.push((current, lines));
-    }
-    chunks
 }
 
 /// Browser prefetch and prerender requests are not visits.
@@ -538,18 +525,6 @@ fn is_prefetch(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_keeps_lines_whole() {
-        let payload = b"aaaa\nbbbb\ncccc\n".to_vec();
-        let chunks = split_lines(payload.clone(), 3, 10);
-        assert_eq!(chunks, vec![(b"aaaa\nbbbb\n".to_vec(), 2), (b"cccc\n".to_vec(), 1)]);
-        assert_eq!(split_lines(payload.clone(), 3, 100), vec![(payload, 3)]);
-        assert_eq!(
-            split_lines(b"aaaaaaaa\nb\n".to_vec(), 2, 4),
-            vec![(b"aaaaaaaa\n".to_vec(), 1), (b"b\n".to_vec(), 1)]
-        );
-    }
 
     #[test]
     fn prefetch_headers() {

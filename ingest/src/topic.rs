@@ -14,7 +14,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{stream::FuturesUnordered, StreamExt};
 use gallop_broker::{partition_for, DeadLetter, DeadLetters, InputMessage, InputSource, PublishError};
-use gallop_event::encode_into;
 use gallop_support::Backoff;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
@@ -171,7 +170,7 @@ pub(crate) async fn ingest_message(
     let rules =
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
     let partitions = state.publisher.partitions();
-    let mut parts: Vec<Part> = (0..partitions).map(|_| Part::default()).collect();
+    let mut parts = Part::per_partition(state);
     let mut outcome = InputOutcome::default();
     let no_headers = axum::http::HeaderMap::new();
     for (index, record) in records {
@@ -208,10 +207,8 @@ pub(crate) async fn ingest_message(
         let partition = partition_for(&record.site, record.visitor, partitions);
         // Derived from where the record sits in the log, so a redelivery gives the same id.
         record.id = client_id.unwrap_or_else(|| format!("in/{}/{index}", message.origin));
-        let part = &mut parts[partition as usize];
-        part.note_id(&record.site, Some(&record.id));
-        encode_into(&record, &mut part.payload);
-        part.events += 1;
+        let id = record.id.clone();
+        parts[partition as usize].push(record, Some(&id));
         outcome.accepted += 1;
     }
 

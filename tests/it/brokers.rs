@@ -187,7 +187,7 @@ impl Broker {
         let mut ids = HashMap::new();
         let mut records = 0;
         for payload in self.payloads(expected).await {
-            for record in gallop_event::decode_message(&payload) {
+            for record in gallop_event::decode_records(&payload) {
                 let record = record.expect("valid record");
                 records += 1;
                 ids.insert(record.id, record.visitor);
@@ -383,7 +383,7 @@ fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<Vec<u8>> {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 let payload = message.payload().unwrap_or_default().to_vec();
-                for record in gallop_event::decode_message(&payload).flatten() {
+                for record in gallop_event::decode_records(&payload).into_iter().flatten() {
                     ids.insert(record.id);
                 }
                 payloads.insert((message.partition(), message.offset()), payload);

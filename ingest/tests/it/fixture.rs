@@ -13,7 +13,7 @@ use std::{
 use async_nats::jetstream::{self, message::StreamMessage};
 use gallop_broker::NatsBroker;
 use gallop_config::{Config, StorageKind};
-use gallop_event::{decode_message, EventRecord};
+use gallop_event::{decode_records, EventRecord};
 use gallop_ingest::{Gateway, IngestError};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -128,7 +128,7 @@ impl TestGateway {
         self.messages()
             .await
             .iter()
-            .flat_map(|m| decode_message(&m.payload).collect::<Vec<_>>())
+            .flat_map(|m| decode_records(&m.payload))
             .map(|r| r.expect("records on the stream decode"))
             .collect()
     }

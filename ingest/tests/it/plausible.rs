@@ -143,7 +143,8 @@ async fn same_visitor_same_partition_same_hash() {
         .iter()
         .flat_map(|m| {
             let subject = m.subject.to_string();
-            gallop_event::decode_message(&m.payload)
+            gallop_event::decode_records(&m.payload)
+                .into_iter()
                 .map(move |r| (subject.clone(), r.expect("decodes").visitor))
                 .collect::<Vec<_>>()
         })

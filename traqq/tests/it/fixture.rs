@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use gallop_broker::NatsBroker;
 use gallop_config::{Config, StorageKind, TraqqAddValue, TraqqMapping};
-use gallop_event::{decode_message, EventRecord};
+use gallop_event::{decode_records, EventRecord};
 use gallop_ingest::Gateway;
 use gallop_sink::ClickHouse;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -90,7 +90,7 @@ impl TraqqGateway {
             for seq in info.state.first_sequence..=info.state.last_sequence {
                 let message = stream.get_raw_message(seq).await.expect("message");
                 text.push_str(&String::from_utf8_lossy(&message.payload));
-                records.extend(decode_message(&message.payload).map(|r| r.expect("records decode")));
+                records.extend(decode_records(&message.payload).into_iter().map(|r| r.expect("records decode")));
             }
         }
         (records, text)

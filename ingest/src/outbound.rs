@@ -1,0 +1,274 @@
+//! The events bound for one broker message, in the configured encoding
+//! (`ingest.batching.format`): NDJSON lines written as events are taken, or records kept
+//! until the message closes and then written as one compact block (each distinct string
+//! once per message, `gallop_event::encode_block`).
+//!
+//! Sizes are known before encoding: exact for NDJSON; for a block, an upper bound (every
+//! string counted with its length prefix, as if no other event shared it), so a message
+//! never exceeds `batching.max_bytes` once encoded.
+
+use gallop_config::MessageEncoding;
+use gallop_event::{encode_block, encode_into, EventRecord};
+
+/// Bytes of a block's header, counts and base time at most.
+const BLOCK_HEADER_BOUND: usize = 4 + 10 + 10 + 10;
+/// Bytes of one block event besides its strings at most: site, id kind, counter, time,
+/// bitmap, visitor, flags, value, scroll depth, engaged ms and the two counts.
+const BLOCK_EVENT_BOUND: usize = 10 * 4 + 4 + 8 + 1 + 8 + 1 + 10 + 10 + 10;
+/// Bytes of one string in a block at most, besides its own: its index in the event and its
+/// length in the dictionary, varints of values below 2^28 (4 bytes each; strings are
+/// bounded by the gateway's limits, indices by the events of a message).
+const BLOCK_STRING_OVERHEAD: usize = 10;
+
+/// Events for one message (or one request's part of one), encoded or to be encoded.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// NDJSON, one line per event.
+    Ndjson {
+        /// The lines.
+        bytes: Vec<u8>,
+        /// Their count.
+        events: u32,
+    },
+    /// Records to be written as one block.
+    Records {
+        /// The records.
+        records: Vec<EventRecord>,
+        /// The most bytes they take as a block, header included.
+        bound: usize,
+    },
+}
+
+impl Outbound {
+    /// An empty body in `encoding`.
+    pub(crate) fn new(encoding: MessageEncoding) -> Self {
+        match encoding {
+            MessageEncoding::Ndjson => Self::Ndjson { bytes: Vec::new(), events: 0 },
+            MessageEncoding::Block => Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND },
+        }
+    }
+
+    /// Adds `record`.
+    pub(crate) fn push(&mut self, record: EventRecord) {
+        match self {
+            Self::Ndjson { bytes, events } => {
+                encode_into(&record, bytes);
+                *events += 1;
+            }
+            Self::Records { records, bound } => {
+                *bound += record_bound(&record);
+                records.push(record);
+            }
+        }
+    }
+
+    /// Events held.
+    pub(crate) fn events(&self) -> u32 {
+        match self {
+            Self::Ndjson { events, .. } => *events,
+            Self::Records { records, .. } => u32::try_from(records.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Bytes of the encoded message (NDJSON) or the most it can take (block).
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Self::Ndjson { bytes, .. } => bytes.len(),
+            Self::Records { bound, .. } => *bound,
+        }
+    }
+
+    /// The size of `self` and `other` as one message.
+    pub(crate) fn size_with(&self, other: &Self) -> usize {
+        match other {
+            Self::Ndjson { bytes, .. } => self.size() + bytes.len(),
+            // One header for both.
+            Self::Records { bound, .. } => self.size() + bound - BLOCK_HEADER_BOUND,
+        }
+    }
+
+    /// Moves `other`'s events after `self`'s (bodies of one gateway share its encoding).
+    pub(crate) fn append(&mut self, other: Self) {
+        match (self, other) {
+            (Self::Ndjson { bytes, events }, Self::Ndjson { bytes: more, events: n }) => {
+                if bytes.is_empty() {
+                    *bytes = more;
+                } else {
+                    bytes.extend_from_slice(&more);
+                }
+                *events += n;
+            }
+            (Self::Records { records, bound }, Self::Records { records: more, bound: more_bound }) => {
+                if records.is_empty() {
+                    *records = more;
+                } else {
+                    records.extend(more);
+                }
+                *bound += more_bound - BLOCK_HEADER_BOUND;
+            }
+            (this, other) => {
+                // Both encodings in one gateway: cannot happen (one config), handled anyway.
+                let mut records = this.take_records();
+                records.extend(other.into_records());
+                let mut merged = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
+                for record in records {
+                    merged.push(record);
+                }
+                *this = merged;
+            }
+        }
+    }
+
+    /// The body cut into bodies of at most `max_bytes` each (an event larger than that alone
+    /// stays whole, for the broker to refuse).
+    pub(crate) fn split(self, max_bytes: usize) -> Vec<Self> {
+        if self.size() <= max_bytes {
+            return vec![self];
+        }
+        match self {
+            Self::Ndjson { bytes, .. } => {
+                let mut chunks = Vec::new();
+                let (mut current, mut lines) = (Vec::new(), 0);
+                for line in bytes.split_inclusive(|b| *b == b'\n') {
+                    if !current.is_empty() && current.len() + line.len() > max_bytes {
+                        chunks.push(Self::Ndjson { bytes: std::mem::take(&mut current), events: lines });
+                        lines = 0;
+                    }
+                    current.extend_from_slice(line);
+                    lines += 1;
+                }
+                if !current.is_empty() {
+                    chunks.push(Self::Ndjson { bytes: current, events: lines });
+                }
+                chunks
+            }
+            Self::Records { records, .. } => {
+                let mut chunks: Vec<Self> = Vec::new();
+                let mut current = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
+                for record in records {
+                    if current.events() > 0 && current.size() + record_bound(&record) > max_bytes {
+                        chunks.push(std::mem::replace(
+                            &mut current,
+                            Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND },
+                        ));
+                    }
+                    current.push(record);
+                }
+                if current.events() > 0 {
+                    chunks.push(current);
+                }
+                chunks
+            }
+        }
+    }
+
+    /// The message bytes.
+    pub(crate) fn into_payload(self) -> Vec<u8> {
+        match self {
+            Self::Ndjson { bytes, .. } => bytes,
+            Self::Records { records, .. } => {
+                let mut out = Vec::new();
+                encode_block(&records, &mut out);
+                out
+            }
+        }
+    }
+
+    fn take_records(&mut self) -> Vec<EventRecord> {
+        std::mem::replace(self, Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND }).into_records()
+    }
+
+    fn into_records(self) -> Vec<EventRecord> {
+        match self {
+            Self::Ndjson { bytes, .. } => gallop_event::decode_message(&bytes).filter_map(Result::ok).collect(),
+            Self::Records { records, .. } => records,
+        }
+    }
+}
+
+/// The most bytes `record` adds to a block.
+fn record_bound(record: &EventRecord) -> usize {
+    let strings = [
+        &record.site,
+        &record.id,
+        &record.name,
+        &record.host,
+        &record.path,
+        &record.referrer,
+        &record.ref_host,
+        &record.source,
+        &record.utm_source,
+        &record.utm_medium,
+        &record.utm_campaign,
+        &record.utm_content,
+        &record.utm_term,
+        &record.country,
+        &record.browser,
+        &record.browser_version,
+        &record.os,
+        &record.device,
+        &record.currency,
+    ];
+    let fields: usize = strings.iter().map(|s| s.len() + BLOCK_STRING_OVERHEAD).sum();
+    let props: usize = record.props.iter().map(|(k, v)| k.len() + v.len() + 2 * BLOCK_STRING_OVERHEAD).sum();
+    let uniques: usize = record.uniques.keys().map(|k| k.len() + BLOCK_STRING_OVERHEAD + 8).sum();
+    BLOCK_EVENT_BOUND + fields + props + uniques
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_event::{decode_block, decode_message, BlockEvent};
+
+    use super::*;
+
+    fn record(i: usize) -> EventRecord {
+        let mut r = EventRecord::new();
+        r.site = "a.test".into();
+        r.id = format!("{i:x}-some-client-id");
+        r.name = "pageview".into();
+        r.path = format!("/{}", "p".repeat(i % 300));
+        r.props.insert(format!("k{i}"), "v".repeat(i % 50));
+        r.uniques.insert("ip".into(), i as u64);
+        r.value = Some(i as f64);
+        r
+    }
+
+    #[test]
+    fn bounds_hold_and_splits_keep_every_event_in_order() {
+        for encoding in [MessageEncoding::Block, MessageEncoding::Ndjson] {
+            let mut body = Outbound::new(encoding);
+            let mut other = Outbound::new(encoding);
+            let records: Vec<EventRecord> = (0..400).map(record).collect();
+            for r in &records[..150] {
+                body.push(r.clone());
+            }
+            for r in &records[150..] {
+                other.push(r.clone());
+            }
+            let together = body.size_with(&other);
+            body.append(other);
+            assert_eq!((body.events(), body.size()), (400, together));
+            let chunks = body.split(8 * 1024);
+            assert!(chunks.len() > 5, "{encoding:?}: {} chunks", chunks.len());
+            let mut back = Vec::new();
+            for chunk in chunks {
+                let (events, bound) = (chunk.events(), chunk.size());
+                let payload = chunk.into_payload();
+                assert!(
+                    payload.len() <= bound && payload.len() <= 8 * 1024,
+                    "{encoding:?}: {} > {bound}",
+                    payload.len()
+                );
+                let decoded: Vec<EventRecord> = match encoding {
+                    MessageEncoding::Block => {
+                        decode_block(&payload).expect("block").iter().map(BlockEvent::to_record).collect()
+                    }
+                    MessageEncoding::Ndjson => decode_message(&payload).collect::<Result<_, _>>().expect("ndjson"),
+                };
+                assert_eq!(decoded.len() as u32, events);
+                back.extend(decoded);
+            }
+            assert_eq!(back, records, "{encoding:?}");
+        }
+    }
+}
