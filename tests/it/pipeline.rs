@@ -717,7 +717,32 @@ on_both_brokers!(
     gallop_run_ingests_processes_and_stops_cleanly,
     a_recreated_log_is_refused_and_counted_in_a_new_epoch_when_accepted,
     retried_requests_with_ids_count_once,
+    ndjson_and_block_messages_in_one_stream_count_exactly,
 );
+
+/// A rolling upgrade: a gateway still writing NDJSON (`ingest.batching.format = "ndjson"`)
+/// and one writing compact blocks feed the same stream; the processor counts both exactly.
+async fn ndjson_and_block_messages_in_one_stream_count_exactly(kind: Kind) {
+    let mut pipeline = Pipeline::new(Broker::new(kind, &tag()), clickhouse_url());
+    pipeline.env.push(("GALLOP_INGEST__BATCHING__FORMAT", "ndjson".to_owned()));
+    pipeline.start_front(&["ingest"], "gateway listening").await;
+    pipeline.start_processor(&[]).await;
+    let (_block_gateway, block_address) = pipeline
+        .spawn(&["ingest"], &[("GALLOP_INGEST__BATCHING__FORMAT", "block".to_owned())], Some("gateway listening"))
+        .await;
+    let block_address = block_address.expect("gateway address");
+    let sent = generate(16, 30_000, now_ms(), 10);
+    let (first, second) = sent.split_at(15_000);
+    futures::future::join(send(&pipeline.address, first), send(&block_address, second)).await;
+    pipeline.wait_for(sent.len()).await;
+    pipeline.check(&sent).await;
+    let formats: std::collections::BTreeMap<String, usize> =
+        pipeline.broker.payloads(sent.len()).await.iter().fold(Default::default(), |mut counts, payload| {
+            *counts.entry(format!("{:?}", gallop_event::MessageFormat::of(payload))).or_default() += 1;
+            counts
+        });
+    assert_eq!(formats.len(), 2, "both formats in the stream: {formats:?}");
+}
 
 async fn two_hundred_thousand_events_land_exactly(kind: Kind) {
     let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;

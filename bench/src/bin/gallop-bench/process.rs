@@ -110,6 +110,22 @@ pub(crate) fn process(
     let sample: Vec<EventRecord> =
         generate(&SynthConfig { events: DECODE_SAMPLE.min(options.events), ..synth.clone() }).collect();
     let messages = encode_messages(&sample, options.per_message);
+    let blocks: Vec<Vec<u8>> = sample
+        .chunks(options.per_message.max(1))
+        .map(|chunk| {
+            let mut block = Vec::new();
+            gallop_event::encode_block(chunk, &mut block);
+            block
+        })
+        .collect();
+    let bytes_per_event =
+        |messages: &[Vec<u8>]| messages.iter().map(Vec::len).sum::<usize>() as f64 / sample.len() as f64;
+    println!(
+        "  broker bytes per event             {:>12.1} NDJSON, {:.1} compact block ({} events per message)",
+        bytes_per_event(&messages),
+        bytes_per_event(&blocks),
+        options.per_message
+    );
     drop(sample);
     let decoded = decode_bench(&messages, 3);
     let baseline = decoded.first().map(|d| d.events_per_sec()).unwrap_or(0.0);
@@ -123,25 +139,40 @@ pub(crate) fn process(
         );
     }
 
-    // (c) Gallop decode + core, as the consumer runs it: `process_message` decodes borrowed
-    // views (serde_json) and aggregates them with the default rollups.
-    let mut full = Processor::new(processor_config, &time)?;
     let started = Instant::now();
-    for (offset, message) in messages.iter().enumerate() {
-        full.process_message(0, offset as u64, message, arrival)?;
-        if full.should_flush(0) {
-            full.flush(0);
+    let mut block_events = 0;
+    for _ in 0..3 {
+        for block in &blocks {
+            block_events += gallop_event::decode_block(block).map_or(0, |events| events.len());
         }
     }
-    full.flush(0);
-    let decoded_events = full.stats().events;
-    let full_rate = decoded_events as f64 / started.elapsed().as_secs_f64();
     println!(
-        "  gallop decode + core, default      {:>12.0} events/s   (process_message over {} messages, {} events)",
-        full_rate,
-        messages.len(),
-        decoded_events
+        "  decode compact block               {:>12.0} events/s   ({:.2}× serde_json/owned)",
+        block_events as f64 / started.elapsed().as_secs_f64(),
+        block_events as f64 / started.elapsed().as_secs_f64() / baseline.max(f64::MIN_POSITIVE)
     );
+
+    // (c) Gallop decode + core, as the consumer runs it: `process_message` decodes (NDJSON
+    // into borrowed views, or a compact block) and aggregates with the default rollups.
+    for (format, messages) in [("NDJSON", &messages), ("block", &blocks)] {
+        let mut full = Processor::new(processor_config, &time)?;
+        let started = Instant::now();
+        for (offset, message) in messages.iter().enumerate() {
+            full.process_message(0, offset as u64, message, arrival)?;
+            if full.should_flush(0) {
+                full.flush(0);
+            }
+        }
+        full.flush(0);
+        let decoded_events = full.stats().events;
+        let full_rate = decoded_events as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "  gallop decode + core, {format:<13}{:>12.0} events/s   (process_message over {} messages, {} events, default rollups)",
+            full_rate,
+            messages.len(),
+            decoded_events
+        );
+    }
     let _ = Decoder::ALL;
 
     // (d) traqq on the same stream.
