@@ -572,9 +572,9 @@ pub struct BatchingConfig {
     pub linger: Duration,
     /// Most broker messages awaiting acknowledgement at once, over all partitions.
     pub max_in_flight: usize,
-    /// How messages are encoded: `block` (compact, each distinct string once per message;
-    /// read by processors of this version and later) or `ndjson` (one JSON record per line;
-    /// read by every version: set it while older processors still run).
+    /// How messages are encoded: `ndjson` (one JSON record per line; read by every
+    /// version) or `block` (compact, each distinct string once per message; read by
+    /// processors of this version and later: switch once every processor runs one).
     pub format: MessageEncoding,
 }
 
@@ -595,7 +595,9 @@ impl Default for BatchingConfig {
             max_bytes: 512 * 1024,
             linger: Duration::from_millis(2),
             max_in_flight: 512,
-            format: MessageEncoding::Block,
+            // Readers first: processors of this version read blocks; writing them is the
+            // next step of a rolling upgrade, so it is chosen, not defaulted.
+            format: MessageEncoding::Ndjson,
         }
     }
 }

@@ -114,10 +114,18 @@ const COUNTER_DIGITS: usize = 10;
 
 /// Writes `records` as one compact block into `out` (cleared first).
 pub fn encode_block(records: &[EventRecord], out: &mut Vec<u8>) {
+    encode_block_from(records.iter(), out);
+}
+
+/// [`encode_block`] of records held in several places (the requests of one message), in
+/// the iterator's order.
+pub fn encode_block_from<'r>(records: impl Iterator<Item = &'r EventRecord> + Clone, out: &mut Vec<u8>) {
     out.clear();
+    let count = records.clone().count();
     let mut dictionary = Dictionary::default();
-    let mut body = Vec::with_capacity(records.len() * 40);
-    let base = records.iter().map(|r| r.ts).min().unwrap_or(0);
+    dictionary.index.reserve(count / 2 + 64);
+    let mut body = Vec::with_capacity(count * 48);
+    let base = records.clone().map(|r| r.ts).min().unwrap_or(0);
     for r in records {
         write_varint(dictionary.index(&r.site), &mut body);
         match split_counter(&r.id) {
@@ -167,8 +175,10 @@ pub fn encode_block(records: &[EventRecord], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&BLOCK_MAGIC);
     out.push(BLOCK_VERSION);
-    write_varint(records.len() as u64, out);
+    write_varint(count as u64, out);
     write_varint(zigzag(base), out);
+    let dictionary_bytes: usize = dictionary.strings.iter().map(|s| s.len() + 2).sum();
+    out.reserve(dictionary_bytes + body.len() + 32);
     write_varint(dictionary.strings.len() as u64, out);
     for s in &dictionary.strings {
         write_varint(s.len() as u64, out);
@@ -181,16 +191,18 @@ pub fn encode_block(records: &[EventRecord], out: &mut Vec<u8>) {
 fn split_counter(id: &str) -> Option<(&str, u64)> {
     let cut = id.len().checked_sub(COUNTER_DIGITS)?;
     let (prefix, digits) = (id.get(..cut)?, id.get(cut..)?);
-    let counter = u64::from_str_radix(digits, 16).ok()?;
-    // Only when writing the counter back gives the very same text.
-    (format!("{counter:010x}") == digits).then_some((prefix, counter))
+    // Exactly ten lower-case hex digits: `{counter:010x}` writes the very same text back.
+    if !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    Some((prefix, u64::from_str_radix(digits, 16).ok()?))
 }
 
 /// Distinct strings of a block, each with its index (0 is the empty string).
 #[derive(Default)]
 struct Dictionary<'a> {
     strings: Vec<&'a str>,
-    index: HashMap<&'a str, u64>,
+    index: HashMap<&'a str, u64, foldhash::fast::FixedState>,
 }
 
 impl<'a> Dictionary<'a> {

@@ -13,7 +13,9 @@ mod message;
 mod record;
 mod view;
 
-pub use block::{decode_block, encode_block, BlockError, BlockEvent, MessageFormat, BLOCK_MAGIC, BLOCK_VERSION};
+pub use block::{
+    decode_block, encode_block, encode_block_from, BlockError, BlockEvent, MessageFormat, BLOCK_MAGIC, BLOCK_VERSION,
+};
 pub use message::{decode_message, decode_records, encode_into, DecodeError, MessageError};
 pub use record::{EventRecord, Props, Uniques, ENGAGEMENT, FORMAT_VERSION};
 pub use view::{decode_message_view, EventFields, EventView, ViewProps, ViewUniques};

@@ -8,7 +8,7 @@
 //! never exceeds `batching.max_bytes` once encoded.
 
 use gallop_config::MessageEncoding;
-use gallop_event::{encode_block, encode_into, EventRecord};
+use gallop_event::{encode_block_from, encode_into, EventRecord};
 
 /// Bytes of a block's header, counts and base time at most.
 const BLOCK_HEADER_BOUND: usize = 4 + 10 + 10 + 10;
@@ -30,10 +30,11 @@ pub(crate) enum Outbound {
         /// Their count.
         events: u32,
     },
-    /// Records to be written as one block.
+    /// Records to be written as one block, as the requests handed them over (moving whole
+    /// lists, never single records: a record is some 600 bytes).
     Records {
-        /// The records.
-        records: Vec<EventRecord>,
+        /// The records, in lists.
+        records: Vec<Vec<EventRecord>>,
         /// The most bytes they take as a block, header included.
         bound: usize,
     },
@@ -57,7 +58,10 @@ impl Outbound {
             }
             Self::Records { records, bound } => {
                 *bound += record_bound(&record);
-                records.push(record);
+                match records.last_mut() {
+                    Some(list) => list.push(record),
+                    None => records.push(vec![record]),
+                }
             }
         }
     }
@@ -66,7 +70,9 @@ impl Outbound {
     pub(crate) fn events(&self) -> u32 {
         match self {
             Self::Ndjson { events, .. } => *events,
-            Self::Records { records, .. } => u32::try_from(records.len()).unwrap_or(u32::MAX),
+            Self::Records { records, .. } => {
+                u32::try_from(records.iter().map(Vec::len).sum::<usize>()).unwrap_or(u32::MAX)
+            }
         }
     }
 
@@ -99,11 +105,7 @@ impl Outbound {
                 *events += n;
             }
             (Self::Records { records, bound }, Self::Records { records: more, bound: more_bound }) => {
-                if records.is_empty() {
-                    *records = more;
-                } else {
-                    records.extend(more);
-                }
+                records.extend(more);
                 *bound += more_bound - BLOCK_HEADER_BOUND;
             }
             (this, other) => {
@@ -145,7 +147,7 @@ impl Outbound {
             Self::Records { records, .. } => {
                 let mut chunks: Vec<Self> = Vec::new();
                 let mut current = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
-                for record in records {
+                for record in records.into_iter().flatten() {
                     if current.events() > 0 && current.size() + record_bound(&record) > max_bytes {
                         chunks.push(std::mem::replace(
                             &mut current,
@@ -168,7 +170,7 @@ impl Outbound {
             Self::Ndjson { bytes, .. } => bytes,
             Self::Records { records, .. } => {
                 let mut out = Vec::new();
-                encode_block(&records, &mut out);
+                encode_block_from(records.iter().flatten(), &mut out);
                 out
             }
         }
@@ -181,7 +183,7 @@ impl Outbound {
     fn into_records(self) -> Vec<EventRecord> {
         match self {
             Self::Ndjson { bytes, .. } => gallop_event::decode_message(&bytes).filter_map(Result::ok).collect(),
-            Self::Records { records, .. } => records,
+            Self::Records { records, .. } => records.into_iter().flatten().collect(),
         }
     }
 }

@@ -85,3 +85,36 @@ async fn requests_without_client_ids_are_not_deduplicated() {
     assert_eq!(records.len(), 2, "two real page views");
     assert_ne!(records[0].id, records[1].id, "the gateway makes unique ids");
 }
+
+#[tokio::test]
+async fn block_and_ndjson_gateways_publish_the_same_records() {
+    let ts = now_ms() - 60_000;
+    let body: String = (0..300).map(|i| event(i, ts) + "\n").collect();
+    let mut published = Vec::new();
+    for format in [gallop_config::MessageEncoding::Ndjson, gallop_config::MessageEncoding::Block] {
+        let mut config = test_config();
+        config.ingest.batching.format = format;
+        // Small messages: the block path's size bound must cut a request's part too.
+        config.ingest.batching.max_bytes = 16 * 1024;
+        let gateway = TestGateway::start(config).await;
+        let reply =
+            gateway.post("/v1/events", Some("application/x-ndjson"), body.clone(), &[("user-agent", FIREFOX)]).await;
+        assert_eq!(reply.status, 202, "{format:?}: {}", reply.body);
+        let messages = gateway.messages().await;
+        assert!(messages.iter().all(|m| m.payload.len() <= 16 * 1024), "{format:?}: a message over max_bytes");
+        let is_block = |p: &[u8]| gallop_event::MessageFormat::of(p) != gallop_event::MessageFormat::Ndjson;
+        assert!(messages.iter().all(|m| is_block(&m.payload) == (format == gallop_config::MessageEncoding::Block)));
+        let mut records = gateway.records().await;
+        // The same events, whatever their partition messages' order; ids and visitor hashes
+        // (each test gateway has a salt of its own) differ per gateway.
+        records.sort_by(|a, b| a.path.cmp(&b.path));
+        for record in &mut records {
+            record.id.clear();
+            record.visitor = 0;
+        }
+        published.push((records, messages.iter().map(|m| m.payload.len()).sum::<usize>()));
+    }
+    assert_eq!(published[0].0.len(), 300);
+    assert!(published[0].0 == published[1].0, "the records differ between the formats");
+    assert!(published[1].1 * 3 < published[0].1, "block {} bytes vs NDJSON {}", published[1].1, published[0].1);
+}
