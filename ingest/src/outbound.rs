@@ -109,14 +109,14 @@ impl Outbound {
                 *bound += more_bound - BLOCK_HEADER_BOUND;
             }
             (this, other) => {
-                // Both encodings in one gateway: cannot happen (one config), handled anyway.
-                let mut records = this.take_records();
-                records.extend(other.into_records());
-                let mut merged = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
-                for record in records {
-                    merged.push(record);
-                }
-                *this = merged;
+                // Both encodings in one gateway cannot happen (one config); should it, the
+                // events go as NDJSON, which every processor reads.
+                let (mut bytes, mut events) =
+                    std::mem::replace(this, Self::Ndjson { bytes: Vec::new(), events: 0 }).into_ndjson();
+                let (more, n) = other.into_ndjson();
+                bytes.extend_from_slice(&more);
+                events += n;
+                *this = Self::Ndjson { bytes, events };
             }
         }
     }
@@ -176,14 +176,19 @@ impl Outbound {
         }
     }
 
-    fn take_records(&mut self) -> Vec<EventRecord> {
-        std::mem::replace(self, Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND }).into_records()
-    }
-
-    fn into_records(self) -> Vec<EventRecord> {
+    /// The events as NDJSON lines and their count.
+    fn into_ndjson(self) -> (Vec<u8>, u32) {
         match self {
-            Self::Ndjson { bytes, .. } => gallop_event::decode_message(&bytes).filter_map(Result::ok).collect(),
-            Self::Records { records, .. } => records.into_iter().flatten().collect(),
+            Self::Ndjson { bytes, events } => (bytes, events),
+            Self::Records { records, .. } => {
+                let mut bytes = Vec::new();
+                let mut events = 0;
+                for record in records.iter().flatten() {
+                    encode_into(record, &mut bytes);
+                    events += 1;
+                }
+                (bytes, events)
+            }
         }
     }
 }
@@ -272,5 +277,18 @@ mod tests {
             }
             assert_eq!(back, records, "{encoding:?}");
         }
+    }
+
+    #[test]
+    fn mixed_encodings_fall_back_to_ndjson() {
+        let mut body = Outbound::new(MessageEncoding::Block);
+        body.push(record(1));
+        let mut other = Outbound::new(MessageEncoding::Ndjson);
+        other.push(record(2));
+        body.append(other);
+        assert!(matches!(body, Outbound::Ndjson { events: 2, .. }));
+        let payload = body.into_payload();
+        let back: Vec<EventRecord> = decode_message(&payload).collect::<Result<_, _>>().expect("ndjson");
+        assert_eq!(back, vec![record(1), record(2)]);
     }
 }
