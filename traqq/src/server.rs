@@ -168,6 +168,8 @@ async fn serve_lines(stream: &mut TcpStream, shared: &Shared, stop: Cancellation
                     response.write_line(&mut out);
                 }
                 write.write_all(&out).await?;
+                // Idle means nothing sent and nothing to answer: count from the last answer too.
+                idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
             }
             () = stop.cancelled(), if reading => reading = false,
             () = &mut idle, if reading && pending.is_empty() => {
