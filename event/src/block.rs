@@ -103,6 +103,29 @@ fn fields(r: &EventRecord) -> [&str; FIELDS] {
     ]
 }
 
+/// Bytes of a block's header, counts and base time at most.
+pub const BLOCK_HEADER_BOUND: usize = 4 + 10 + 10 + 10;
+/// Bytes of one event besides its strings at most: id kind, counter, time, bitmap, visitor,
+/// flags, value, scroll depth, engaged ms and the two counts.
+const EVENT_BOUND: usize = 10 * 4 + 4 + 8 + 1 + 8 + 1 + 10 + 10 + 10;
+/// Bytes of one string besides its own at most: its index in the event and its length in
+/// the dictionary, varints of values below 2^28 (4 bytes each; strings are bounded by the
+/// gateway's limits, indices by the events of a message).
+const STRING_OVERHEAD: usize = 10;
+
+/// The most bytes `record` adds to a block (every string counted with its length prefix,
+/// as if no other event shared it), so a message's size is known before it is encoded.
+pub fn block_size_bound(record: &EventRecord) -> usize {
+    let strings: usize = [record.site.as_str(), record.id.as_str()]
+        .into_iter()
+        .chain(fields(record))
+        .map(|s| s.len() + STRING_OVERHEAD)
+        .sum();
+    let props: usize = record.props.iter().map(|(k, v)| k.len() + v.len() + 2 * STRING_OVERHEAD).sum();
+    let uniques: usize = record.uniques.keys().map(|k| k.len() + STRING_OVERHEAD + 8).sum();
+    EVENT_BOUND + strings + props + uniques
+}
+
 const FLAG_VALUE: u8 = 1;
 const FLAG_NOT_INTERACTIVE: u8 = 2;
 const FLAG_SCROLL: u8 = 4;

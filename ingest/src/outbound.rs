@@ -3,22 +3,12 @@
 //! until the message closes and then written as one compact block (each distinct string
 //! once per message, `gallop_event::encode_block`).
 //!
-//! Sizes are known before encoding: exact for NDJSON; for a block, an upper bound (every
-//! string counted with its length prefix, as if no other event shared it), so a message
-//! never exceeds `batching.max_bytes` once encoded.
+//! Sizes are known before encoding: exact for NDJSON; for a block, the encoder's upper
+//! bound (`gallop_event::block_size_bound`), so a message never exceeds
+//! `batching.max_bytes` once encoded.
 
 use gallop_config::MessageEncoding;
-use gallop_event::{encode_block_from, encode_into, EventRecord};
-
-/// Bytes of a block's header, counts and base time at most.
-const BLOCK_HEADER_BOUND: usize = 4 + 10 + 10 + 10;
-/// Bytes of one block event besides its strings at most: site, id kind, counter, time,
-/// bitmap, visitor, flags, value, scroll depth, engaged ms and the two counts.
-const BLOCK_EVENT_BOUND: usize = 10 * 4 + 4 + 8 + 1 + 8 + 1 + 10 + 10 + 10;
-/// Bytes of one string in a block at most, besides its own: its index in the event and its
-/// length in the dictionary, varints of values below 2^28 (4 bytes each; strings are
-/// bounded by the gateway's limits, indices by the events of a message).
-const BLOCK_STRING_OVERHEAD: usize = 10;
+use gallop_event::{block_size_bound, encode_block_from, encode_into, EventRecord, BLOCK_HEADER_BOUND};
 
 /// Events for one message (or one request's part of one), encoded or to be encoded.
 #[derive(Debug)]
@@ -57,7 +47,7 @@ impl Outbound {
                 *events += 1;
             }
             Self::Records { records, bound } => {
-                *bound += record_bound(&record);
+                *bound += block_size_bound(&record);
                 match records.last_mut() {
                     Some(list) => list.push(record),
                     None => records.push(vec![record]),
@@ -148,7 +138,7 @@ impl Outbound {
                 let mut chunks: Vec<Self> = Vec::new();
                 let mut current = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
                 for record in records.into_iter().flatten() {
-                    if current.events() > 0 && current.size() + record_bound(&record) > max_bytes {
+                    if current.events() > 0 && current.size() + block_size_bound(&record) > max_bytes {
                         chunks.push(std::mem::replace(
                             &mut current,
                             Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND },
@@ -191,35 +181,6 @@ impl Outbound {
             }
         }
     }
-}
-
-/// The most bytes `record` adds to a block.
-fn record_bound(record: &EventRecord) -> usize {
-    let strings = [
-        &record.site,
-        &record.id,
-        &record.name,
-        &record.host,
-        &record.path,
-        &record.referrer,
-        &record.ref_host,
-        &record.source,
-        &record.utm_source,
-        &record.utm_medium,
-        &record.utm_campaign,
-        &record.utm_content,
-        &record.utm_term,
-        &record.country,
-        &record.browser,
-        &record.browser_version,
-        &record.os,
-        &record.device,
-        &record.currency,
-    ];
-    let fields: usize = strings.iter().map(|s| s.len() + BLOCK_STRING_OVERHEAD).sum();
-    let props: usize = record.props.iter().map(|(k, v)| k.len() + v.len() + 2 * BLOCK_STRING_OVERHEAD).sum();
-    let uniques: usize = record.uniques.keys().map(|k| k.len() + BLOCK_STRING_OVERHEAD + 8).sum();
-    BLOCK_EVENT_BOUND + fields + props + uniques
 }
 
 #[cfg(test)]
