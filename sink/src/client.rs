@@ -299,8 +299,8 @@ impl ClickHouse {
         horizon_ms: i64,
     ) -> Result<OpenSessions, SinkError> {
         #[derive(Deserialize)]
-        struct Row {
-            value: String,
+        struct Hexed {
+            hexed: String,
         }
         #[derive(Deserialize)]
         struct Newest {
@@ -326,19 +326,22 @@ impl ClickHouse {
         let Some(oldest) = open.watermarks.values().min() else { return Ok(open) };
         let since = oldest.saturating_sub(horizon_ms).div_euclid(1000) - 60;
         let owned: Vec<String> = partitions.iter().map(|p| format!("'{p:010}'")).collect();
+        // The values are binary (the compact form of `visits`): read as hex, which every
+        // server version has and any client reads as text.
         let sql = format!(
-            "SELECT value FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
+            "SELECT hex(value) AS hexed FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
              AND dimension = '{}' AND bucket >= toDateTime({}, 'UTC') AND substring(value, 1, 10) IN ({})",
             escape(&session_dimension(stream)),
             since.max(0),
             owned.join(", ")
         );
-        for row in self.fetch::<Row>(&sql).await? {
-            let state = parse_session_value(&row.value).ok_or_else(|| SinkError::Corrupt {
-                what: format!("open visit of stream {stream}"),
-                reason: format!("{:?} is not <partition>/<visit as JSON>", truncate_for_error(&row.value)),
-            })?;
-            open.sessions.push(state);
+        for row in self.fetch::<Hexed>(&sql).await? {
+            let corrupt = |reason: String| SinkError::Corrupt {
+                what: format!("open visits of stream {stream}"),
+                reason: format!("{reason} in {:?}", truncate_for_error(&row.hexed)),
+            };
+            let value = unhex(&row.hexed).ok_or_else(|| corrupt("not hex".to_owned()))?;
+            open.sessions.extend(parse_session_value(&value).map_err(corrupt)?);
         }
         Ok(open)
     }
@@ -399,6 +402,17 @@ impl ClickHouse {
     }
 }
 
+/// The bytes of ClickHouse's `hex()` text (upper-case pairs); `None` when it is not that.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| char::from(c).to_digit(16);
+    let text = text.as_bytes();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    // Two hex digits make one byte: at most 0xFF.
+    text.chunks_exact(2).map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)).collect()
+}
+
 /// A type without its `LowCardinality(..)` wrapper.
 fn plain(ty: &str) -> &str {
     ty.strip_prefix("LowCardinality(").and_then(|t| t.strip_suffix(')')).unwrap_or(ty)
@@ -429,4 +443,18 @@ fn truncate_for_error(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unhex;
+
+    #[test]
+    fn unhex_reads_clickhouse_hex_and_refuses_other_text() {
+        assert_eq!(unhex("00FF7a41"), Some(vec![0, 255, 0x7a, b'A']));
+        assert_eq!(unhex(""), Some(vec![]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("0G"), None);
+        assert_eq!(unhex("é1"), None);
+    }
 }

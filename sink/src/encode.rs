@@ -9,6 +9,7 @@ use gallop_processor::{
 };
 
 use crate::schema::{Granularity, Kind, MAX_LEADERBOARD_K};
+use crate::visits::{decode_visits, encode_visits, is_compact, VISITS_PER_ROW};
 
 /// How long position markers are kept where the server has TTL. A restart reads the newest
 /// marker; only a crash between an insert and its acknowledgement needs it, so a month is
@@ -127,17 +128,32 @@ pub fn watermark_dimension(stream: &str) -> String {
     format!("{stream}#watermarks")
 }
 
-/// The `value` of an open-visit row: `<partition:010>/` and the state as JSON.
-fn session_value(state: &SessionState) -> String {
-    // Serializing plain strings and numbers cannot fail.
-    let json = serde_json::to_string(state).unwrap_or_default();
-    format!("{:010}/{json}", state.partition)
+/// The `value` of an open-visit row: `<partition:010>/` and the visits, in the compact form
+/// of [`crate::visits`].
+fn session_value(partition: u32, states: &[&SessionState]) -> Vec<u8> {
+    let mut value = format!("{partition:010}/").into_bytes();
+    encode_visits(states, &mut value);
+    value
 }
 
-/// Parses an open-visit row's `value` (see [`session_dimension`]).
-pub fn parse_session_value(value: &str) -> Option<SessionState> {
-    let (_, json) = value.split_once('/')?;
-    serde_json::from_str(json).ok()
+/// Parses an open-visit row's `value` (see [`session_dimension`]): the visits it holds, in
+/// the compact form or, as rows written before it, one visit as JSON. The error says why.
+pub fn parse_session_value(value: &[u8]) -> Result<Vec<SessionState>, String> {
+    let slash = value.iter().position(|&b| b == b'/').ok_or("no '/' after the partition")?;
+    let partition: u32 = std::str::from_utf8(&value[..slash])
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .ok_or("the partition before '/' is not a number")?;
+    let payload = &value[slash + 1..];
+    let mut states = if is_compact(payload) {
+        decode_visits(payload)?
+    } else {
+        vec![serde_json::from_slice::<SessionState>(payload).map_err(|e| format!("a visit as JSON: {e}"))?]
+    };
+    for state in &mut states {
+        state.partition = partition;
+    }
+    Ok(states)
 }
 
 /// Parses a watermark row's `value`: `(partition, watermark ms)`.
@@ -237,20 +253,29 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     // What a restart needs besides positions: open visits and watermarks (see the
     // processor's `session` module), in the same insert, so they match the positions.
     let sessions = session_dimension(context.stream);
+    let mut by_partition: BTreeMap<u32, Vec<&SessionState>> = BTreeMap::new();
     for state in &delta.sessions {
-        write_key(
-            &mut out,
-            "",
-            Kind::Position,
-            Granularity::Minute,
-            state.last_ts.div_euclid(1000),
-            &sessions,
-            &session_value(state),
-        );
-        write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
-        write_empty_top(&mut out, context.top_as_string);
-        write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
-        rows += 1;
+        by_partition.entry(state.partition).or_default().push(state);
+    }
+    for (&partition, states) in &by_partition {
+        for chunk in states.chunks(VISITS_PER_ROW) {
+            // The row's bucket is its newest visit's last event, so a restart reading rows
+            // of visits that may still be extended reads every row holding one.
+            let newest = chunk.iter().map(|state| state.last_ts).max().unwrap_or_default();
+            write_key(
+                &mut out,
+                "",
+                Kind::Position,
+                Granularity::Minute,
+                newest.div_euclid(1000),
+                &sessions,
+                &session_value(partition, chunk),
+            );
+            write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
+            write_empty_top(&mut out, context.top_as_string);
+            write_datetime(&mut out, context.now.saturating_add(MARKER_RETENTION_SECS));
+            rows += 1;
+        }
     }
     let watermarks = watermark_dimension(context.stream);
     for (&partition, &watermark) in &delta.watermarks {
@@ -312,14 +337,14 @@ fn write_key(
     granularity: Granularity,
     bucket: i64,
     dimension: &str,
-    value: &str,
+    value: impl AsRef<[u8]>,
 ) {
     write_string(out, site);
     out.push(kind as u8);
     out.push(granularity as u8);
     write_datetime(out, bucket);
     write_string(out, dimension);
-    write_string(out, value);
+    write_bytes(out, value.as_ref());
 }
 
 fn write_states(out: &mut Vec<u8>, events: u64, visitors: &UniqHll12, value_sum: f64, value_count: u64) {
@@ -499,13 +524,28 @@ mod tests {
         };
         let encoded = encode_flush(&delta, &context(&BTreeMap::from([(4, Mark::at(9))])));
         assert_eq!(encoded.rows, 3, "a marker, a visit, a watermark");
-        let value = session_value(&state);
-        assert!(value.starts_with("0000000004/"), "{value}");
-        assert_eq!(parse_session_value(&value), Some(state));
+        let value = session_value(4, &[&state]);
+        assert!(value.starts_with(b"0000000004/\0VS"), "{value:?}");
+        assert_eq!(parse_session_value(&value), Ok(vec![state.clone()]));
         let needle = session_dimension("EVENTS");
         assert!(encoded.bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
         assert_eq!(parse_watermark_value("0000000004/00000001800000000500"), Some((4, 1_800_000_000_500)));
-        assert_eq!(parse_session_value("0000000004/{not json"), None);
+        assert!(parse_session_value(b"0000000004/{not json").is_err_and(|e| e.contains("JSON")));
+        assert!(parse_session_value(b"0000000004/\0VS\x01\x05").is_err_and(|e| e.starts_with("byte 4:")));
+        assert!(parse_session_value(b"x/{}").is_err_and(|e| e.contains("partition")));
+
+        // A row written before the compact form: one visit as a JSON object.
+        let old = format!("0000000004/{}", serde_json::to_string(&state).unwrap_or_default());
+        assert_eq!(parse_session_value(old.as_bytes()), Ok(vec![state.clone()]));
+
+        // Many visits of two partitions: a row per partition and VISITS_PER_ROW visits.
+        let many: Vec<SessionState> = (0..2 * VISITS_PER_ROW as u64 + 1)
+            .map(|visitor| SessionState { visitor, partition: (visitor % 2) as u32 * 4, ..state.clone() })
+            .collect();
+        let delta = Delta { sessions: many, ..Delta::default() };
+        let encoded = encode_flush(&delta, &context(&BTreeMap::new()));
+        // 257 visits of partition 0 (2 rows), 256 of partition 4 (1 row).
+        assert_eq!(encoded.rows, 3, "visit rows only");
     }
 
     #[test]

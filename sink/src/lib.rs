@@ -15,6 +15,7 @@ mod error;
 mod reader;
 mod schema;
 mod version;
+mod visits;
 mod writer;
 
 pub use client::{ClickHouse, MigrationReport};

@@ -32,6 +32,13 @@ pub(crate) struct ProcessBench {
     /// second sees many events per minute bucket; a day-long span models a small site.
     #[arg(long, default_value_t = 60)]
     span_minutes: i64,
+    /// Only the decode + core runs over broker messages (NDJSON and block), e.g. under a
+    /// profiler.
+    #[arg(long)]
+    messages_only: bool,
+    /// Times each decode + core run is repeated (a fresh processor each time).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// Events generated and processed at a time.
@@ -66,6 +73,12 @@ pub(crate) fn process(
 
     let rss_start = rss_bytes();
     let arrival = synth.start_ms + synth.span_ms;
+    if options.messages_only {
+        let sample: Vec<EventRecord> =
+            generate(&SynthConfig { events: DECODE_SAMPLE.min(options.events), ..synth.clone() }).collect();
+        let (messages, blocks) = encode_both(&sample, options.per_message);
+        return run_messages(processor_config, &time, arrival, &messages, &blocks, options.rounds);
+    }
     // Memory first, while the process is fresh: one state built without flushing, measured
     // as resident-set growth per live key (later runs leave freed memory to be reused).
     let sample = CHUNK.min(options.events);
@@ -109,15 +122,7 @@ pub(crate) fn process(
     // (b) Decoding broker messages, separately.
     let sample: Vec<EventRecord> =
         generate(&SynthConfig { events: DECODE_SAMPLE.min(options.events), ..synth.clone() }).collect();
-    let messages = encode_messages(&sample, options.per_message);
-    let blocks: Vec<Vec<u8>> = sample
-        .chunks(options.per_message.max(1))
-        .map(|chunk| {
-            let mut block = Vec::new();
-            gallop_event::encode_block(chunk, &mut block);
-            block
-        })
-        .collect();
+    let (messages, blocks) = encode_both(&sample, options.per_message);
     let bytes_per_event =
         |messages: &[Vec<u8>]| messages.iter().map(Vec::len).sum::<usize>() as f64 / sample.len() as f64;
     println!(
@@ -152,27 +157,8 @@ pub(crate) fn process(
         block_events as f64 / started.elapsed().as_secs_f64() / baseline.max(f64::MIN_POSITIVE)
     );
 
-    // (c) Gallop decode + core, as the consumer runs it: `process_message` decodes (NDJSON
-    // into borrowed views, or a compact block) and aggregates with the default rollups.
-    for (format, messages) in [("NDJSON", &messages), ("block", &blocks)] {
-        let mut full = Processor::new(processor_config, &time)?;
-        let started = Instant::now();
-        for (offset, message) in messages.iter().enumerate() {
-            full.process_message(0, offset as u64, message, arrival)?;
-            if full.should_flush(0) {
-                full.flush(0);
-            }
-        }
-        full.flush(0);
-        let decoded_events = full.stats().events;
-        let full_rate = decoded_events as f64 / started.elapsed().as_secs_f64();
-        println!(
-            "  gallop decode + core, {format:<13}{:>12.0} events/s   (process_message over {} messages, {} events, default rollups)",
-            full_rate,
-            messages.len(),
-            decoded_events
-        );
-    }
+    // (c) Gallop decode + core, as the consumer runs it.
+    run_messages(processor_config, &time, arrival, &messages, &blocks, options.rounds)?;
     let _ = Decoder::ALL;
 
     // (d) traqq on the same stream.
@@ -204,6 +190,53 @@ pub(crate) fn process(
         peak_rss_bytes() as f64 / 1_048_576.0,
         rss_start as f64 / 1_048_576.0
     );
+    Ok(())
+}
+
+/// `records` as broker messages of `per_message` events: NDJSON, and compact blocks.
+fn encode_both(records: &[EventRecord], per_message: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let messages = encode_messages(records, per_message);
+    let blocks = records
+        .chunks(per_message.max(1))
+        .map(|chunk| {
+            let mut block = Vec::new();
+            gallop_event::encode_block(chunk, &mut block);
+            block
+        })
+        .collect();
+    (messages, blocks)
+}
+
+/// Gallop decode + core, as the consumer runs it: `process_message` decodes (NDJSON into
+/// borrowed views, or a compact block) and aggregates, flushing at `processor.flush_keys`.
+fn run_messages(
+    processor_config: &ProcessorConfig,
+    time: &TimeConfig,
+    arrival: i64,
+    messages: &[Vec<u8>],
+    blocks: &[Vec<u8>],
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let formats = [("NDJSON", messages), ("block", blocks)];
+    for (format, messages) in formats.into_iter().flat_map(|f| std::iter::repeat_n(f, rounds.max(1))) {
+        let mut full = Processor::new(processor_config, time)?;
+        let started = Instant::now();
+        for (offset, message) in messages.iter().enumerate() {
+            full.process_message(0, offset as u64, message, arrival)?;
+            if full.should_flush(0) {
+                full.flush(0);
+            }
+        }
+        full.flush(0);
+        let decoded_events = full.stats().events;
+        let full_rate = decoded_events as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "  gallop decode + core, {format:<13}{:>12.0} events/s   (process_message over {} messages, {} events, default rollups)",
+            full_rate,
+            messages.len(),
+            decoded_events
+        );
+    }
     Ok(())
 }
 
