@@ -129,7 +129,6 @@ struct Cell {
 
 /// Everything of one site in one minute.
 struct BucketState {
-    hash: u64,
     site: u32,
     bucket: u32,
     /// Value cells per dimension id (`None` until the dimension is seen).
@@ -189,7 +188,7 @@ pub struct Processor {
 /// The mutable tables, apart from the rules so both can be borrowed at once.
 struct State {
     hasher: FixedState,
-    buckets: HashTable<BucketState>,
+    buckets: Buckets,
     live_keys: usize,
     sites: Interner,
     /// Dimension names: the configured specs first, then concrete `props.*` expansions.
@@ -228,7 +227,7 @@ impl Processor {
         );
         let state = State {
             hasher: FixedState::with_seed(0x6761_6c6c_6f70),
-            buckets: HashTable::new(),
+            buckets: Buckets::default(),
             live_keys: 0,
             sites: Interner::default(),
             dimensions,
@@ -504,7 +503,7 @@ impl State {
         } else {
             value
         };
-        let entry = bucket_entry(&mut self.buckets, &self.hasher, site, bucket);
+        let entry = self.buckets.entry(&self.hasher, site, bucket);
         self.live_keys += add_change(entry, &self.hasher, id, value, change);
     }
 
@@ -522,7 +521,7 @@ impl State {
         let mut budget = rules.max_combinations;
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut name = std::mem::take(&mut self.name_scratch);
-        let entry = bucket_entry(&mut self.buckets, &self.hasher, site, bucket);
+        let entry = self.buckets.entry(&self.hasher, site, bucket);
 
         for (rollup, &static_id) in rules.rollups.iter().zip(rollup_ids) {
             let dimension = &rollup.dimension;
@@ -627,20 +626,52 @@ impl State {
     }
 }
 
-/// The (site, bucket) entry, made when missing.
-fn bucket_entry<'a>(
-    buckets: &'a mut HashTable<BucketState>,
-    hasher: &FixedState,
-    site: u32,
-    bucket: u32,
-) -> &'a mut BucketState {
-    let hash = hasher.hash_one((site, bucket));
-    match buckets.find_entry(hash, |b| b.site == site && b.bucket == bucket) {
-        Ok(found) => found.into_mut(),
-        Err(absent) => absent
-            .into_table()
-            .insert_unique(hash, BucketState { hash, site, bucket, rows: Vec::new(), boards: Vec::new() }, |b| b.hash)
-            .into_mut(),
+/// The (site, minute) entries: a vector indexed by a hash table, so the entry used last is
+/// found again without hashing (an event's rollups and its visit's rows mostly share one).
+#[derive(Default)]
+struct Buckets {
+    entries: Vec<BucketState>,
+    /// Index into `entries` by (site, bucket).
+    index: HashTable<(u64, u32)>,
+    /// The entry found last: (site, bucket, index).
+    last: Option<(u32, u32, usize)>,
+}
+
+impl Buckets {
+    /// The (site, bucket) entry, made when missing.
+    #[inline]
+    fn entry(&mut self, hasher: &FixedState, site: u32, bucket: u32) -> &mut BucketState {
+        let at = match self.last {
+            Some((s, b, at)) if s == site && b == bucket => at,
+            _ => {
+                let hash = hasher.hash_one((site, bucket));
+                let entries = &mut self.entries;
+                let at = match self.index.find(hash, |&(_, at)| {
+                    let e = &entries[at as usize];
+                    e.site == site && e.bucket == bucket
+                }) {
+                    Some(&(_, at)) => at as usize,
+                    None => {
+                        // Entries are (site, minute) pairs alive since the last flush: far
+                        // fewer than u32::MAX.
+                        let at = entries.len();
+                        entries.push(BucketState { site, bucket, rows: Vec::new(), boards: Vec::new() });
+                        self.index.insert_unique(hash, (hash, at as u32), |&(h, _)| h);
+                        at
+                    }
+                };
+                self.last = Some((site, bucket, at));
+                at
+            }
+        };
+        &mut self.entries[at]
+    }
+
+    /// Hands out every entry and forgets them.
+    fn drain(&mut self) -> std::vec::Drain<'_, BucketState> {
+        self.index.clear();
+        self.last = None;
+        self.entries.drain(..)
     }
 }
 

@@ -66,13 +66,11 @@ struct Small {
     keys: [u64; SMALL_CAPACITY],
 }
 
-/// The registers, one byte each while the sketch is in memory: an update is one compare
-/// and one store. The packed form, the rank histogram and the zero count that ClickHouse
-/// keeps up to date on every update are only derived when the state is written or
-/// estimated (a flush reads a sketch once; an event touches one register of many).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Large {
-    registers: [u8; REGISTERS],
+    packed: [u8; PACKED_BYTES],
+    histogram: [u32; HISTOGRAM_LEN],
+    zeros: u16,
 }
 
 impl Default for UniqHll12 {
@@ -87,51 +85,55 @@ impl Small {
     }
 }
 
-/// Register `index` of packed 5-bit registers (low bit first); `packed` holds
-/// [`PACKED_BYTES`] bytes.
-fn unpack(packed: &[u8], index: usize) -> u8 {
-    let bit = index * 5;
-    let byte = bit / 8;
-    let offset = bit % 8;
-    if offset <= 3 {
-        (packed[byte] >> offset) & 0x1f
-    } else {
-        let pair = u16::from(packed[byte]) | (u16::from(packed[byte + 1]) << 8);
-        ((pair >> offset) & 0x1f) as u8
-    }
-}
-
-/// Sets register `index` of packed 5-bit registers to `rank` (at most 31).
-fn pack(packed: &mut [u8; PACKED_BYTES], index: usize, rank: u8) {
-    let bit = index * 5;
-    let byte = bit / 8;
-    let offset = bit % 8;
-    if offset <= 3 {
-        let mask = 0x1fu8 << offset;
-        packed[byte] = (packed[byte] & !mask) | (rank << offset);
-    } else {
-        let mut pair = u16::from(packed[byte]) | (u16::from(packed[byte + 1]) << 8);
-        let mask = 0x1fu16 << offset;
-        pair = (pair & !mask) | (u16::from(rank) << offset);
-        let [lo, hi] = pair.to_le_bytes();
-        packed[byte] = lo;
-        packed[byte + 1] = hi;
-    }
-}
-
 impl Large {
     fn new() -> Self {
-        Self { registers: [0; REGISTERS] }
+        let mut histogram = [0u32; HISTOGRAM_LEN];
+        histogram[0] = REGISTERS as u32;
+        Self { packed: [0; PACKED_BYTES], histogram, zeros: REGISTERS as u16 }
+    }
+
+    fn get(&self, index: usize) -> u8 {
+        let bit = index * 5;
+        let byte = bit / 8;
+        let offset = bit % 8;
+        if offset <= 3 {
+            (self.packed[byte] >> offset) & 0x1f
+        } else {
+            let pair = u16::from(self.packed[byte]) | (u16::from(self.packed[byte + 1]) << 8);
+            ((pair >> offset) & 0x1f) as u8
+        }
+    }
+
+    fn set(&mut self, index: usize, rank: u8) {
+        let bit = index * 5;
+        let byte = bit / 8;
+        let offset = bit % 8;
+        if offset <= 3 {
+            let mask = 0x1fu8 << offset;
+            self.packed[byte] = (self.packed[byte] & !mask) | (rank << offset);
+        } else {
+            let mut pair = u16::from(self.packed[byte]) | (u16::from(self.packed[byte + 1]) << 8);
+            let mask = 0x1fu16 << offset;
+            pair = (pair & !mask) | (u16::from(rank) << offset);
+            let [lo, hi] = pair.to_le_bytes();
+            self.packed[byte] = lo;
+            self.packed[byte + 1] = hi;
+        }
     }
 
     /// `HyperLogLogCounter::update`: raise register `index` to `rank`.
-    #[inline]
     fn update(&mut self, index: usize, rank: u8) {
-        let register = &mut self.registers[index];
-        *register = (*register).max(rank);
+        let current = self.get(index);
+        if rank > current {
+            if current == 0 {
+                self.zeros -= 1;
+            }
+            self.histogram[usize::from(current)] -= 1;
+            self.histogram[usize::from(rank)] += 1;
+            self.set(index, rank);
+        }
     }
 
-    #[inline]
     fn insert(&mut self, key: u64) {
         let hash = int_hash32(key);
         let index = (hash & (REGISTERS as u32 - 1)) as usize;
@@ -146,31 +148,19 @@ impl Large {
     }
 
     fn merge(&mut self, other: &Large) {
-        for (mine, theirs) in self.registers.iter_mut().zip(&other.registers) {
-            *mine = (*mine).max(*theirs);
+        for index in 0..REGISTERS {
+            self.update(index, other.get(index));
         }
-    }
-
-    /// Registers per rank 0..=21 (ClickHouse's "denominator" histogram; ranks never exceed
-    /// [`MAX_RANK`]: `insert` caps them and `read_state` refuses higher ones).
-    fn histogram(&self) -> [u32; HISTOGRAM_LEN] {
-        let mut histogram = [0u32; HISTOGRAM_LEN];
-        for &rank in &self.registers {
-            histogram[usize::from(rank.min(MAX_RANK))] += 1;
-        }
-        histogram
     }
 
     fn estimate(&self) -> u64 {
-        let histogram = self.histogram();
-        let zeros = histogram[0];
         // Denominator::get() for StableIfBig: Σ histogram[r] · 2^-r, evaluated from the top
         // rank down. Every intermediate is a dyadic rational with at most 33 significant
         // bits, so f64 is exact here, like ClickHouse's long double.
-        let mut denominator = f64::from(histogram[HISTOGRAM_LEN - 1]);
+        let mut denominator = f64::from(self.histogram[HISTOGRAM_LEN - 1]);
         for rank in (0..HISTOGRAM_LEN - 1).rev() {
             denominator /= 2.0;
-            denominator += f64::from(histogram[rank]);
+            denominator += f64::from(self.histogram[rank]);
         }
         let m = REGISTERS as f64;
         let alpha_m = 0.7213 / (1.0 + 1.079 / m);
@@ -181,8 +171,8 @@ impl Large {
         // integration tests confirm with hand-built register states.
         let fixed = if raw > 4_294_967_296.0 / 30.0 {
             raw
-        } else if raw <= 2.5 * m && zeros != 0 {
-            m * (m.ln() - f64::from(zeros).ln())
+        } else if raw <= 2.5 * m && self.zeros != 0 {
+            m * (m.ln() - f64::from(self.zeros).ln())
         } else {
             raw
         };
@@ -193,17 +183,11 @@ impl Large {
     fn write(&self, out: &mut Vec<u8>) {
         out.reserve(LARGE_STATE_BYTES);
         out.push(1);
-        let mut packed = [0u8; PACKED_BYTES];
-        for (index, &rank) in self.registers.iter().enumerate() {
-            pack(&mut packed, index, rank);
-        }
-        out.extend_from_slice(&packed);
-        let histogram = self.histogram();
-        for count in histogram {
+        out.extend_from_slice(&self.packed);
+        for count in self.histogram {
             out.extend_from_slice(&count.to_le_bytes());
         }
-        // At most 4096 registers are zero, which fits a UInt16.
-        out.extend_from_slice(&(histogram[0] as u16).to_le_bytes());
+        out.extend_from_slice(&self.zeros.to_le_bytes());
     }
 }
 
@@ -329,10 +313,7 @@ impl UniqHll12 {
             }
             1 => {
                 let mut large = Box::new(Large::new());
-                let packed = reader.take(PACKED_BYTES)?;
-                for (index, register) in large.registers.iter_mut().enumerate() {
-                    *register = unpack(packed, index);
-                }
+                large.packed.copy_from_slice(reader.take(PACKED_BYTES)?);
                 let mut histogram = [0u32; HISTOGRAM_LEN];
                 for count in &mut histogram {
                     *count = reader.u32_le()?;
@@ -340,7 +321,8 @@ impl UniqHll12 {
                 let zeros = reader.u16_le()?;
 
                 let mut actual = [0u32; HISTOGRAM_LEN];
-                for (index, &rank) in large.registers.iter().enumerate() {
+                for index in 0..REGISTERS {
+                    let rank = large.get(index);
                     if rank > MAX_RANK {
                         return Err(SketchError::HllRankOutOfRange { index, rank });
                     }
@@ -354,6 +336,8 @@ impl UniqHll12 {
                 if u32::from(zeros) != actual[0] {
                     return Err(SketchError::HllZeroCountMismatch { stored: zeros, actual: actual[0] });
                 }
+                large.histogram = histogram;
+                large.zeros = zeros;
                 Self { repr: Repr::Large(large) }
             }
             other => return Err(SketchError::HllBadForm { form: other }),
@@ -414,12 +398,12 @@ mod tests {
 
     #[test]
     fn packed_registers_round_trip() {
-        let mut packed = [0u8; PACKED_BYTES];
+        let mut large = Large::new();
         for i in 0..REGISTERS {
-            pack(&mut packed, i, (i % 22) as u8);
+            large.set(i, (i % 22) as u8);
         }
         for i in 0..REGISTERS {
-            assert_eq!(unpack(&packed, i), (i % 22) as u8, "register {i}");
+            assert_eq!(large.get(i), (i % 22) as u8, "register {i}");
         }
     }
 
