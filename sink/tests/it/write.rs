@@ -304,3 +304,64 @@ async fn a_stored_sum_that_is_not_finite_reads_as_nan_instead_of_failing_the_sit
     let rows = reader.breakdown("inf.test", range, "path", 10).await.expect("breakdown");
     assert_eq!(rows.rows.iter().map(|r| (r.value.as_str(), r.value_sum)).collect::<Vec<_>>(), [("/checkout", 5.0)]);
 }
+
+#[tokio::test]
+async fn open_visits_read_back_from_compact_rows_and_older_json_rows() {
+    let db = TestDb::new("visits");
+    let ch = db.migrated().await;
+    let writer = Writer::new(ch.clone(), "EVENTS", &db.config);
+    let visit = |partition: u32, visitor: u64, seq: u64| gallop_processor::SessionState {
+        partition,
+        site: "a.test".into(),
+        visitor,
+        seq,
+        bucket: (T0 / 60_000) as u32,
+        first_ts: T0,
+        last_ts: T0 + 1_000 * seq as i64,
+        interactive: 1,
+        // Strings past ASCII and a byte that is not printable reach the binary value.
+        entry_page: format!("/ünïcode/{}", visitor % 7).into(),
+        exit_page: "/\u{1}x".into(),
+        exit_ts: T0,
+        source: "Google".into(),
+        country: "DE".into(),
+        device: "Desktop".into(),
+        browser: "Firefox".into(),
+        os: "".into(),
+        pages: vec![gallop_processor::EngagedPage { path: "/p".into(), scroll_depth: 255, bucket: 1 }],
+        ended: false,
+    };
+    // 600 visits of partition 0 (three rows) and one of partition 1; then newer versions
+    // of two of them in a second flush.
+    let first: Vec<_> = (0..600).map(|v| visit(0, v, 1)).chain([visit(1, 9, 1)]).collect();
+    let watermarks = BTreeMap::from([(0, T0 + 10_000), (1, T0 + 10_000)]);
+    let delta =
+        gallop_processor::Delta { sessions: first.clone(), watermarks: watermarks.clone(), ..Default::default() };
+    writer.write(&delta, &BTreeMap::from([(0, Mark::at(1)), (1, Mark::at(1))]), T0 / 1000).await.expect("write");
+    let newer = vec![visit(0, 5, 2), visit(1, 9, 3)];
+    let delta = gallop_processor::Delta { sessions: newer.clone(), watermarks, ..Default::default() };
+    writer.write(&delta, &BTreeMap::from([(0, Mark::at(2)), (1, Mark::at(2))]), T0 / 1000).await.expect("write");
+    // A row as Gallop wrote them before the compact form: one visit as JSON.
+    let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
+    let old = visit(1, 77, 1);
+    let json = serde_json::to_string(&old).expect("json").replace('\\', "\\\\").replace('\'', "\\'");
+    query(&format!(
+        "INSERT INTO {table} (site, kind, granularity, bucket, dimension, value) VALUES \
+         ('', 'position', 'minute', toDateTime({}, 'UTC'), 'EVENTS#sessions', '0000000001/{json}')",
+        T0 / 1000
+    ));
+
+    let open = ch.open_sessions("EVENTS", &[0, 1], 3_600_000).await.expect("open visits");
+    let mut expected: Vec<_> = first.into_iter().chain(newer).chain([old]).collect();
+    let key = |s: &gallop_processor::SessionState| (s.partition, s.visitor, s.seq);
+    expected.sort_by_key(key);
+    let mut stored = open.sessions;
+    stored.sort_by_key(key);
+    assert_eq!(stored.len(), expected.len());
+    assert!(stored == expected, "the stored visits differ from those written");
+    let stored_rows = query(&format!(
+        "SELECT count() FROM {table} WHERE kind = 'position' AND dimension = 'EVENTS#sessions' FORMAT TSV"
+    ));
+    // 601 visits in 4 rows (256 per row and partition), 2 in 2, the JSON row.
+    assert_eq!(stored_rows.trim(), "7");
+}
