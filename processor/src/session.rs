@@ -83,18 +83,23 @@ pub(crate) const DIMENSIONS: [&str; 11] = [
 pub(crate) const BREAKDOWNS: [&str; 5] = ["source", "country", "device", "browser", "os"];
 
 /// The rows that carry visits, duration and bounces of a visit (all but exit pages and
-/// pageviews), with the value each has for `state`; `kept[i]` says whether breakdown `i`
+/// pageviews), with the value each has for `open`; `kept[i]` says whether breakdown `i`
 /// of [`BREAKDOWNS`] is written.
-fn attribute_rows<'s>(state: &'s SessionState, kept: &[bool; 5]) -> impl Iterator<Item = (Dim, &'s str)> + 's {
+fn attribute_rows<'s>(
+    open: &Open,
+    strings: &'s Strings,
+    kept: &[bool; 5],
+) -> impl Iterator<Item = (Dim, &'s str)> + 's {
+    let a = open.attrs;
     let breakdowns = [
-        (Dim::Source, state.source.as_str()),
-        (Dim::Country, state.country.as_str()),
-        (Dim::Device, state.device.as_str()),
-        (Dim::Browser, state.browser.as_str()),
-        (Dim::Os, state.os.as_str()),
+        (Dim::Source, strings.name(a[SOURCE])),
+        (Dim::Country, strings.name(a[COUNTRY])),
+        (Dim::Device, strings.name(a[DEVICE])),
+        (Dim::Browser, strings.name(a[BROWSER])),
+        (Dim::Os, strings.name(a[OS])),
     ];
     let kept = *kept;
-    [(Dim::Total, ""), (Dim::EntryPage, state.entry_page.as_str())]
+    [(Dim::Total, ""), (Dim::EntryPage, strings.name(a[ENTRY_PAGE]))]
         .into_iter()
         .chain(breakdowns.into_iter().zip(kept).filter(|(_, k)| *k).map(|(row, _)| row))
 }
@@ -191,17 +196,138 @@ pub(crate) struct Sessions {
     lateness_ms: i64,
     max_open: usize,
     sites: HashMap<Box<str>, u32, FixedState>,
+    site_names: Vec<Box<str>>,
     open: HashMap<(u32, u64), Open, FixedState>,
+    /// The strings the open visits hold, by id.
+    strings: Strings,
     /// Visits ended early since the last flush, to be stored as ended.
     tombstones: Vec<SessionState>,
     pub(crate) started: u64,
     pub(crate) evicted: u64,
 }
 
+/// Interned strings of open visits (pages, sources, countries, devices, browsers, systems).
+/// An open visit holds their ids: about 100 bytes in memory where a [`SessionState`] takes
+/// about 330, and starting one allocates nothing. With short visits the open visits are most
+/// of a processor's memory, and copying them as the table grew most of its time.
+#[derive(Default)]
+struct Strings {
+    ids: HashMap<Box<str>, u32, FixedState>,
+    names: Vec<Box<str>>,
+}
+
+impl Strings {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        // Ids are rebuilt from the open visits before they pass a few per visit
+        // (`Sessions::take_changed`), far below u32::MAX.
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+}
+
+/// Indexes of [`Open::attrs`].
+const ENTRY_PAGE: usize = 0;
+const EXIT_PAGE: usize = 1;
+const SOURCE: usize = 2;
+const COUNTRY: usize = 3;
+const DEVICE: usize = 4;
+const BROWSER: usize = 5;
+const OS: usize = 6;
+
+/// An open visit in memory: a [`SessionState`] whose strings are ids in [`Strings`] and
+/// whose site and visitor are its key.
 struct Open {
-    state: SessionState,
+    partition: u32,
+    bucket: u32,
+    interactive: u32,
+    seq: u64,
+    first_ts: i64,
+    last_ts: i64,
+    exit_ts: i64,
+    /// Entry page, exit page, source, country, device, browser, os (see [`ENTRY_PAGE`]…).
+    attrs: [u32; 7],
+    pages: Vec<Page>,
     /// Changed since the last flush.
     dirty: bool,
+}
+
+/// An [`EngagedPage`] of an open visit.
+struct Page {
+    path: u32,
+    scroll_depth: u8,
+    bucket: u32,
+}
+
+impl Open {
+    /// The stored form of this visit of `site` and `visitor`.
+    fn to_state(&self, site: &str, visitor: u64, strings: &Strings) -> SessionState {
+        let s = |index: usize| CompactString::from(strings.name(self.attrs[index]));
+        SessionState {
+            partition: self.partition,
+            site: site.into(),
+            visitor,
+            seq: self.seq,
+            bucket: self.bucket,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            interactive: self.interactive,
+            entry_page: s(ENTRY_PAGE),
+            exit_page: s(EXIT_PAGE),
+            exit_ts: self.exit_ts,
+            source: s(SOURCE),
+            country: s(COUNTRY),
+            device: s(DEVICE),
+            browser: s(BROWSER),
+            os: s(OS),
+            pages: self
+                .pages
+                .iter()
+                .map(|p| EngagedPage {
+                    path: strings.name(p.path).into(),
+                    scroll_depth: p.scroll_depth,
+                    bucket: p.bucket,
+                })
+                .collect(),
+            ended: false,
+        }
+    }
+
+    /// A stored visit back in memory.
+    fn from_state(state: &SessionState, strings: &mut Strings) -> Self {
+        Self {
+            partition: state.partition,
+            bucket: state.bucket,
+            interactive: state.interactive,
+            seq: state.seq,
+            first_ts: state.first_ts,
+            last_ts: state.last_ts,
+            exit_ts: state.exit_ts,
+            attrs: [
+                strings.id(&state.entry_page),
+                strings.id(&state.exit_page),
+                strings.id(&state.source),
+                strings.id(&state.country),
+                strings.id(&state.device),
+                strings.id(&state.browser),
+                strings.id(&state.os),
+            ],
+            pages: state
+                .pages
+                .iter()
+                .map(|p| Page { path: strings.id(&p.path), scroll_depth: p.scroll_depth, bucket: p.bucket })
+                .collect(),
+            dirty: false,
+        }
+    }
 }
 
 impl Sessions {
@@ -212,7 +338,9 @@ impl Sessions {
             lateness_ms,
             max_open,
             sites: HashMap::default(),
+            site_names: Vec::new(),
             open: HashMap::default(),
+            strings: Strings::default(),
             tombstones: Vec::new(),
             started: 0,
             evicted: 0,
@@ -231,6 +359,7 @@ impl Sessions {
         // Sites are few; the id map only grows by the sites ever seen.
         let id = self.sites.len() as u32;
         self.sites.insert(site.into(), id);
+        self.site_names.push(site.into());
         (id, visitor)
     }
 
@@ -249,28 +378,27 @@ impl Sessions {
         let interactive = event.interactive();
         let mut seq = 0;
         if let Some(open) = self.open.get_mut(&key) {
-            let state = &open.state;
-            if continues(self.timeout_ms, state, ts) {
+            if continues(self.timeout_ms, open, ts) {
                 open.dirty = true;
-                extend(&mut open.state, event, ts, pageview, interactive, &self.kept, emit);
+                extend(open, &mut self.strings, event, ts, pageview, interactive, &self.kept, emit);
                 return;
             }
-            if ts < state.first_ts {
+            if ts < open.first_ts {
                 // An event of an earlier visit that is over (out of order beyond the
                 // timeout): a visit of its own, without replacing the open one.
-                let alone = start(partition, event, ts, interactive, 0);
-                emit_start(&alone, pageview, &self.kept, emit);
+                let alone = start(partition, event, ts, interactive, 0, &mut self.strings);
+                emit_start(&alone, &self.strings, pageview, &self.kept, emit);
                 self.started += 1;
                 return;
             }
-            seq = state.seq + 1;
+            seq = open.seq + 1;
         } else if self.open.len() >= self.max_open {
             self.make_room(watermarks);
         }
-        let state = start(partition, event, ts, interactive, seq);
-        emit_start(&state, pageview, &self.kept, emit);
+        let open = start(partition, event, ts, interactive, seq, &mut self.strings);
+        emit_start(&open, &self.strings, pageview, &self.kept, emit);
         self.started += 1;
-        self.open.insert(key, Open { state, dirty: true });
+        self.open.insert(key, open);
     }
 
     /// Folds an engagement event at `ts`: per page of its visit, engaged time and the
@@ -289,9 +417,10 @@ impl Sessions {
         let mut change = Change { events: 1, sum: engaged, count: u64::from(depth) };
         let mut bucket = own_bucket;
         let timeout = self.timeout_ms;
-        if let Some(open) = self.open.get_mut(&key).filter(|open| continues(timeout, &open.state, ts)) {
-            let pages = &mut open.state.pages;
-            if let Some(page) = pages.iter_mut().find(|p| p.path == path) {
+        if let Some(open) = self.open.get_mut(&key).filter(|open| continues(timeout, open, ts)) {
+            let strings = &mut self.strings;
+            let pages = &mut open.pages;
+            if let Some(page) = pages.iter_mut().find(|p| strings.name(p.path) == path) {
                 change = Change { events: 0, sum: engaged, count: u64::from(depth.saturating_sub(page.scroll_depth)) };
                 page.scroll_depth = page.scroll_depth.max(depth);
                 bucket = page.bucket;
@@ -299,9 +428,9 @@ impl Sessions {
                 if pages.len() >= MAX_ENGAGED_PAGES {
                     pages.remove(0);
                 }
-                pages.push(EngagedPage { path: path.into(), scroll_depth: depth, bucket: own_bucket });
+                pages.push(Page { path: strings.id(path), scroll_depth: depth, bucket: own_bucket });
             }
-            open.state.seq += 1;
+            open.seq += 1;
             open.dirty = true;
         }
         emit(bucket, Dim::EngagementTotal, "", change);
@@ -311,8 +440,7 @@ impl Sessions {
     /// Forgets visits no accepted event can extend any more.
     pub(crate) fn expire(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
         let (timeout, lateness) = (self.timeout_ms, self.lateness_ms);
-        self.open
-            .retain(|_, open| !expired(timeout, lateness, &open.state, watermarks.get(&open.state.partition).copied()));
+        self.open.retain(|_, open| !expired(timeout, lateness, open, watermarks.get(&open.partition).copied()));
     }
 
     /// Makes room for a new visit: expired visits go first; unless that freed an eighth of
@@ -324,12 +452,13 @@ impl Sessions {
         if self.open.len() <= target {
             return;
         }
-        let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.state.last_ts, *k)).collect();
+        let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.last_ts, *k)).collect();
         let cut = self.open.len() - target;
         idle.select_nth_unstable(cut - 1);
         for (_, key) in &idle[..cut] {
             if let Some(open) = self.open.remove(key) {
-                let mut state = open.state;
+                let site = self.site_names.get(key.0 as usize).map_or("", |s| s);
+                let mut state = open.to_state(site, key.1, &self.strings);
                 state.seq += 1;
                 state.ended = true;
                 self.tombstones.push(state);
@@ -343,11 +472,30 @@ impl Sessions {
     pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> Vec<SessionState> {
         self.expire(watermarks);
         let mut changed = std::mem::take(&mut self.tombstones);
-        for open in self.open.values_mut().filter(|o| o.dirty) {
+        for (&(site, visitor), open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
             open.dirty = false;
-            changed.push(open.state.clone());
+            let site = self.site_names.get(site as usize).map_or("", |s| s);
+            changed.push(open.to_state(site, visitor, &self.strings));
+        }
+        // Strings of visits that ended stay interned until the table is rebuilt from the
+        // open visits, once it holds far more strings than they can use.
+        if self.strings.names.len() > (self.open.len() * 8).max(1 << 16) {
+            self.rebuild_strings();
         }
         changed
+    }
+
+    /// Interns anew the strings the open visits hold, forgetting all others.
+    fn rebuild_strings(&mut self) {
+        let old = std::mem::take(&mut self.strings);
+        for open in self.open.values_mut() {
+            for id in &mut open.attrs {
+                *id = self.strings.id(old.name(*id));
+            }
+            for page in &mut open.pages {
+                page.path = self.strings.id(old.name(page.path));
+            }
+        }
     }
 
     /// Takes back stored visits: the newest version of each, unless ended or expired under
@@ -365,17 +513,18 @@ impl Sessions {
         }
         for state in newest.into_values() {
             let watermark = watermarks.get(&state.partition).copied();
-            if state.ended || expired(self.timeout_ms, self.lateness_ms, &state, watermark) {
+            let open = Open::from_state(&state, &mut self.strings);
+            if state.ended || expired(self.timeout_ms, self.lateness_ms, &open, watermark) {
                 continue;
             }
             let key = self.key(&state.site, state.visitor);
-            self.open.insert(key, Open { state, dirty: false });
+            self.open.insert(key, open);
         }
     }
 }
 
 /// Whether an event at `ts` belongs to `state`'s visit (a timeout of `timeout_ms`).
-fn continues(timeout_ms: i64, state: &SessionState, ts: i64) -> bool {
+fn continues(timeout_ms: i64, state: &Open, ts: i64) -> bool {
     ts.div_euclid(DAY_MS) == state.first_ts.div_euclid(DAY_MS)
         && ts <= state.last_ts.saturating_add(timeout_ms)
         && ts >= state.first_ts.saturating_sub(timeout_ms)
@@ -383,7 +532,7 @@ fn continues(timeout_ms: i64, state: &SessionState, ts: i64) -> bool {
 
 /// Whether no event the processor still accepts (`ts >= watermark - lateness`) can extend
 /// `state`'s visit.
-fn expired(timeout_ms: i64, lateness_ms: i64, state: &SessionState, watermark: Option<i64>) -> bool {
+fn expired(timeout_ms: i64, lateness_ms: i64, state: &Open, watermark: Option<i64>) -> bool {
     let Some(watermark) = watermark else { return false };
     let earliest = watermark.saturating_sub(lateness_ms);
     earliest > state.last_ts.saturating_add(timeout_ms)
@@ -391,44 +540,60 @@ fn expired(timeout_ms: i64, lateness_ms: i64, state: &SessionState, watermark: O
 }
 
 /// A new visit of `event`.
-fn start<E: EventFields>(partition: u32, event: &E, ts: i64, interactive: bool, seq: u64) -> SessionState {
-    SessionState {
+fn start<E: EventFields>(
+    partition: u32,
+    event: &E,
+    ts: i64,
+    interactive: bool,
+    seq: u64,
+    strings: &mut Strings,
+) -> Open {
+    let path = strings.id(event.path());
+    Open {
         partition,
-        site: event.site().into(),
-        visitor: event.visitor(),
-        seq,
         bucket: ts.div_euclid(60_000) as u32,
+        interactive: u32::from(interactive),
+        seq,
         first_ts: ts,
         last_ts: ts,
-        interactive: u32::from(interactive),
-        entry_page: event.path().into(),
-        exit_page: event.path().into(),
         exit_ts: ts,
-        source: event.source().into(),
-        country: event.country().into(),
-        device: event.device().into(),
-        browser: event.browser().into(),
-        os: event.os().into(),
+        attrs: [
+            path,
+            path,
+            strings.id(event.source()),
+            strings.id(event.country()),
+            strings.id(event.device()),
+            strings.id(event.browser()),
+            strings.id(event.os()),
+        ],
         pages: Vec::new(),
-        ended: false,
+        dirty: true,
     }
 }
 
 /// The rows of a visit that just started.
-fn emit_start(state: &SessionState, pageview: bool, kept: &[bool; 5], emit: &mut impl FnMut(u32, Dim, &str, Change)) {
-    let bounce = u64::from(state.interactive == 1);
-    for (dim, value) in attribute_rows(state, kept) {
-        emit(state.bucket, dim, value, Change { events: 1, sum: 0.0, count: bounce });
+fn emit_start(
+    open: &Open,
+    strings: &Strings,
+    pageview: bool,
+    kept: &[bool; 5],
+    emit: &mut impl FnMut(u32, Dim, &str, Change),
+) {
+    let bounce = u64::from(open.interactive == 1);
+    for (dim, value) in attribute_rows(open, strings, kept) {
+        emit(open.bucket, dim, value, Change { events: 1, sum: 0.0, count: bounce });
     }
-    emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: 1, ..Change::default() });
+    emit(open.bucket, Dim::ExitPage, strings.name(open.attrs[EXIT_PAGE]), Change { events: 1, ..Change::default() });
     if pageview {
-        emit(state.bucket, Dim::Pageviews, "", Change { events: 1, ..Change::default() });
+        emit(open.bucket, Dim::Pageviews, "", Change { events: 1, ..Change::default() });
     }
 }
 
 /// Extends `state`'s visit with an event at `ts` and emits what changed.
+#[allow(clippy::too_many_arguments)]
 fn extend<E: EventFields>(
-    state: &mut SessionState,
+    state: &mut Open,
+    strings: &mut Strings,
     event: &E,
     ts: i64,
     pageview: bool,
@@ -452,7 +617,7 @@ fn extend<E: EventFields>(
     }
     if longer != 0 || bounce != 0 {
         let change = Change { events: 0, sum: longer as f64, count: bounce };
-        for (dim, value) in attribute_rows(state, kept) {
+        for (dim, value) in attribute_rows(state, strings, kept) {
             emit(state.bucket, dim, value, change);
         }
     }
@@ -460,11 +625,93 @@ fn extend<E: EventFields>(
         emit(state.bucket, Dim::Pageviews, "", Change { events: 1, ..Change::default() });
         if ts >= state.exit_ts {
             state.exit_ts = ts;
-            if state.exit_page != event.path() {
-                emit(state.bucket, Dim::ExitPage, &state.exit_page, Change { events: MINUS_ONE, ..Change::default() });
+            let exit = strings.name(state.attrs[EXIT_PAGE]);
+            if exit != event.path() {
+                emit(state.bucket, Dim::ExitPage, exit, Change { events: MINUS_ONE, ..Change::default() });
                 emit(state.bucket, Dim::ExitPage, event.path(), Change { events: 1, ..Change::default() });
-                state.exit_page = event.path().into();
+                state.attrs[EXIT_PAGE] = strings.id(event.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gallop_event::EventRecord;
+
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn pageview(visitor: u64, ts: i64, path: &str) -> EventRecord {
+        let mut e = EventRecord::new();
+        e.site = "s.test".into();
+        e.name = "pageview".into();
+        e.path = path.into();
+        e.visitor = visitor;
+        e.ts = ts;
+        e.source = format!("source {visitor}");
+        e.interactive = true;
+        e
+    }
+
+    /// Rows emitted as (dimension, value, events), events as the wrapping sum.
+    type Emitted = BTreeMap<(&'static str, String), u64>;
+
+    fn fold(sessions: &mut Sessions, event: &EventRecord, emitted: &mut Emitted) {
+        let watermarks = HashMap::default();
+        sessions.on_event(0, event, event.ts, &watermarks, &mut |_, dim, value, change| {
+            let events = emitted.entry((DIMENSIONS[dim as usize], value.to_owned())).or_default();
+            *events = events.wrapping_add(change.events);
+        });
+    }
+
+    #[test]
+    fn evicted_visits_are_stored_as_ended_with_their_own_strings() {
+        let mut sessions = Sessions::new(1_800_000, 0, 8, &["source".to_owned()]);
+        let mut emitted = Emitted::new();
+        for visitor in 0..20 {
+            fold(&mut sessions, &pageview(visitor, T0 + visitor as i64, &format!("/p{visitor}")), &mut emitted);
+        }
+        assert!(sessions.len() <= 8);
+        let stored = sessions.take_changed(&HashMap::default());
+        assert_eq!(stored.iter().filter(|s| s.ended).count() as u64, sessions.evicted);
+        assert!(sessions.evicted >= 12);
+        assert_eq!(stored.len(), 20, "every visit once: ended or open");
+        for state in &stored {
+            let v = state.visitor;
+            assert_eq!((state.site.as_str(), state.entry_page.as_str()), ("s.test", format!("/p{v}").as_str()));
+            assert_eq!(
+                (state.exit_page.as_str(), state.source.as_str()),
+                (format!("/p{v}").as_str(), format!("source {v}").as_str())
+            );
+        }
+        assert_eq!(emitted.get(&("session:total", String::new())), Some(&20));
+    }
+
+    #[test]
+    fn strings_are_rebuilt_from_the_open_visits_and_keep_their_values() {
+        let mut sessions = Sessions::new(1_800_000, 0, 4, &["source".to_owned()]);
+        let mut emitted = Emitted::new();
+        // Far more distinct pages than the open visits hold: the strings are rebuilt.
+        for visitor in 0..70_000u64 {
+            fold(&mut sessions, &pageview(visitor, T0, &format!("/p{visitor}")), &mut emitted);
+        }
+        let interned = sessions.strings.names.len();
+        assert!(interned > 1 << 16, "{interned} strings before");
+        let _ = sessions.take_changed(&HashMap::default());
+        assert!(sessions.strings.names.len() <= 4 * 8, "{} strings after", sessions.strings.names.len());
+        // An open visit goes on with its own strings: its exit page moves from its page.
+        let (&(_, visitor), _) = sessions.open.iter().next().unwrap_or_else(|| unreachable!("visits are open"));
+        let mut moved = Emitted::new();
+        fold(&mut sessions, &pageview(visitor, T0 + 1_000, "/next"), &mut moved);
+        assert_eq!(moved.get(&("session:exit_page", format!("/p{visitor}"))), Some(&u64::MAX));
+        assert_eq!(moved.get(&("session:exit_page", "/next".to_owned())), Some(&1));
+        let stored = sessions.take_changed(&HashMap::default());
+        let state = stored.iter().find(|s| s.visitor == visitor && !s.ended);
+        assert_eq!(
+            state.map(|s| (s.entry_page.as_str(), s.exit_page.as_str())),
+            Some((format!("/p{visitor}").as_str(), "/next"))
+        );
     }
 }
