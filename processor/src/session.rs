@@ -472,6 +472,7 @@ impl Sessions {
     pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> Vec<SessionState> {
         self.expire(watermarks);
         let mut changed = std::mem::take(&mut self.tombstones);
+        changed.reserve(self.open.values().filter(|o| o.dirty).count());
         for (&(site, visitor), open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
             open.dirty = false;
             let site = self.site_names.get(site as usize).map_or("", |s| s);

@@ -177,7 +177,17 @@ struct Acc {
 /// leaderboard at minute, hour and day; one position marker per partition of
 /// `context.marks`.
 pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
-    let mut out = Vec::with_capacity(delta.rows.len() * 160 + delta.leaderboards.len() * 1024);
+    // Sized once: growing a buffer of hundreds of megabytes copied it again and again (a
+    // tenth of the processor's time). Hour and day rows are at most as many and as large
+    // as the minute rows they merge; capacity never written costs no memory.
+    let minute_bytes: usize = delta
+        .rows
+        .iter()
+        .map(|row| 96 + row.site.len() + row.dimension.len() + row.value.len() + row.visitors.state_len())
+        .sum();
+    let mut out = Vec::with_capacity(
+        3 * minute_bytes + delta.leaderboards.len() * 3 * 1024 + delta.sessions.len() * 64 + 64 * 1024,
+    );
     let mut rows = 0;
     let mut rollup_rows = [0; 3];
 

@@ -281,6 +281,15 @@ impl UniqHll12 {
         }
     }
 
+    /// How many bytes [`UniqHll12::write_state`] appends.
+    pub fn state_len(&self) -> usize {
+        match &self.repr {
+            // The count is a one-byte varint: at most 16.
+            Repr::Small(small) => 2 + 8 * small.len,
+            Repr::Large(_) => LARGE_STATE_BYTES,
+        }
+    }
+
     /// The raw state bytes as a new vector.
     pub fn to_state(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -354,6 +363,7 @@ mod tests {
     #[test]
     fn empty_state_is_two_zero_bytes() {
         assert_eq!(UniqHll12::new().to_state(), [0, 0]);
+        assert_eq!(UniqHll12::new().state_len(), 2);
         assert_eq!(UniqHll12::new().estimate(), 0);
     }
 
@@ -388,11 +398,13 @@ mod tests {
             h.insert_u64(v);
         }
         assert!(!h.is_large());
+        assert_eq!(h.state_len(), h.to_state().len());
         h.insert_u64(16);
         assert!(h.is_large());
         let state = h.to_state();
         assert_eq!(state.len(), LARGE_STATE_BYTES);
         assert_eq!(state.len(), 2651);
+        assert_eq!(h.state_len(), 2651);
         assert_eq!(UniqHll12::read_state(&state), Ok(h));
     }
 
