@@ -279,7 +279,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
                 Granularity::Minute,
                 newest.div_euclid(1000),
                 &sessions,
-                &session_value(partition, chunk),
+                session_value(partition, chunk),
             );
             write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
             write_empty_top(&mut out, context.top_as_string);
