@@ -11,6 +11,7 @@
 mod delta;
 mod dimension;
 mod error;
+mod intern;
 mod processor;
 mod rules;
 mod session;

@@ -24,6 +24,7 @@ use crate::{
     delta::{Delta, LeaderboardRow, RollupRow},
     dimension::{compose, truncate},
     error::ProcessorError,
+    intern::Interner,
     rules::Rules,
     session::{Change, OpenSessions, Sessions, DIMENSIONS},
     sketch::{TopK, UniqHll12},
@@ -135,38 +136,6 @@ struct BucketState {
     rows: Vec<Option<HashTable<Cell>>>,
     /// Leaderboard per dimension id.
     boards: Vec<Option<TopK>>,
-}
-
-/// Interned strings with stable ids; `keep` first entries survive [`Interner::reset`].
-#[derive(Default)]
-struct Interner {
-    ids: HashMap<Box<str>, u32, FixedState>,
-    names: Vec<Box<str>>,
-    keep: usize,
-}
-
-impl Interner {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        // More than u32::MAX distinct names would need more memory than max_live_keys allows.
-        let id = self.names.len() as u32;
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        id
-    }
-
-    fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |n| n)
-    }
-
-    /// Forgets everything but the first `keep` names.
-    fn reset(&mut self) {
-        for name in self.names.drain(self.keep..) {
-            self.ids.remove(&name);
-        }
-    }
 }
 
 /// The aggregation core. Pure: no clock, no I/O; the caller passes arrival times and

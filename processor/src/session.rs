@@ -42,6 +42,8 @@ use foldhash::fast::FixedState;
 use gallop_event::EventFields;
 use serde::{Deserialize, Serialize};
 
+use crate::intern::Interner;
+
 /// Milliseconds in one UTC day.
 const DAY_MS: i64 = 86_400_000;
 /// Most engaged pages a visit remembers the deepest scroll of; older ones are forgotten
@@ -209,30 +211,9 @@ pub(crate) struct Sessions {
 /// Interned strings of open visits (pages, sources, countries, devices, browsers, systems).
 /// An open visit holds their ids: about 100 bytes in memory where a [`SessionState`] takes
 /// about 330, and starting one allocates nothing. With short visits the open visits are most
-/// of a processor's memory, and copying them as the table grew most of its time.
-#[derive(Default)]
-struct Strings {
-    ids: HashMap<Box<str>, u32, FixedState>,
-    names: Vec<Box<str>>,
-}
-
-impl Strings {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        // Ids are rebuilt from the open visits before they pass a few per visit
-        // (`Sessions::take_changed`), far below u32::MAX.
-        let id = self.names.len() as u32;
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        id
-    }
-
-    fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |n| n)
-    }
-}
+/// of a processor's memory, and copying them as the table grew most of its time. Ids are
+/// rebuilt from the open visits when the table outgrows them ([`Sessions::take_changed`]).
+type Strings = Interner;
 
 /// Indexes of [`Open::attrs`].
 const ENTRY_PAGE: usize = 0;
