@@ -394,13 +394,17 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = bytes.len() as u64;
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
+    write_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
+}
+
+/// Appends `value` as an unsigned LEB128 varint (ClickHouse's `VarUInt`).
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 /// `DateTime` is seconds since the epoch as `UInt32`; times outside it are clamped (the

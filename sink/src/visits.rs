@@ -20,6 +20,8 @@
 
 use gallop_processor::{EngagedPage, SessionState};
 
+use crate::encode::write_varint;
+
 /// Visits per stored row: a row per few hundred visits of a partition instead of a row per
 /// visit (ClickHouse sorts and merges rows; its cost per row dominated).
 pub(crate) const VISITS_PER_ROW: usize = 256;
@@ -42,25 +44,10 @@ pub(crate) fn encode_visits<'a>(states: &[&'a SessionState], out: &mut Vec<u8>) 
         index.insert(s, i);
         i
     };
-    // The dictionary is written before the visits, so every index is known first.
-    let mut ids: Vec<[u64; 8]> = Vec::with_capacity(states.len());
-    let mut page_ids: Vec<Vec<u64>> = Vec::with_capacity(states.len());
-    for &state in states {
-        ids.push([
-            intern(&state.site),
-            intern(&state.entry_page),
-            intern(&state.exit_page),
-            intern(&state.source),
-            intern(&state.country),
-            intern(&state.device),
-            intern(&state.browser),
-            intern(&state.os),
-        ]);
-        page_ids.push(state.pages.iter().map(|page| intern(&page.path)).collect());
-    }
+    // The visits go to their own buffer, so the dictionary they fill can be written first.
     write_varint(&mut body, states.len() as u64);
-    for ((state, ids), pages) in states.iter().zip(&ids).zip(&page_ids) {
-        write_varint(&mut body, ids[0]);
+    for &state in states {
+        write_varint(&mut body, intern(&state.site));
         body.extend_from_slice(&state.visitor.to_le_bytes());
         write_varint(&mut body, state.seq);
         write_varint(&mut body, u64::from(state.bucket));
@@ -68,13 +55,21 @@ pub(crate) fn encode_visits<'a>(states: &[&'a SessionState], out: &mut Vec<u8>) 
         write_varint(&mut body, state.last_ts.wrapping_sub(state.first_ts) as u64);
         write_varint(&mut body, zigzag(state.exit_ts.wrapping_sub(state.first_ts)));
         write_varint(&mut body, u64::from(state.interactive));
-        for &id in &ids[1..] {
-            write_varint(&mut body, id);
+        for attribute in [
+            &state.entry_page,
+            &state.exit_page,
+            &state.source,
+            &state.country,
+            &state.device,
+            &state.browser,
+            &state.os,
+        ] {
+            write_varint(&mut body, intern(attribute));
         }
         body.push(u8::from(state.ended));
         write_varint(&mut body, state.pages.len() as u64);
-        for (page, &path) in state.pages.iter().zip(pages) {
-            write_varint(&mut body, path);
+        for page in &state.pages {
+            write_varint(&mut body, intern(&page.path));
             body.push(page.scroll_depth);
             write_varint(&mut body, u64::from(page.bucket));
         }
@@ -169,14 +164,6 @@ pub(crate) fn decode_visits(payload: &[u8]) -> Result<Vec<SessionState>, String>
         return Err(format!("byte {}: {} bytes after the last visit", r.at, payload.len() - r.at));
     }
     Ok(states)
-}
-
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 fn zigzag(value: i64) -> u64 {
@@ -283,12 +270,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn visits_round_trip_and_share_strings() {
-        let states: Vec<SessionState> = (0..100).map(visit).collect();
+    /// The compact form of `states`.
+    fn encode(states: &[SessionState]) -> Vec<u8> {
         let borrowed: Vec<&SessionState> = states.iter().collect();
         let mut out = Vec::new();
         encode_visits(&borrowed, &mut out);
+        out
+    }
+
+    #[test]
+    fn visits_round_trip_and_share_strings() {
+        let states: Vec<SessionState> = (0..100).map(visit).collect();
+        let out = encode(&states);
         assert!(is_compact(&out));
         let back = decode_visits(&out).unwrap_or_default();
         let expected: Vec<SessionState> = states.iter().map(|s| SessionState { partition: 0, ..s.clone() }).collect();
@@ -308,9 +301,7 @@ mod tests {
         extreme.bucket = u32::MAX;
         extreme.interactive = u32::MAX;
         for states in [vec![], vec![extreme]] {
-            let borrowed: Vec<&SessionState> = states.iter().collect();
-            let mut out = Vec::new();
-            encode_visits(&borrowed, &mut out);
+            let out = encode(&states);
             let back = decode_visits(&out);
             let expected: Vec<SessionState> =
                 states.iter().map(|s| SessionState { partition: 0, ..s.clone() }).collect();
@@ -321,9 +312,7 @@ mod tests {
     #[test]
     fn every_truncation_and_flawed_values_are_refused_with_a_reason() {
         let states: Vec<SessionState> = (0..4).map(visit).collect();
-        let borrowed: Vec<&SessionState> = states.iter().collect();
-        let mut out = Vec::new();
-        encode_visits(&borrowed, &mut out);
+        let out = encode(&states);
         for cut in 0..out.len() {
             let error = decode_visits(&out[..cut]).err().unwrap_or_default();
             assert!(error.starts_with("byte ") || error.starts_with("not a compact"), "cut at {cut}: {error:?}");
