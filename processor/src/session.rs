@@ -50,6 +50,9 @@ const DAY_MS: i64 = 86_400_000;
 /// (a later engagement event of a forgotten page counts as a new engaged pageview).
 const MAX_ENGAGED_PAGES: usize = 16;
 
+/// Open visits sampled to estimate which of them were idle longest ([`Sessions::make_room`]).
+const EVICTION_SAMPLE: usize = 1024;
+
 /// The rows visits and engagement write, in the order of [`DIMENSIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dim {
@@ -282,6 +285,31 @@ impl Open {
         }
     }
 
+    /// The tombstone of this visit, ended early to make room: a version one newer than its
+    /// last, without pages or strings (a restart only needs to know that it ended).
+    fn ended(&self, site: &str, visitor: u64) -> SessionState {
+        SessionState {
+            partition: self.partition,
+            site: site.into(),
+            visitor,
+            seq: self.seq + 1,
+            bucket: self.bucket,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            interactive: self.interactive,
+            entry_page: CompactString::default(),
+            exit_page: CompactString::default(),
+            exit_ts: self.exit_ts,
+            source: CompactString::default(),
+            country: CompactString::default(),
+            device: CompactString::default(),
+            browser: CompactString::default(),
+            os: CompactString::default(),
+            pages: Vec::new(),
+            ended: true,
+        }
+    }
+
     /// A stored visit back in memory.
     fn from_state(state: &SessionState, strings: &mut Strings) -> Self {
         Self {
@@ -420,29 +448,74 @@ impl Sessions {
 
     /// Forgets visits no accepted event can extend any more.
     pub(crate) fn expire(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
-        let (timeout, lateness) = (self.timeout_ms, self.lateness_ms);
-        self.open.retain(|_, open| !expired(timeout, lateness, open, watermarks.get(&open.partition).copied()));
+        let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
+        self.open.retain(|_, open| !is_expired(open));
     }
 
-    /// Makes room for a new visit: expired visits go first; unless that freed an eighth of
-    /// the bound, the visits idle longest go too, down to seven eighths, each stored as
-    /// ended. Freeing a whole eighth at once keeps this O(open visits) pass rare.
+    /// Makes room for a new visit: expired visits go; unless that freed an eighth of the
+    /// bound, the visits idle longest go too, down to about seven eighths, each stored as
+    /// ended. Freeing an eighth at once keeps this O(open visits) pass rare.
+    ///
+    /// One pass over the visits does both: which last event time separates the idlest
+    /// eighth is estimated beforehand from a sample (the map iterates in hash order, so its
+    /// first visits are a random sample of all). Should the estimate free too little, the
+    /// exact selection ([`Self::end_idlest`]) finishes the job.
     fn make_room(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
-        self.expire(watermarks);
+        let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
         let target = self.max_open - (self.max_open / 8).max(1);
-        if self.open.len() <= target {
+        let mut sample: Vec<i64> = Vec::with_capacity(EVICTION_SAMPLE);
+        let mut sampled = 0;
+        for open in self.open.values().take(EVICTION_SAMPLE) {
+            sampled += 1;
+            if !is_expired(open) {
+                sample.push(open.last_ts);
+            }
+        }
+        // Visits expected to outlive expiry, and the sampled share of them to end: those
+        // idle strictly longer than the sample's (cut + 1)-th idlest (ties stay, and the
+        // exact selection below ends what they leave).
+        let live = self.open.len() * sample.len() / sampled.max(1);
+        let threshold = (live > target && !sample.is_empty()).then(|| {
+            let cut = ((live - target) * sample.len()).div_ceil(live).min(sample.len() - 1);
+            *sample.select_nth_unstable(cut).1
+        });
+        if threshold.is_some() {
+            self.tombstones.reserve(live - target);
+        }
+        let (site_names, tombstones) = (&self.site_names, &mut self.tombstones);
+        let mut evicted = 0;
+        self.open.retain(|&(site, visitor), open| {
+            if is_expired(open) {
+                return false;
+            }
+            if threshold.is_some_and(|t| open.last_ts < t) {
+                let site = site_names.get(site as usize).map_or("", |s| s);
+                tombstones.push(open.ended(site, visitor));
+                evicted += 1;
+                return false;
+            }
+            true
+        });
+        self.evicted += evicted;
+        // Half the eighth freed is room enough to come back rarely.
+        if self.open.len() > target + (self.max_open - target) / 2 {
+            self.end_idlest(self.open.len() - target);
+        }
+    }
+
+    /// Ends the `cut` visits idle longest, exactly: each is stored as ended.
+    fn end_idlest(&mut self, cut: usize) {
+        if cut == 0 {
             return;
         }
         let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.last_ts, *k)).collect();
-        let cut = self.open.len() - target;
+        let cut = cut.min(idle.len());
         idle.select_nth_unstable(cut - 1);
+        self.tombstones.reserve(cut);
         for (_, key) in &idle[..cut] {
             if let Some(open) = self.open.remove(key) {
                 let site = self.site_names.get(key.0 as usize).map_or("", |s| s);
-                let mut state = open.to_state(site, key.1, &self.strings);
-                state.seq += 1;
-                state.ended = true;
-                self.tombstones.push(state);
+                self.tombstones.push(open.ended(site, key.1));
                 self.evicted += 1;
             }
         }
@@ -510,6 +583,28 @@ fn continues(timeout_ms: i64, state: &Open, ts: i64) -> bool {
     ts.div_euclid(DAY_MS) == state.first_ts.div_euclid(DAY_MS)
         && ts <= state.last_ts.saturating_add(timeout_ms)
         && ts >= state.first_ts.saturating_sub(timeout_ms)
+}
+
+/// [`expired`] for visit after visit, under `watermarks`: the watermark of the partition
+/// looked up last is kept (a processor folds few partitions, one lookup per visit showed in
+/// profiles of a pass over half a million).
+fn expiry(
+    timeout_ms: i64,
+    lateness_ms: i64,
+    watermarks: &HashMap<u32, i64, FixedState>,
+) -> impl FnMut(&Open) -> bool + '_ {
+    let mut last: Option<(u32, Option<i64>)> = None;
+    move |open| {
+        let watermark = match last {
+            Some((partition, watermark)) if partition == open.partition => watermark,
+            _ => {
+                let watermark = watermarks.get(&open.partition).copied();
+                last = Some((open.partition, watermark));
+                watermark
+            }
+        };
+        expired(timeout_ms, lateness_ms, open, watermark)
+    }
 }
 
 /// Whether no event the processor still accepts (`ts >= watermark - lateness`) can extend
@@ -649,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn evicted_visits_are_stored_as_ended_with_their_own_strings() {
+    fn evicted_visits_are_stored_as_tombstones_newer_than_their_last_version() {
         let mut sessions = Sessions::new(1_800_000, 0, 8, &["source".to_owned()]);
         let mut emitted = Emitted::new();
         for visitor in 0..20 {
@@ -662,13 +757,50 @@ mod tests {
         assert_eq!(stored.len(), 20, "every visit once: ended or open");
         for state in &stored {
             let v = state.visitor;
-            assert_eq!((state.site.as_str(), state.entry_page.as_str()), ("s.test", format!("/p{v}").as_str()));
-            assert_eq!(
-                (state.exit_page.as_str(), state.source.as_str()),
-                (format!("/p{v}").as_str(), format!("source {v}").as_str())
-            );
+            let (t, seq) = (T0 + v as i64, u64::from(state.ended));
+            assert_eq!((state.site.as_str(), state.first_ts, state.last_ts, state.seq), ("s.test", t, t, seq));
+            let strings = [&state.entry_page, &state.exit_page, &state.source].map(CompactString::as_str);
+            if state.ended {
+                assert_eq!(strings, [""; 3], "a tombstone carries no content");
+            } else {
+                assert_eq!(strings, [format!("/p{v}").as_str(), &format!("/p{v}"), &format!("source {v}")]);
+            }
         }
         assert_eq!(emitted.get(&("session:total", String::new())), Some(&20));
+    }
+
+    #[test]
+    fn room_is_made_from_expired_visits_first_then_from_the_idlest() {
+        // Past the sample size, so the idle bound is estimated, not selected exactly.
+        let max_open = 8 * EVICTION_SAMPLE;
+        let mut sessions = Sessions::new(1_000, 0, max_open, &[]);
+        let fold_at = |sessions: &mut Sessions, visitor: u64, ts: i64, watermark: i64| {
+            let watermarks = HashMap::from_iter([(0, watermark)]);
+            sessions.on_event(0, &pageview(visitor, ts, "/"), ts, &watermarks, &mut |_, _, _, _| {});
+        };
+        // A full table of visits that are over once the watermark moves past their timeout.
+        for visitor in 0..max_open as u64 {
+            fold_at(&mut sessions, visitor, T0, T0);
+        }
+        let later = T0 + 10_000;
+        fold_at(&mut sessions, u64::MAX, later, later);
+        assert_eq!((sessions.len(), sessions.evicted), (1, 0), "expired visits go without tombstones");
+        assert!(sessions.tombstones.is_empty());
+
+        // Visits that can all go on: the idlest end, stored as ended, and only they.
+        let total = 3 * max_open as u64;
+        for visitor in 0..total {
+            fold_at(&mut sessions, visitor, later + visitor as i64, later);
+        }
+        assert!(sessions.len() <= max_open, "{} open", sessions.len());
+        assert!(sessions.len() >= max_open * 3 / 4, "{} open: far more ended than an eighth", sessions.len());
+        let ended = std::mem::take(&mut sessions.tombstones);
+        assert_eq!(ended.len() as u64, sessions.evicted);
+        assert_eq!(ended.len() + sessions.len(), total as usize + 1, "every visit open or ended, once");
+        assert!(ended.iter().all(|s| s.ended));
+        let newest_ended = ended.iter().map(|s| (s.last_ts, s.visitor)).max();
+        let idlest_open = sessions.open.iter().map(|(k, o)| (o.last_ts, k.1)).min();
+        assert!(newest_ended < idlest_open, "ended {newest_ended:?}, still open {idlest_open:?}");
     }
 
     #[test]
