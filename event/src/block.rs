@@ -142,32 +142,71 @@ pub fn encode_block(records: &[EventRecord], out: &mut Vec<u8>) {
 
 /// [`encode_block`] of records held in several places (the requests of one message), in
 /// the iterator's order.
-pub fn encode_block_from<'r>(records: impl Iterator<Item = &'r EventRecord> + Clone, out: &mut Vec<u8>) {
-    out.clear();
-    let count = records.clone().count();
-    let mut dictionary = Dictionary::default();
-    dictionary.index.reserve(count / 2 + 64);
-    let mut body = Vec::with_capacity(count * 48);
-    let base = records.clone().map(|r| r.ts).min().unwrap_or(0);
-    for r in records {
-        write_varint(dictionary.index(&r.site), &mut body);
+pub fn encode_block_from<'r>(records: impl Iterator<Item = &'r EventRecord>, out: &mut Vec<u8>) {
+    let mut writer = BlockWriter::with_capacity(records.size_hint().0);
+    for record in records {
+        writer.record(record);
+    }
+    writer.finish(out);
+}
+
+/// Writes one block from records and from blocks written before (the parts of one message
+/// that requests wrote on their own tasks), with one dictionary for all, in the order they
+/// are added. A block is carried over without decoding its events: its string indices are
+/// renumbered into the shared dictionary and its times moved to the shared base.
+#[derive(Default)]
+pub struct BlockWriter<'a> {
+    dictionary: Dictionary<'a>,
+    body: Vec<u8>,
+    count: u64,
+    /// The first event's time: the block's base (events store their difference to it).
+    base: Option<i64>,
+    /// For the block being carried over: its dictionary index → the shared one.
+    renumber: Vec<u64>,
+}
+
+impl std::fmt::Debug for BlockWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockWriter").field("events", &self.count).field("strings", &self.dictionary.strings.len()).finish()
+    }
+}
+
+impl<'a> BlockWriter<'a> {
+    /// A writer sized for about `events` events.
+    pub fn with_capacity(events: usize) -> Self {
+        let mut writer = Self::default();
+        writer.dictionary.index.reserve(events / 2 + 64);
+        writer.body.reserve(events * 48);
+        writer
+    }
+
+    /// Events written so far.
+    pub fn events(&self) -> u64 {
+        self.count
+    }
+
+    /// Adds `r`.
+    pub fn record(&mut self, r: &'a EventRecord) {
+        let base = *self.base.get_or_insert(r.ts);
+        let (dictionary, body) = (&mut self.dictionary, &mut self.body);
+        write_varint(dictionary.index(&r.site), body);
         match split_counter(&r.id) {
             Some((prefix, counter)) => {
-                write_varint(ID_COUNTER, &mut body);
-                write_varint(dictionary.index(prefix), &mut body);
-                write_varint(counter, &mut body);
+                write_varint(ID_COUNTER, body);
+                write_varint(dictionary.index(prefix), body);
+                write_varint(counter, body);
             }
             None => {
-                write_varint(ID_STRING, &mut body);
-                write_varint(dictionary.index(&r.id), &mut body);
+                write_varint(ID_STRING, body);
+                write_varint(dictionary.index(&r.id), body);
             }
         }
-        write_varint(zigzag(r.ts.wrapping_sub(base)), &mut body);
+        write_varint(zigzag(r.ts.wrapping_sub(base)), body);
         let strings = fields(r);
         let present = strings.iter().enumerate().filter(|(_, s)| !s.is_empty()).fold(0u64, |m, (i, _)| m | 1 << i);
-        write_varint(present, &mut body);
+        write_varint(present, body);
         for s in strings.iter().filter(|s| !s.is_empty()) {
-            write_varint(dictionary.index(s), &mut body);
+            write_varint(dictionary.index(s), body);
         }
         body.extend_from_slice(&r.visitor.to_le_bytes());
         let mut flags = 0;
@@ -183,31 +222,121 @@ pub fn encode_block_from<'r>(records: impl Iterator<Item = &'r EventRecord> + Cl
             body.push(depth);
         }
         if let Some(ms) = r.engaged_ms {
-            write_varint(ms, &mut body);
+            write_varint(ms, body);
         }
-        write_varint(r.props.len() as u64, &mut body);
+        write_varint(r.props.len() as u64, body);
         for (key, value) in &r.props {
-            write_varint(dictionary.index(key), &mut body);
-            write_varint(dictionary.index(value), &mut body);
+            write_varint(dictionary.index(key), body);
+            write_varint(dictionary.index(value), body);
         }
-        write_varint(r.uniques.len() as u64, &mut body);
+        write_varint(r.uniques.len() as u64, body);
         for (name, hash) in &r.uniques {
-            write_varint(dictionary.index(name), &mut body);
+            write_varint(dictionary.index(name), body);
             body.extend_from_slice(&hash.to_le_bytes());
         }
+        self.count += 1;
     }
-    out.extend_from_slice(&BLOCK_MAGIC);
-    out.push(BLOCK_VERSION);
-    write_varint(count as u64, out);
-    write_varint(zigzag(base), out);
-    let dictionary_bytes: usize = dictionary.strings.iter().map(|s| s.len() + 2).sum();
-    out.reserve(dictionary_bytes + body.len() + 32);
-    write_varint(dictionary.strings.len() as u64, out);
-    for s in &dictionary.strings {
-        write_varint(s.len() as u64, out);
-        out.extend_from_slice(s.as_bytes());
+
+    /// Adds every event of `block`, checked as [`decode_block`] checks it. On an error the
+    /// writer is left as it was.
+    pub fn block(&mut self, block: &'a [u8]) -> Result<(), BlockError> {
+        let mut r = Reader { bytes: block, at: 0 };
+        let head = read_head(&mut r)?;
+        let (body_len, dictionary_len) = (self.body.len(), self.dictionary.strings.len());
+        let carried = self.carry(&mut r, &head);
+        if carried.is_err() {
+            self.body.truncate(body_len);
+            self.dictionary.truncate(dictionary_len);
+        }
+        carried
     }
-    out.extend_from_slice(&body);
+
+    fn carry(&mut self, r: &mut Reader<'a>, head: &Head<'a>) -> Result<(), BlockError> {
+        let base = *self.base.get_or_insert(head.base);
+        let shift = head.base.wrapping_sub(base);
+        self.renumber.clear();
+        self.renumber.extend(head.dictionary.iter().map(|s| self.dictionary.index(s)));
+        let (renumber, body) = (&self.renumber, &mut self.body);
+        let string = |r: &mut Reader<'a>, body: &mut Vec<u8>, what: &'static str| -> Result<(), BlockError> {
+            let start = r.at;
+            let index = r.varint(what)?;
+            let shared = usize::try_from(index).ok().and_then(|i| renumber.get(i)).ok_or_else(|| {
+                r.corrupt(start, format!("{what}: string {index} of a dictionary of {}", renumber.len()))
+            })?;
+            write_varint(*shared, body);
+            Ok(())
+        };
+        for _ in 0..head.count {
+            string(r, body, "a site")?;
+            match r.varint("an id's kind")? {
+                ID_STRING => {
+                    write_varint(ID_STRING, body);
+                    string(r, body, "an id")?;
+                }
+                ID_COUNTER => {
+                    write_varint(ID_COUNTER, body);
+                    string(r, body, "an id's prefix")?;
+                    write_varint(r.varint("an id's counter")?, body);
+                }
+                other => return Err(r.corrupt(r.at, format!("id kind {other} (expected 0 or 1)"))),
+            }
+            let ts = unzigzag(r.varint("a time")?).wrapping_add(shift);
+            write_varint(zigzag(ts), body);
+            let present = read_bitmap(r)?;
+            write_varint(present, body);
+            for i in 0..FIELDS {
+                if present & 1 << i != 0 {
+                    string(r, body, "a field")?;
+                }
+            }
+            body.extend_from_slice(r.take(8, "a visitor")?);
+            let flags = read_flags(r)?;
+            body.push(flags);
+            if flags & FLAG_VALUE != 0 {
+                body.extend_from_slice(r.take(8, "a value")?);
+            }
+            if flags & FLAG_SCROLL != 0 {
+                body.extend_from_slice(r.take(1, "a scroll depth")?);
+            }
+            if flags & FLAG_ENGAGED != 0 {
+                write_varint(r.varint("engaged ms")?, body);
+            }
+            let props = r.count("the property count", 2)?;
+            write_varint(props as u64, body);
+            for _ in 0..props {
+                string(r, body, "a property key")?;
+                string(r, body, "a property value")?;
+            }
+            let uniques = r.count("the identifier count", 9)?;
+            write_varint(uniques as u64, body);
+            for _ in 0..uniques {
+                string(r, body, "an identifier name")?;
+                body.extend_from_slice(r.take(8, "an identifier")?);
+            }
+        }
+        if r.at != r.bytes.len() {
+            return Err(r.corrupt(r.at, format!("{} bytes after the last event", r.bytes.len() - r.at)));
+        }
+        self.count += head.count as u64;
+        Ok(())
+    }
+
+    /// Writes the block into `out` (cleared first).
+    pub fn finish(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let dictionary_bytes: usize = self.dictionary.strings.iter().map(|s| s.len() + 2).sum();
+        out.reserve(BLOCK_HEADER_BOUND + 10 + dictionary_bytes + self.body.len());
+        out.extend_from_slice(&BLOCK_MAGIC);
+        out.push(BLOCK_VERSION);
+        write_varint(self.count, out);
+        write_varint(zigzag(self.base.unwrap_or(0)), out);
+        write_varint(self.dictionary.strings.len() as u64, out);
+        for s in &self.dictionary.strings {
+            write_varint(s.len() as u64, out);
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&self.body);
+    }
 }
 
 /// A gateway id (`<prefix><counter in 10 lower-case hex digits>`) as its two parts.
@@ -229,6 +358,13 @@ struct Dictionary<'a> {
 }
 
 impl<'a> Dictionary<'a> {
+    /// Forgets every string past the first `len`.
+    fn truncate(&mut self, len: usize) {
+        for s in self.strings.drain(len..) {
+            self.index.remove(s);
+        }
+    }
+
     fn index(&mut self, s: &'a str) -> u64 {
         if s.is_empty() {
             return 0;
@@ -395,30 +531,7 @@ impl EventFields for BlockEvent<'_> {
 /// Decodes a whole compact block; any flaw refuses it whole.
 pub fn decode_block(payload: &[u8]) -> Result<Vec<BlockEvent<'_>>, BlockError> {
     let mut r = Reader { bytes: payload, at: 0 };
-    let magic = r.take(4, "the header")?;
-    if magic[..3] != BLOCK_MAGIC {
-        return Err(r.corrupt(0, "not a compact block (no 0x00 'G' 'B' header)".to_owned()));
-    }
-    if magic[3] != BLOCK_VERSION {
-        return Err(BlockError::Version(magic[3]));
-    }
-    // An event takes at least 16 bytes (site, id, time, bitmap, visitor, flags, counts).
-    let count = r.count("the event count", 16)?;
-    let base = unzigzag(r.varint("the base time")?);
-    let entries = r.count("the dictionary size", 1)?;
-    let mut dictionary: Vec<&str> = Vec::with_capacity(entries + 1);
-    dictionary.push("");
-    for entry in 0..entries {
-        let at = r.at;
-        let len = r.count("a dictionary entry's length", 1)?;
-        let bytes = r.take(len, "a dictionary entry")?;
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| r.corrupt(at, format!("dictionary entry {} is not UTF-8 ({e})", entry + 1)))?;
-        if text.is_empty() {
-            return Err(r.corrupt(at, format!("dictionary entry {} is empty (the empty string is entry 0)", entry + 1)));
-        }
-        dictionary.push(text);
-    }
+    let Head { count, base, dictionary } = read_head(&mut r)?;
     let mut events = Vec::with_capacity(count);
     for _ in 0..count {
         let site = r.string(&dictionary, "a site")?;
@@ -428,11 +541,7 @@ pub fn decode_block(payload: &[u8]) -> Result<Vec<BlockEvent<'_>>, BlockError> {
             other => return Err(r.corrupt(r.at, format!("id kind {other} (expected 0 or 1)"))),
         };
         let ts = base.wrapping_add(unzigzag(r.varint("a time")?));
-        let at = r.at;
-        let present = r.varint("the field bitmap")?;
-        if present >> FIELDS != 0 {
-            return Err(r.corrupt(at, format!("field bitmap {present:#x} names fields past the {FIELDS} there are")));
-        }
+        let present = read_bitmap(&mut r)?;
         let mut strings = [""; FIELDS];
         for (i, slot) in strings.iter_mut().enumerate() {
             if present & 1 << i != 0 {
@@ -440,11 +549,7 @@ pub fn decode_block(payload: &[u8]) -> Result<Vec<BlockEvent<'_>>, BlockError> {
             }
         }
         let visitor = r.u64("a visitor")?;
-        let at = r.at;
-        let flags = r.take(1, "the flags")?[0];
-        if flags & !(FLAG_VALUE | FLAG_NOT_INTERACTIVE | FLAG_SCROLL | FLAG_ENGAGED) != 0 {
-            return Err(r.corrupt(at, format!("unknown flags {flags:#04x}")));
-        }
+        let flags = read_flags(&mut r)?;
         let value = if flags & FLAG_VALUE != 0 { Some(f64::from_bits(r.u64("a value")?)) } else { None };
         let scroll_depth = if flags & FLAG_SCROLL != 0 { Some(r.take(1, "a scroll depth")?[0]) } else { None };
         let engaged_ms = if flags & FLAG_ENGAGED != 0 { Some(r.varint("engaged ms")?) } else { None };
@@ -485,6 +590,63 @@ pub fn decode_block(payload: &[u8]) -> Result<Vec<BlockEvent<'_>>, BlockError> {
         return Err(r.corrupt(r.at, format!("{} bytes after the last event", payload.len() - r.at)));
     }
     Ok(events)
+}
+
+/// What precedes a block's events.
+struct Head<'a> {
+    count: usize,
+    base: i64,
+    /// Index 0 is the empty string.
+    dictionary: Vec<&'a str>,
+}
+
+/// Reads the header, counts, base time and dictionary of a block.
+fn read_head<'a>(r: &mut Reader<'a>) -> Result<Head<'a>, BlockError> {
+    let magic = r.take(4, "the header")?;
+    if magic[..3] != BLOCK_MAGIC {
+        return Err(r.corrupt(0, "not a compact block (no 0x00 'G' 'B' header)".to_owned()));
+    }
+    if magic[3] != BLOCK_VERSION {
+        return Err(BlockError::Version(magic[3]));
+    }
+    // An event takes at least 16 bytes (site, id, time, bitmap, visitor, flags, counts).
+    let count = r.count("the event count", 16)?;
+    let base = unzigzag(r.varint("the base time")?);
+    let entries = r.count("the dictionary size", 1)?;
+    let mut dictionary: Vec<&str> = Vec::with_capacity(entries + 1);
+    dictionary.push("");
+    for entry in 0..entries {
+        let at = r.at;
+        let len = r.count("a dictionary entry's length", 1)?;
+        let bytes = r.take(len, "a dictionary entry")?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| r.corrupt(at, format!("dictionary entry {} is not UTF-8 ({e})", entry + 1)))?;
+        if text.is_empty() {
+            return Err(r.corrupt(at, format!("dictionary entry {} is empty (the empty string is entry 0)", entry + 1)));
+        }
+        dictionary.push(text);
+    }
+    Ok(Head { count, base, dictionary })
+}
+
+/// Reads an event's bitmap of present string fields.
+fn read_bitmap(r: &mut Reader<'_>) -> Result<u64, BlockError> {
+    let at = r.at;
+    let present = r.varint("the field bitmap")?;
+    if present >> FIELDS != 0 {
+        return Err(r.corrupt(at, format!("field bitmap {present:#x} names fields past the {FIELDS} there are")));
+    }
+    Ok(present)
+}
+
+/// Reads an event's flags byte.
+fn read_flags(r: &mut Reader<'_>) -> Result<u8, BlockError> {
+    let at = r.at;
+    let flags = r.take(1, "the flags")?[0];
+    if flags & !(FLAG_VALUE | FLAG_NOT_INTERACTIVE | FLAG_SCROLL | FLAG_ENGAGED) != 0 {
+        return Err(r.corrupt(at, format!("unknown flags {flags:#04x}")));
+    }
+    Ok(flags)
 }
 
 /// A cursor over a block's bytes; every read is bounds-checked.
@@ -689,7 +851,81 @@ mod tests {
             })
     }
 
+    /// Writes `groups` into one block: odd groups as records, even ones as blocks of their own
+    /// carried over.
+    fn written_by_parts(groups: &[Vec<EventRecord>]) -> Vec<u8> {
+        let parts: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|g| {
+                let mut block = Vec::new();
+                encode_block(g, &mut block);
+                block
+            })
+            .collect();
+        let mut writer = BlockWriter::default();
+        for (i, (group, block)) in groups.iter().zip(&parts).enumerate() {
+            if i % 2 == 0 {
+                writer.block(block).expect("a block just written");
+            } else {
+                group.iter().for_each(|r| writer.record(r));
+            }
+        }
+        let mut out = Vec::new();
+        writer.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn blocks_carried_over_read_as_their_records_with_one_dictionary() {
+        // Times before and after the first part's base, far apart: the base moves.
+        let mut records: Vec<EventRecord> = (0..90).map(sample).collect();
+        records[40].ts = 1;
+        records[70].ts = i64::MAX - 5;
+        let groups: Vec<Vec<EventRecord>> = records.chunks(30).map(<[EventRecord]>::to_vec).collect();
+        let block = written_by_parts(&groups);
+        let back: Vec<EventRecord> = decode_block(&block).expect("decodes").iter().map(BlockEvent::to_record).collect();
+        assert_eq!(back, records);
+        let mut whole = Vec::new();
+        encode_block(&records, &mut whole);
+        assert_eq!(block.len(), whole.len(), "the same dictionary as one block of all records");
+    }
+
+    #[test]
+    fn a_flawed_block_is_refused_and_leaves_the_writer_as_it_was() {
+        let records: Vec<EventRecord> = (0..20).map(sample).collect();
+        let (first, second) = records.split_at(10);
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        encode_block(first, &mut one);
+        encode_block(second, &mut two);
+        let mut writer = BlockWriter::default();
+        writer.block(&one).expect("whole");
+        for cut in 0..two.len() {
+            let err = writer.block(&two[..cut]).expect_err("a cut block is refused");
+            let decoded = decode_block(&two[..cut]).expect_err("refused by the decoder too");
+            assert_eq!(err, decoded, "{cut}");
+        }
+        let mut trailing = two.clone();
+        trailing.push(0);
+        assert!(writer.block(&trailing).is_err());
+        assert_eq!(writer.events(), 10);
+        writer.block(&two).expect("whole");
+        let mut out = Vec::new();
+        writer.finish(&mut out);
+        let back: Vec<EventRecord> = decode_block(&out).expect("decodes").iter().map(BlockEvent::to_record).collect();
+        assert_eq!(back, records);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_records_survive_writing_by_parts(
+            groups in proptest::collection::vec(proptest::collection::vec(arbitrary_record(), 0..12), 0..6),
+        ) {
+            let block = written_by_parts(&groups);
+            let decoded: Vec<EventRecord> = decode_block(&block).expect("decodes").iter().map(BlockEvent::to_record).collect();
+            let records: Vec<EventRecord> = groups.concat();
+            proptest::prop_assert_eq!(format!("{decoded:?}"), format!("{records:?}"));
+        }
+
         #[test]
         fn any_records_survive_encoding(records in proptest::collection::vec(arbitrary_record(), 0..40)) {
             let mut block = Vec::new();

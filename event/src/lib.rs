@@ -14,7 +14,7 @@ mod record;
 mod view;
 
 pub use block::{
-    block_size_bound, decode_block, encode_block, encode_block_from, BlockError, BlockEvent, MessageFormat,
+    block_size_bound, decode_block, encode_block, encode_block_from, BlockError, BlockEvent, BlockWriter, MessageFormat,
     BLOCK_HEADER_BOUND, BLOCK_MAGIC, BLOCK_VERSION,
 };
 pub use message::{decode_message, decode_records, encode_into, DecodeError, MessageError};

@@ -342,7 +342,18 @@ async fn run_partition(
 async fn publish(shared: Arc<Shared>, partition: u32, id: String, batch: Batch, _permit: OwnedSemaphorePermit) {
     let metrics = &shared.metrics;
     let events = batch.events();
-    let payload = batch.body.map(Outbound::into_payload).unwrap_or_default();
+    let payload = match batch.body.map(Outbound::into_payload).transpose() {
+        Ok(payload) => payload.unwrap_or_default(),
+        Err(e) => {
+            // A bug of this gateway, never the client's: answered as not stored (503).
+            tracing::error!(message_id = %id, events, error = %e, "a block this gateway wrote does not read back; message not sent");
+            metrics.publish_failures.with_label_values(&["not_sent"]).inc();
+            for waiter in batch.waiters {
+                let _ = waiter.send(Err(PublishError::NotSent(format!("{id}: {e}"))));
+            }
+            return;
+        }
+    };
     let message = OutboundMessage { partition, id: id.clone(), payload: Bytes::from(payload), events };
     metrics.publishes_in_flight.inc();
     let started = Instant::now();

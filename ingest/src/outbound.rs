@@ -1,14 +1,26 @@
 //! The events bound for one broker message, in the configured encoding
-//! (`ingest.batching.format`): NDJSON lines written as events are taken, or records kept
-//! until the message closes and then written as one compact block (each distinct string
-//! once per message, `gallop_event::encode_block`).
+//! (`ingest.batching.format`): NDJSON lines written as events are taken, or one compact
+//! block (each distinct string once per message, `gallop_event::BlockWriter`).
+//!
+//! A block is written in two steps. The request that made the events writes its part as a
+//! block of its own when it cuts the part to size ([`Outbound::split`]), on its own task,
+//! so its records are freed where they were made; parts of fewer than [`WRITE_FROM`]
+//! events (a tracker sends one event per request) stay records, which are cheaper to
+//! carry. When the message closes, its parts become one block: a lone written part as is,
+//! several parts with one dictionary, written parts carried over without decoding.
 //!
 //! Sizes are known before encoding: exact for NDJSON; for a block, the encoder's upper
-//! bound (`gallop_event::block_size_bound`), so a message never exceeds
-//! `batching.max_bytes` once encoded.
+//! bound (`gallop_event::block_size_bound`), which holds for the merged block too, so a
+//! message never exceeds `batching.max_bytes` once encoded.
 
 use gallop_config::MessageEncoding;
-use gallop_event::{block_size_bound, encode_block_from, encode_into, EventRecord, BLOCK_HEADER_BOUND};
+use gallop_event::{
+    block_size_bound, decode_block, encode_block, encode_into, BlockError, BlockEvent, BlockWriter, EventRecord,
+    BLOCK_HEADER_BOUND,
+};
+
+/// Parts with at least this many events are written as blocks by their request.
+pub(crate) const WRITE_FROM: usize = 16;
 
 /// Events for one message (or one request's part of one), encoded or to be encoded.
 #[derive(Debug)]
@@ -20,14 +32,39 @@ pub(crate) enum Outbound {
         /// Their count.
         events: u32,
     },
-    /// Records to be written as one block, as the requests handed them over (moving whole
-    /// lists, never single records: a record is some 600 bytes).
-    Records {
-        /// The records, in lists.
-        records: Vec<Vec<EventRecord>>,
-        /// The most bytes they take as a block, header included.
+    /// Events to be written as one block, in order.
+    Block {
+        /// Parts as the requests handed them over (moving whole parts, never single
+        /// records: a record is some 600 bytes).
+        pieces: Vec<Piece>,
+        /// The most bytes they take as one block, header included.
         bound: usize,
     },
+}
+
+/// A run of events of a block message.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    /// Records not written yet.
+    Records(Vec<EventRecord>),
+    /// A block a request wrote.
+    Written {
+        /// The block.
+        bytes: Vec<u8>,
+        /// Its events.
+        events: u32,
+        /// The most bytes its events take in a block, header excluded.
+        bound: usize,
+    },
+}
+
+impl Piece {
+    fn events(&self) -> usize {
+        match self {
+            Self::Records(records) => records.len(),
+            Self::Written { events, .. } => *events as usize,
+        }
+    }
 }
 
 impl Outbound {
@@ -35,8 +72,12 @@ impl Outbound {
     pub(crate) fn new(encoding: MessageEncoding) -> Self {
         match encoding {
             MessageEncoding::Ndjson => Self::Ndjson { bytes: Vec::new(), events: 0 },
-            MessageEncoding::Block => Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND },
+            MessageEncoding::Block => Self::empty_block(),
         }
+    }
+
+    fn empty_block() -> Self {
+        Self::Block { pieces: Vec::new(), bound: BLOCK_HEADER_BOUND }
     }
 
     /// Adds `record`.
@@ -46,11 +87,11 @@ impl Outbound {
                 encode_into(&record, bytes);
                 *events += 1;
             }
-            Self::Records { records, bound } => {
+            Self::Block { pieces, bound } => {
                 *bound += block_size_bound(&record);
-                match records.last_mut() {
-                    Some(list) => list.push(record),
-                    None => records.push(vec![record]),
+                match pieces.last_mut() {
+                    Some(Piece::Records(records)) => records.push(record),
+                    _ => pieces.push(Piece::Records(vec![record])),
                 }
             }
         }
@@ -60,9 +101,7 @@ impl Outbound {
     pub(crate) fn events(&self) -> u32 {
         match self {
             Self::Ndjson { events, .. } => *events,
-            Self::Records { records, .. } => {
-                u32::try_from(records.iter().map(Vec::len).sum::<usize>()).unwrap_or(u32::MAX)
-            }
+            Self::Block { pieces, .. } => u32::try_from(pieces.iter().map(Piece::events).sum::<usize>()).unwrap_or(u32::MAX),
         }
     }
 
@@ -70,7 +109,7 @@ impl Outbound {
     pub(crate) fn size(&self) -> usize {
         match self {
             Self::Ndjson { bytes, .. } => bytes.len(),
-            Self::Records { bound, .. } => *bound,
+            Self::Block { bound, .. } => *bound,
         }
     }
 
@@ -79,7 +118,7 @@ impl Outbound {
         match other {
             Self::Ndjson { bytes, .. } => self.size() + bytes.len(),
             // One header for both.
-            Self::Records { bound, .. } => self.size() + bound - BLOCK_HEADER_BOUND,
+            Self::Block { bound, .. } => self.size() + bound - BLOCK_HEADER_BOUND,
         }
     }
 
@@ -94,8 +133,8 @@ impl Outbound {
                 }
                 *events += n;
             }
-            (Self::Records { records, bound }, Self::Records { records: more, bound: more_bound }) => {
-                records.extend(more);
+            (Self::Block { pieces, bound }, Self::Block { pieces: more, bound: more_bound }) => {
+                pieces.extend(more);
                 *bound += more_bound - BLOCK_HEADER_BOUND;
             }
             (this, other) => {
@@ -112,13 +151,11 @@ impl Outbound {
     }
 
     /// The body cut into bodies of at most `max_bytes` each (an event larger than that alone
-    /// stays whole, for the broker to refuse).
+    /// stays whole, for the broker to refuse). Block parts of [`WRITE_FROM`] events or more
+    /// are written as blocks here, and their records freed.
     pub(crate) fn split(self, max_bytes: usize) -> Vec<Self> {
-        if self.size() <= max_bytes {
-            return vec![self];
-        }
         match self {
-            Self::Ndjson { bytes, .. } => {
+            Self::Ndjson { bytes, .. } if bytes.len() > max_bytes => {
                 let mut chunks = Vec::new();
                 let (mut current, mut lines) = (Vec::new(), 0);
                 for line in bytes.split_inclusive(|b| *b == b'\n') {
@@ -134,34 +171,61 @@ impl Outbound {
                 }
                 chunks
             }
-            Self::Records { records, .. } => {
+            ndjson @ Self::Ndjson { .. } => vec![ndjson],
+            Self::Block { pieces, .. } => {
                 let mut chunks: Vec<Self> = Vec::new();
-                let mut current = Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND };
-                for record in records.into_iter().flatten() {
-                    if current.events() > 0 && current.size() + block_size_bound(&record) > max_bytes {
-                        chunks.push(std::mem::replace(
-                            &mut current,
-                            Self::Records { records: Vec::new(), bound: BLOCK_HEADER_BOUND },
-                        ));
+                let mut current: Vec<EventRecord> = Vec::new();
+                let mut current_bound = BLOCK_HEADER_BOUND;
+                for piece in pieces {
+                    match piece {
+                        Piece::Written { bytes, events, bound } => {
+                            // Written to fit when its request was cut: a chunk of its own.
+                            chunks.extend(written_chunk(std::mem::take(&mut current), current_bound));
+                            current_bound = BLOCK_HEADER_BOUND;
+                            let pieces = vec![Piece::Written { bytes, events, bound }];
+                            chunks.push(Self::Block { pieces, bound: BLOCK_HEADER_BOUND + bound });
+                        }
+                        Piece::Records(records) => {
+                            for record in records {
+                                let size = block_size_bound(&record);
+                                if !current.is_empty() && current_bound + size > max_bytes {
+                                    chunks.extend(written_chunk(std::mem::take(&mut current), current_bound));
+                                    current_bound = BLOCK_HEADER_BOUND;
+                                }
+                                current_bound += size;
+                                current.push(record);
+                            }
+                        }
                     }
-                    current.push(record);
                 }
-                if current.events() > 0 {
-                    chunks.push(current);
-                }
+                chunks.extend(written_chunk(current, current_bound));
                 chunks
             }
         }
     }
 
-    /// The message bytes.
-    pub(crate) fn into_payload(self) -> Vec<u8> {
+    /// The message bytes. A block fails only if a part a request wrote does not read back,
+    /// which would be a bug of this gateway.
+    pub(crate) fn into_payload(self) -> Result<Vec<u8>, BlockError> {
         match self {
-            Self::Ndjson { bytes, .. } => bytes,
-            Self::Records { records, .. } => {
+            Self::Ndjson { bytes, .. } => Ok(bytes),
+            Self::Block { mut pieces, .. } => {
+                if let [Piece::Written { .. }] = pieces.as_slice() {
+                    if let Some(Piece::Written { bytes, .. }) = pieces.pop() {
+                        return Ok(bytes);
+                    }
+                }
+                let events = pieces.iter().map(Piece::events).sum();
+                let mut writer = BlockWriter::with_capacity(events);
+                for piece in &pieces {
+                    match piece {
+                        Piece::Records(records) => records.iter().for_each(|r| writer.record(r)),
+                        Piece::Written { bytes, .. } => writer.block(bytes)?,
+                    }
+                }
                 let mut out = Vec::new();
-                encode_block_from(records.iter().flatten(), &mut out);
-                out
+                writer.finish(&mut out);
+                Ok(out)
             }
         }
     }
@@ -170,17 +234,50 @@ impl Outbound {
     fn into_ndjson(self) -> (Vec<u8>, u32) {
         match self {
             Self::Ndjson { bytes, events } => (bytes, events),
-            Self::Records { records, .. } => {
+            Self::Block { pieces, .. } => {
                 let mut bytes = Vec::new();
                 let mut events = 0;
-                for record in records.iter().flatten() {
-                    encode_into(record, &mut bytes);
-                    events += 1;
+                for piece in pieces {
+                    match piece {
+                        Piece::Records(records) => {
+                            for record in &records {
+                                encode_into(record, &mut bytes);
+                                events += 1;
+                            }
+                        }
+                        Piece::Written { bytes: block, events: n, .. } => match decode_block(&block) {
+                            Ok(decoded) => {
+                                for event in decoded.iter().map(BlockEvent::to_record) {
+                                    encode_into(&event, &mut bytes);
+                                    events += 1;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, events = n, "a block this gateway wrote does not read back: its events are lost");
+                            }
+                        },
+                    }
                 }
                 (bytes, events)
             }
         }
     }
+}
+
+/// `records` (bounded by `bound`, header included) as one chunk: written as a block when
+/// there are [`WRITE_FROM`] or more, else kept as records; none for no records.
+fn written_chunk(records: Vec<EventRecord>, bound: usize) -> Option<Outbound> {
+    if records.is_empty() {
+        return None;
+    }
+    let piece = if records.len() >= WRITE_FROM {
+        let mut bytes = Vec::new();
+        encode_block(&records, &mut bytes);
+        Piece::Written { bytes, events: records.len() as u32, bound: bound - BLOCK_HEADER_BOUND }
+    } else {
+        Piece::Records(records)
+    };
+    Some(Outbound::Block { pieces: vec![piece], bound })
 }
 
 #[cfg(test)]
@@ -221,7 +318,7 @@ mod tests {
             let mut back = Vec::new();
             for chunk in chunks {
                 let (events, bound) = (chunk.events(), chunk.size());
-                let payload = chunk.into_payload();
+                let payload = chunk.into_payload().expect("payload");
                 assert!(
                     payload.len() <= bound && payload.len() <= 8 * 1024,
                     "{encoding:?}: {} > {bound}",
@@ -248,8 +345,82 @@ mod tests {
         other.push(record(2));
         body.append(other);
         assert!(matches!(body, Outbound::Ndjson { events: 2, .. }));
-        let payload = body.into_payload();
+        let payload = body.into_payload().expect("payload");
         let back: Vec<EventRecord> = decode_message(&payload).collect::<Result<_, _>>().expect("ndjson");
         assert_eq!(back, vec![record(1), record(2)]);
+    }
+
+    /// A request's part as the handler makes it: records pushed, then cut to size.
+    fn part(records: &[EventRecord], max_bytes: usize) -> Vec<Outbound> {
+        let mut body = Outbound::new(MessageEncoding::Block);
+        for r in records {
+            body.push(r.clone());
+        }
+        body.split(max_bytes)
+    }
+
+    fn written(body: &Outbound) -> Vec<bool> {
+        match body {
+            Outbound::Block { pieces, .. } => pieces.iter().map(|p| matches!(p, Piece::Written { .. })).collect(),
+            Outbound::Ndjson { .. } => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn parts_written_by_requests_and_loose_records_make_one_block_in_order() {
+        let records: Vec<EventRecord> = (0..200).map(record).collect();
+        // Three requests: a large part (written), a tracker's single event (kept as a
+        // record), another large part (written).
+        let (large, single, other) = (&records[..120], &records[120..121], &records[121..]);
+        let mut message = None::<Outbound>;
+        for request in [large, single, other] {
+            let mut chunks = part(request, 1 << 20);
+            assert_eq!(chunks.len(), 1);
+            let chunk = chunks.remove(0);
+            assert_eq!(written(&chunk), vec![request.len() >= WRITE_FROM]);
+            match &mut message {
+                Some(m) => {
+                    let together = m.size_with(&chunk);
+                    m.append(chunk);
+                    assert_eq!(m.size(), together);
+                }
+                None => message = Some(chunk),
+            }
+        }
+        let message = message.expect("three parts");
+        let (events, bound) = (message.events(), message.size());
+        assert_eq!(written(&message), vec![true, false, true]);
+        let payload = message.into_payload().expect("payload");
+        assert!(payload.len() <= bound, "{} > {bound}", payload.len());
+        let back: Vec<EventRecord> = decode_block(&payload).expect("block").iter().map(BlockEvent::to_record).collect();
+        assert_eq!(events, 200);
+        assert_eq!(back, records);
+        // One dictionary: a string shared by the parts is written once.
+        assert_eq!(payload.windows(6).filter(|w| w == b"a.test").count(), 1);
+    }
+
+    #[test]
+    fn a_lone_written_part_is_sent_as_written() {
+        let records: Vec<EventRecord> = (0..50).map(record).collect();
+        let mut chunks = part(&records, 1 << 20);
+        let Some(Outbound::Block { pieces, .. }) = chunks.first() else { panic!("one block chunk") };
+        let Some(Piece::Written { bytes, .. }) = pieces.first() else { panic!("a written part") };
+        let expected = bytes.clone();
+        assert_eq!(chunks.remove(0).into_payload().expect("payload"), expected);
+    }
+
+    #[test]
+    fn a_written_part_that_does_not_read_back_fails_the_message() {
+        let records: Vec<EventRecord> = (0..40).map(record).collect();
+        let mut message = part(&records, 1 << 20).remove(0);
+        let mut cut = part(&records, 1 << 20).remove(0);
+        if let Outbound::Block { pieces, .. } = &mut cut {
+            if let Some(Piece::Written { bytes, .. }) = pieces.first_mut() {
+                bytes.truncate(bytes.len() - 3);
+            }
+        }
+        message.append(cut);
+        let error = message.into_payload().expect_err("a cut block");
+        assert!(error.to_string().starts_with("compact block"), "{error}");
     }
 }
