@@ -167,7 +167,10 @@ pub struct BlockWriter<'a> {
 
 impl std::fmt::Debug for BlockWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockWriter").field("events", &self.count).field("strings", &self.dictionary.strings.len()).finish()
+        f.debug_struct("BlockWriter")
+            .field("events", &self.count)
+            .field("strings", &self.dictionary.strings.len())
+            .finish()
     }
 }
 

@@ -101,7 +101,9 @@ impl Outbound {
     pub(crate) fn events(&self) -> u32 {
         match self {
             Self::Ndjson { events, .. } => *events,
-            Self::Block { pieces, .. } => u32::try_from(pieces.iter().map(Piece::events).sum::<usize>()).unwrap_or(u32::MAX),
+            Self::Block { pieces, .. } => {
+                u32::try_from(pieces.iter().map(Piece::events).sum::<usize>()).unwrap_or(u32::MAX)
+            }
         }
     }
 
@@ -174,31 +176,16 @@ impl Outbound {
             ndjson @ Self::Ndjson { .. } => vec![ndjson],
             Self::Block { pieces, .. } => {
                 let mut chunks: Vec<Self> = Vec::new();
-                let mut current: Vec<EventRecord> = Vec::new();
-                let mut current_bound = BLOCK_HEADER_BOUND;
                 for piece in pieces {
                     match piece {
-                        Piece::Written { bytes, events, bound } => {
-                            // Written to fit when its request was cut: a chunk of its own.
-                            chunks.extend(written_chunk(std::mem::take(&mut current), current_bound));
-                            current_bound = BLOCK_HEADER_BOUND;
-                            let pieces = vec![Piece::Written { bytes, events, bound }];
-                            chunks.push(Self::Block { pieces, bound: BLOCK_HEADER_BOUND + bound });
-                        }
-                        Piece::Records(records) => {
-                            for record in records {
-                                let size = block_size_bound(&record);
-                                if !current.is_empty() && current_bound + size > max_bytes {
-                                    chunks.extend(written_chunk(std::mem::take(&mut current), current_bound));
-                                    current_bound = BLOCK_HEADER_BOUND;
-                                }
-                                current_bound += size;
-                                current.push(record);
-                            }
-                        }
+                        // Written to fit when its request was cut: a chunk of its own.
+                        Piece::Written { bytes, events, bound } => chunks.push(Self::Block {
+                            pieces: vec![Piece::Written { bytes, events, bound }],
+                            bound: BLOCK_HEADER_BOUND + bound,
+                        }),
+                        Piece::Records(records) => split_records(records, max_bytes, &mut chunks),
                     }
                 }
-                chunks.extend(written_chunk(current, current_bound));
                 chunks
             }
         }
@@ -264,20 +251,54 @@ impl Outbound {
     }
 }
 
-/// `records` (bounded by `bound`, header included) as one chunk: written as a block when
-/// there are [`WRITE_FROM`] or more, else kept as records; none for no records.
-fn written_chunk(records: Vec<EventRecord>, bound: usize) -> Option<Outbound> {
-    if records.is_empty() {
-        return None;
+/// Cuts `records` into chunks of at most `max_bytes` as blocks, in order, onto `chunks`:
+/// chunks of [`WRITE_FROM`] events or more written as blocks (the records freed), smaller
+/// ones kept as records. Records are not moved to be written (one is some 600 bytes).
+fn split_records(mut records: Vec<EventRecord>, max_bytes: usize, chunks: &mut Vec<Outbound>) {
+    // (events, bound with the header) of each chunk.
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let (mut events, mut bound) = (0, BLOCK_HEADER_BOUND);
+    for record in &records {
+        let size = block_size_bound(record);
+        if events > 0 && bound + size > max_bytes {
+            cuts.push((events, bound));
+            (events, bound) = (0, BLOCK_HEADER_BOUND);
+        }
+        events += 1;
+        bound += size;
     }
-    let piece = if records.len() >= WRITE_FROM {
-        let mut bytes = Vec::new();
-        encode_block(&records, &mut bytes);
-        Piece::Written { bytes, events: records.len() as u32, bound: bound - BLOCK_HEADER_BOUND }
-    } else {
-        Piece::Records(records)
-    };
-    Some(Outbound::Block { pieces: vec![piece], bound })
+    if events > 0 {
+        cuts.push((events, bound));
+    }
+    if let [(n, bound)] = cuts[..] {
+        if n < WRITE_FROM {
+            chunks.push(Outbound::Block { pieces: vec![Piece::Records(records)], bound });
+            return;
+        }
+    }
+    let mut start = 0;
+    let mut small: Vec<(usize, usize, usize)> = Vec::new();
+    for &(n, bound) in &cuts {
+        let piece = if n >= WRITE_FROM {
+            let mut bytes = Vec::new();
+            encode_block(&records[start..start + n], &mut bytes);
+            Piece::Written { bytes, events: n as u32, bound: bound - BLOCK_HEADER_BOUND }
+        } else {
+            // Filled below, once the written chunks no longer borrow the records.
+            small.push((chunks.len(), start, n));
+            Piece::Records(Vec::new())
+        };
+        chunks.push(Outbound::Block { pieces: vec![piece], bound });
+        start += n;
+    }
+    // Back to front, so each drain leaves the earlier indices in place.
+    for (chunk, start, n) in small.into_iter().rev() {
+        records.truncate(start + n);
+        let taken = records.split_off(start);
+        if let Some(Outbound::Block { pieces, .. }) = chunks.get_mut(chunk) {
+            *pieces = vec![Piece::Records(taken)];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,7 +321,14 @@ mod tests {
 
     #[test]
     fn bounds_hold_and_splits_keep_every_event_in_order() {
-        for encoding in [MessageEncoding::Block, MessageEncoding::Ndjson] {
+        // 8 KiB chunks hold about WRITE_FROM of these records, 32 KiB ones more: kept as
+        // records, or written by the request.
+        let cases = [
+            (MessageEncoding::Block, 8 * 1024),
+            (MessageEncoding::Block, 32 * 1024),
+            (MessageEncoding::Ndjson, 8 * 1024),
+        ];
+        for (encoding, max_bytes) in cases {
             let mut body = Outbound::new(encoding);
             let mut other = Outbound::new(encoding);
             let records: Vec<EventRecord> = (0..400).map(record).collect();
@@ -313,14 +341,21 @@ mod tests {
             let together = body.size_with(&other);
             body.append(other);
             assert_eq!((body.events(), body.size()), (400, together));
-            let chunks = body.split(8 * 1024);
+            let chunks = body.split(max_bytes);
             assert!(chunks.len() > 5, "{encoding:?}: {} chunks", chunks.len());
+            if encoding == MessageEncoding::Block {
+                let written: Vec<bool> = chunks.iter().flat_map(written).collect();
+                let expected: Vec<bool> = chunks.iter().map(|c| c.events() as usize >= WRITE_FROM).collect();
+                assert_eq!(written, expected, "{max_bytes}: written exactly when large enough");
+                assert!(written.contains(&true), "{max_bytes}: {written:?}");
+                assert!(max_bytes > 8 * 1024 || written.contains(&false), "{max_bytes}: {written:?}");
+            }
             let mut back = Vec::new();
             for chunk in chunks {
                 let (events, bound) = (chunk.events(), chunk.size());
                 let payload = chunk.into_payload().expect("payload");
                 assert!(
-                    payload.len() <= bound && payload.len() <= 8 * 1024,
+                    payload.len() <= bound && payload.len() <= max_bytes,
                     "{encoding:?}: {} > {bound}",
                     payload.len()
                 );
