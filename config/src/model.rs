@@ -572,9 +572,12 @@ pub struct BatchingConfig {
     pub linger: Duration,
     /// Most broker messages awaiting acknowledgement at once, over all partitions.
     pub max_in_flight: usize,
-    /// How messages are encoded: `ndjson` (one JSON record per line; read by every
-    /// version) or `block` (compact, each distinct string once per message; read by
-    /// processors of this version and later: switch once every processor runs one).
+    /// How messages are encoded: `block` (the default: compact, each distinct string once
+    /// per message; read by processors since the compact block came, 2026-11-27) or
+    /// `ndjson` (one JSON record per line; read by every version). Upgrading from an older
+    /// version, upgrade the processors first, or keep `ndjson` until they run this one: an
+    /// older processor skips blocks as unusable records (logged, counted), so their events
+    /// would not count.
     pub format: MessageEncoding,
 }
 
@@ -595,9 +598,9 @@ impl Default for BatchingConfig {
             max_bytes: 512 * 1024,
             linger: Duration::from_millis(2),
             max_in_flight: 512,
-            // Readers first: processors of this version read blocks; writing them is the
-            // next step of a rolling upgrade, so it is chosen, not defaulted.
-            format: MessageEncoding::Ndjson,
+            // Processors have read blocks for a version now (readers first); blocks cost
+            // less end to end (docs/benchmarks.md).
+            format: MessageEncoding::Block,
         }
     }
 }
