@@ -137,13 +137,7 @@ const COUNTER_DIGITS: usize = 10;
 
 /// Writes `records` as one compact block into `out` (cleared first).
 pub fn encode_block(records: &[EventRecord], out: &mut Vec<u8>) {
-    encode_block_from(records.iter(), out);
-}
-
-/// [`encode_block`] of records held in several places (the requests of one message), in
-/// the iterator's order.
-pub fn encode_block_from<'r>(records: impl Iterator<Item = &'r EventRecord>, out: &mut Vec<u8>) {
-    let mut writer = BlockWriter::with_capacity(records.size_hint().0);
+    let mut writer = BlockWriter::with_capacity(records.len());
     for record in records {
         writer.record(record);
     }

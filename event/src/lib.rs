@@ -14,8 +14,8 @@ mod record;
 mod view;
 
 pub use block::{
-    block_size_bound, decode_block, encode_block, encode_block_from, BlockError, BlockEvent, BlockWriter,
-    MessageFormat, BLOCK_HEADER_BOUND, BLOCK_MAGIC, BLOCK_VERSION,
+    block_size_bound, decode_block, encode_block, BlockError, BlockEvent, BlockWriter, MessageFormat,
+    BLOCK_HEADER_BOUND, BLOCK_MAGIC, BLOCK_VERSION,
 };
 pub use message::{decode_message, decode_records, encode_into, DecodeError, MessageError};
 pub use record::{EventRecord, Props, Uniques, ENGAGEMENT, FORMAT_VERSION};
