@@ -239,11 +239,12 @@ impl<'a> BlockWriter<'a> {
     pub fn block(&mut self, block: &'a [u8]) -> Result<(), BlockError> {
         let mut r = Reader { bytes: block, at: 0 };
         let head = read_head(&mut r)?;
-        let (body_len, dictionary_len) = (self.body.len(), self.dictionary.strings.len());
+        let (body_len, dictionary_len, base) = (self.body.len(), self.dictionary.strings.len(), self.base);
         let carried = self.carry(&mut r, &head);
         if carried.is_err() {
             self.body.truncate(body_len);
             self.dictionary.truncate(dictionary_len);
+            self.base = base;
         }
         carried
     }
@@ -895,6 +896,9 @@ mod tests {
         encode_block(first, &mut one);
         encode_block(second, &mut two);
         let mut writer = BlockWriter::default();
+        assert!(writer.block(&two[..two.len() - 1]).is_err());
+        assert_eq!(format!("{writer:?}"), format!("{:?}", BlockWriter::default()));
+        assert_eq!(writer.base, None, "a refused first block leaves no base");
         writer.block(&one).expect("whole");
         for cut in 0..two.len() {
             let err = writer.block(&two[..cut]).expect_err("a cut block is refused");

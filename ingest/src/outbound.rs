@@ -72,12 +72,8 @@ impl Outbound {
     pub(crate) fn new(encoding: MessageEncoding) -> Self {
         match encoding {
             MessageEncoding::Ndjson => Self::Ndjson { bytes: Vec::new(), events: 0 },
-            MessageEncoding::Block => Self::empty_block(),
+            MessageEncoding::Block => Self::Block { pieces: Vec::new(), bound: BLOCK_HEADER_BOUND },
         }
-    }
-
-    fn empty_block() -> Self {
-        Self::Block { pieces: Vec::new(), bound: BLOCK_HEADER_BOUND }
     }
 
     /// Adds `record`.
@@ -254,7 +250,7 @@ impl Outbound {
 /// Cuts `records` into chunks of at most `max_bytes` as blocks, in order, onto `chunks`:
 /// chunks of [`WRITE_FROM`] events or more written as blocks (the records freed), smaller
 /// ones kept as records. Records are not moved to be written (one is some 600 bytes).
-fn split_records(mut records: Vec<EventRecord>, max_bytes: usize, chunks: &mut Vec<Outbound>) {
+fn split_records(records: Vec<EventRecord>, max_bytes: usize, chunks: &mut Vec<Outbound>) {
     // (events, bound with the header) of each chunk.
     let mut cuts: Vec<(usize, usize)> = Vec::new();
     let (mut events, mut bound) = (0, BLOCK_HEADER_BOUND);
@@ -276,28 +272,19 @@ fn split_records(mut records: Vec<EventRecord>, max_bytes: usize, chunks: &mut V
             return;
         }
     }
-    let mut start = 0;
-    let mut small: Vec<(usize, usize, usize)> = Vec::new();
-    for &(n, bound) in &cuts {
+    // Front to back: a written chunk reads the records in place, then drops them; a small
+    // one takes its few records along.
+    let mut rest = records.into_iter();
+    for (n, bound) in cuts {
         let piece = if n >= WRITE_FROM {
             let mut bytes = Vec::new();
-            encode_block(&records[start..start + n], &mut bytes);
+            encode_block(rest.as_slice().get(..n).unwrap_or_default(), &mut bytes);
+            rest.by_ref().take(n).for_each(drop);
             Piece::Written { bytes, events: n as u32, bound: bound - BLOCK_HEADER_BOUND }
         } else {
-            // Filled below, once the written chunks no longer borrow the records.
-            small.push((chunks.len(), start, n));
-            Piece::Records(Vec::new())
+            Piece::Records(rest.by_ref().take(n).collect())
         };
         chunks.push(Outbound::Block { pieces: vec![piece], bound });
-        start += n;
-    }
-    // Back to front, so each drain leaves the earlier indices in place.
-    for (chunk, start, n) in small.into_iter().rev() {
-        records.truncate(start + n);
-        let taken = records.split_off(start);
-        if let Some(Outbound::Block { pieces, .. }) = chunks.get_mut(chunk) {
-            *pieces = vec![Piece::Records(taken)];
-        }
     }
 }
 
