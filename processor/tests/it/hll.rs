@@ -7,7 +7,9 @@ use crate::common::{
 };
 use gallop_processor::sketch::{city_hash64, int_hash64, UniqHll12};
 
-const SIZES: [u64; 8] = [0, 1, 15, 16, 17, 100, 10_000, 1_000_000];
+/// Every in-memory form: empty, one key, the small set, sparse registers (17 up to about
+/// 195 distinct keys), the full array.
+const SIZES: [u64; 11] = [0, 1, 2, 15, 16, 17, 100, 190, 300, 10_000, 1_000_000];
 const SEEDS: [u64; 2] = [7, 0x5eed_0000_0001];
 
 fn gallop_u64(seed: u64, n: u64) -> UniqHll12 {
@@ -139,8 +141,23 @@ fn merges_equal_clickhouse_merges() {
         db.name
     ));
     // (n_a, n_b): small+small staying small, small+small overflowing, small+large,
-    // large+small, large+large.
-    let pairs: [(u64, u64); 6] = [(5, 7), (10, 10), (3, 5_000), (5_000, 3), (20_000, 300_000), (0, 17)];
+    // large+small, large+large; then with sparse registers (17..~195 keys): small+sparse,
+    // sparse+small, sparse+sparse staying sparse, sparse+sparse outgrowing into the array,
+    // sparse+large, large+sparse.
+    let pairs: [(u64, u64); 12] = [
+        (5, 7),
+        (10, 10),
+        (3, 5_000),
+        (5_000, 3),
+        (20_000, 300_000),
+        (0, 17),
+        (1, 100),
+        (100, 2),
+        (60, 60),
+        (150, 150),
+        (100, 5_000),
+        (5_000, 100),
+    ];
     let mut body = Vec::new();
     let mut expected = Vec::new();
     for (i, &(n_a, n_b)) in pairs.iter().enumerate() {
