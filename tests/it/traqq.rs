@@ -123,7 +123,8 @@ fn results(list: &Value) -> Results {
 /// The relative error a unique count of `exact` distinct values may show: six standard
 /// errors of ClickHouse's `uniqHLL12` at that count (4096 registers). Identifiers are hashed
 /// with a salt drawn per run, so the estimate is a random variable; at six standard errors a
-/// correct count fails about once in 10⁹ comparisons, while a lost or doubled day still fails.
+/// correct count fails about once in 10⁹ comparisons, while a lost day still fails (the
+/// counters compared beside it catch a doubled one: doubling leaves distinct counts alone).
 fn sketch_tolerance(exact: u64) -> f64 {
     const REGISTERS: f64 = 4096.0;
     if exact <= 16 {
