@@ -205,7 +205,7 @@ impl MemoryStore {
             cell.value_count = cell.value_count.wrapping_add(row.value_count);
             cell.visitors.merge(&row.visitors);
         }
-        stored.sessions.extend(flush.delta.sessions.iter().cloned());
+        stored.sessions.extend(flush.delta.sessions.to_states());
         for (&partition, &watermark) in &flush.delta.watermarks {
             let newest = stored.watermarks.entry(partition).or_insert(watermark);
             *newest = (*newest).max(watermark);

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    session::SessionState,
+    changed::ChangedVisits,
     sketch::{TopK, UniqHll12},
 };
 
@@ -55,7 +55,7 @@ pub struct Delta {
     pub positions: BTreeMap<u32, u64>,
     /// Visits that changed since the previous flush (ended ones as tombstones); stored
     /// with the rows so a restart goes on with them ([`crate::OpenSessions`]).
-    pub sessions: Vec<SessionState>,
+    pub sessions: ChangedVisits,
     /// Event-time watermark of every partition seen, ms; stored with the rows.
     pub watermarks: BTreeMap<u32, i64>,
 }

@@ -8,6 +8,7 @@
 //! ClickHouse-compatible states ([`sketch`]) and forgets them.
 #![warn(missing_docs)]
 
+mod changed;
 mod delta;
 mod dimension;
 mod error;
@@ -17,6 +18,7 @@ mod rules;
 mod session;
 pub mod sketch;
 
+pub use changed::{ChangedPage, ChangedVisit, ChangedVisits, VISIT_ATTRIBUTES};
 pub use delta::{Delta, LeaderboardRow, RollupRow};
 pub use error::ProcessorError;
 pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};

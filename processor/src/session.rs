@@ -30,7 +30,7 @@
 //! engaged pageview.
 //!
 //! Open visits span flushes, so each flush carries every visit that changed since the
-//! previous one ([`SessionState`], written by the sink in the same atomic insert as the
+//! previous one ([`ChangedVisits`], written by the sink in the same atomic insert as the
 //! rows and positions) and each partition's watermark; at start the pipeline hands the
 //! newest stored states back ([`OpenSessions`]) and the processor goes on exactly where the
 //! stored positions say it was.
@@ -42,7 +42,10 @@ use foldhash::fast::FixedState;
 use gallop_event::EventFields;
 use serde::{Deserialize, Serialize};
 
-use crate::intern::Interner;
+use crate::{
+    changed::{ChangedPage, ChangedVisit, ChangedVisits},
+    intern::Interner,
+};
 
 /// Milliseconds in one UTC day.
 const DAY_MS: i64 = 86_400_000;
@@ -205,8 +208,12 @@ pub(crate) struct Sessions {
     open: HashMap<(u32, u64), Open, FixedState>,
     /// The strings the open visits hold, by id.
     strings: Strings,
-    /// Visits ended early since the last flush, to be stored as ended.
-    tombstones: Vec<SessionState>,
+    /// Visits ended early since the last flush, to be stored as ended; `site` is a site id.
+    tombstones: Vec<ChangedVisit>,
+    /// Where each interned string went in the flush being built: (flush stamp, index).
+    carried: Vec<(u32, u32)>,
+    /// Tells this flush's entries of `carried` from older ones.
+    stamp: u32,
     pub(crate) started: u64,
     pub(crate) evicted: u64,
 }
@@ -252,59 +259,21 @@ struct Page {
 }
 
 impl Open {
-    /// The stored form of this visit of `site` and `visitor`.
-    fn to_state(&self, site: &str, visitor: u64, strings: &Strings) -> SessionState {
-        let s = |index: usize| CompactString::from(strings.name(self.attrs[index]));
-        SessionState {
+    /// The tombstone of this visit of `site` (a site id) and `visitor`, ended early to make
+    /// room: a version one newer than its last, without pages or strings (a restart only
+    /// needs to know that it ended).
+    fn ended(&self, site: u32, visitor: u64) -> ChangedVisit {
+        ChangedVisit {
             partition: self.partition,
-            site: site.into(),
-            visitor,
-            seq: self.seq,
-            bucket: self.bucket,
-            first_ts: self.first_ts,
-            last_ts: self.last_ts,
-            interactive: self.interactive,
-            entry_page: s(ENTRY_PAGE),
-            exit_page: s(EXIT_PAGE),
-            exit_ts: self.exit_ts,
-            source: s(SOURCE),
-            country: s(COUNTRY),
-            device: s(DEVICE),
-            browser: s(BROWSER),
-            os: s(OS),
-            pages: self
-                .pages
-                .iter()
-                .map(|p| EngagedPage {
-                    path: strings.name(p.path).into(),
-                    scroll_depth: p.scroll_depth,
-                    bucket: p.bucket,
-                })
-                .collect(),
-            ended: false,
-        }
-    }
-
-    /// The tombstone of this visit, ended early to make room: a version one newer than its
-    /// last, without pages or strings (a restart only needs to know that it ended).
-    fn ended(&self, site: &str, visitor: u64) -> SessionState {
-        SessionState {
-            partition: self.partition,
-            site: site.into(),
+            site,
             visitor,
             seq: self.seq + 1,
             bucket: self.bucket,
             first_ts: self.first_ts,
             last_ts: self.last_ts,
-            interactive: self.interactive,
-            entry_page: CompactString::default(),
-            exit_page: CompactString::default(),
             exit_ts: self.exit_ts,
-            source: CompactString::default(),
-            country: CompactString::default(),
-            device: CompactString::default(),
-            browser: CompactString::default(),
-            os: CompactString::default(),
+            interactive: self.interactive,
+            attributes: [0; 7],
             pages: Vec::new(),
             ended: true,
         }
@@ -351,6 +320,8 @@ impl Sessions {
             open: HashMap::default(),
             strings: Strings::default(),
             tombstones: Vec::new(),
+            carried: Vec::new(),
+            stamp: 0,
             started: 0,
             evicted: 0,
         }
@@ -482,14 +453,13 @@ impl Sessions {
         if threshold.is_some() {
             self.tombstones.reserve(live - target);
         }
-        let (site_names, tombstones) = (&self.site_names, &mut self.tombstones);
+        let tombstones = &mut self.tombstones;
         let mut evicted = 0;
         self.open.retain(|&(site, visitor), open| {
             if is_expired(open) {
                 return false;
             }
             if threshold.is_some_and(|t| open.last_ts < t) {
-                let site = site_names.get(site as usize).map_or("", |s| s);
                 tombstones.push(open.ended(site, visitor));
                 evicted += 1;
                 return false;
@@ -514,8 +484,7 @@ impl Sessions {
         self.tombstones.reserve(cut);
         for (_, key) in &idle[..cut] {
             if let Some(open) = self.open.remove(key) {
-                let site = self.site_names.get(key.0 as usize).map_or("", |s| s);
-                self.tombstones.push(open.ended(site, key.1));
+                self.tombstones.push(open.ended(key.0, key.1));
                 self.evicted += 1;
             }
         }
@@ -523,14 +492,75 @@ impl Sessions {
 
     /// Every visit changed since the last call (ended ones as tombstones), after
     /// forgetting the expired ones.
-    pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> Vec<SessionState> {
+    pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> ChangedVisits {
         self.expire(watermarks);
-        let mut changed = std::mem::take(&mut self.tombstones);
-        changed.reserve(self.open.values().filter(|o| o.dirty).count());
+        let dirty = self.open.values().filter(|o| o.dirty).count();
+        let mut changed = ChangedVisits::with_capacity(self.tombstones.len() + dirty);
+        // Each interned string (and site) is copied into the flush's table once, found again
+        // by its id: no hashing. Entries of earlier flushes carry an older stamp.
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.carried.clear();
+            self.stamp = 1;
+        }
+        if self.carried.len() < self.strings.names.len() {
+            self.carried.resize(self.strings.names.len(), (0, 0));
+        }
+        let mut sites = vec![None; self.site_names.len()];
+        let mut site_index = |changed: &mut ChangedVisits, site: u32| -> u32 {
+            let name = self.site_names.get(site as usize).map_or("", |s| s);
+            match sites.get_mut(site as usize) {
+                Some(Some(index)) => *index,
+                Some(slot) => *slot.insert(changed.push_string(name)),
+                None => changed.push_string(name),
+            }
+        };
+        for mut tombstone in std::mem::take(&mut self.tombstones) {
+            tombstone.site = site_index(&mut changed, tombstone.site);
+            changed.push(tombstone);
+        }
+        let (strings, carried, stamp) = (&self.strings, &mut self.carried, self.stamp);
+        let mut carry = |changed: &mut ChangedVisits, id: u32| -> u32 {
+            let name = strings.name(id);
+            if name.is_empty() {
+                return 0;
+            }
+            match carried.get_mut(id as usize) {
+                Some((seen, index)) if *seen == stamp => *index,
+                Some(slot) => {
+                    *slot = (stamp, changed.push_string(name));
+                    slot.1
+                }
+                None => changed.push_string(name),
+            }
+        };
         for (&(site, visitor), open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
             open.dirty = false;
-            let site = self.site_names.get(site as usize).map_or("", |s| s);
-            changed.push(open.to_state(site, visitor, &self.strings));
+            let site = site_index(&mut changed, site);
+            let attributes = open.attrs.map(|id| carry(&mut changed, id));
+            let pages = open
+                .pages
+                .iter()
+                .map(|p| ChangedPage {
+                    path: carry(&mut changed, p.path),
+                    scroll_depth: p.scroll_depth,
+                    bucket: p.bucket,
+                })
+                .collect();
+            changed.push(ChangedVisit {
+                partition: open.partition,
+                site,
+                visitor,
+                seq: open.seq,
+                bucket: open.bucket,
+                first_ts: open.first_ts,
+                last_ts: open.last_ts,
+                exit_ts: open.exit_ts,
+                interactive: open.interactive,
+                attributes,
+                pages,
+                ended: false,
+            });
         }
         // Strings of visits that ended stay interned until the table is rebuilt from the
         // open visits, once it holds far more strings than they can use.
@@ -751,7 +781,7 @@ mod tests {
             fold(&mut sessions, &pageview(visitor, T0 + visitor as i64, &format!("/p{visitor}")), &mut emitted);
         }
         assert!(sessions.len() <= 8);
-        let stored = sessions.take_changed(&HashMap::default());
+        let stored = sessions.take_changed(&HashMap::default()).to_states();
         assert_eq!(stored.iter().filter(|s| s.ended).count() as u64, sessions.evicted);
         assert!(sessions.evicted >= 12);
         assert_eq!(stored.len(), 20, "every visit once: ended or open");
@@ -821,7 +851,7 @@ mod tests {
         fold(&mut sessions, &pageview(visitor, T0 + 1_000, "/next"), &mut moved);
         assert_eq!(moved.get(&("session:exit_page", format!("/p{visitor}"))), Some(&u64::MAX));
         assert_eq!(moved.get(&("session:exit_page", "/next".to_owned())), Some(&1));
-        let stored = sessions.take_changed(&HashMap::default());
+        let stored = sessions.take_changed(&HashMap::default()).to_states();
         let state = stored.iter().find(|s| s.visitor == visitor && !s.ended);
         assert_eq!(
             state.map(|s| (s.entry_page.as_str(), s.exit_page.as_str())),

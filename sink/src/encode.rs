@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use gallop_processor::{
     sketch::{SumF64, SumU64, TopK, UniqHll12},
-    Delta, SessionState,
+    ChangedVisits, Delta, SessionState,
 };
 
 use crate::schema::{Granularity, Kind, MAX_LEADERBOARD_K};
-use crate::visits::{decode_visits, encode_visits, is_compact, VISITS_PER_ROW};
+use crate::visits::{decode_visits, encode_visits, is_compact, RowDictionary, VISITS_PER_ROW};
 
 /// How long position markers are kept where the server has TTL. A restart reads the newest
 /// marker; only a crash between an insert and its acknowledgement needs it, so a month is
@@ -130,9 +130,9 @@ pub fn watermark_dimension(stream: &str) -> String {
 
 /// The `value` of an open-visit row: `<partition:010>/` and the visits, in the compact form
 /// of [`crate::visits`].
-fn session_value(partition: u32, states: &[&SessionState]) -> Vec<u8> {
+fn session_value(partition: u32, changed: &ChangedVisits, chunk: &[u32], dictionary: &mut RowDictionary) -> Vec<u8> {
     let mut value = format!("{partition:010}/").into_bytes();
-    encode_visits(states, &mut value);
+    encode_visits(changed, chunk, dictionary, &mut value);
     value
 }
 
@@ -263,15 +263,19 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     // What a restart needs besides positions: open visits and watermarks (see the
     // processor's `session` module), in the same insert, so they match the positions.
     let sessions = session_dimension(context.stream);
-    let mut by_partition: BTreeMap<u32, Vec<&SessionState>> = BTreeMap::new();
-    for state in &delta.sessions {
-        by_partition.entry(state.partition).or_default().push(state);
-    }
-    for (&partition, states) in &by_partition {
-        for chunk in states.chunks(VISITS_PER_ROW) {
+    let changed = &delta.sessions;
+    let visits = changed.visits();
+    // Visits grouped by partition, in their order within each (a stable sort of indexes).
+    let mut order: Vec<u32> = (0..visits.len() as u32).collect();
+    order.sort_by_key(|&i| visits[i as usize].partition);
+    let mut dictionary = RowDictionary::default();
+    for group in order.chunk_by(|&a, &b| visits[a as usize].partition == visits[b as usize].partition) {
+        // chunk_by yields no empty group.
+        let Some(partition) = group.first().map(|&i| visits[i as usize].partition) else { continue };
+        for chunk in group.chunks(VISITS_PER_ROW) {
             // The row's bucket is its newest visit's last event, so a restart reading rows
             // of visits that may still be extended reads every row holding one.
-            let newest = chunk.iter().map(|state| state.last_ts).max().unwrap_or_default();
+            let newest = chunk.iter().map(|&i| visits[i as usize].last_ts).max().unwrap_or_default();
             write_key(
                 &mut out,
                 "",
@@ -279,7 +283,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
                 Granularity::Minute,
                 newest.div_euclid(1000),
                 &sessions,
-                session_value(partition, chunk),
+                session_value(partition, changed, chunk, &mut dictionary),
             );
             write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
             write_empty_top(&mut out, context.top_as_string);
@@ -532,13 +536,13 @@ mod tests {
             ended: false,
         };
         let delta = Delta {
-            sessions: vec![state.clone()],
+            sessions: ChangedVisits::from_states([&state]),
             watermarks: BTreeMap::from([(4, 1_800_000_000_500)]),
             ..Delta::default()
         };
         let encoded = encode_flush(&delta, &context(&BTreeMap::from([(4, Mark::at(9))])));
         assert_eq!(encoded.rows, 3, "a marker, a visit, a watermark");
-        let value = session_value(4, &[&state]);
+        let value = session_value(4, &ChangedVisits::from_states([&state]), &[0], &mut RowDictionary::default());
         assert!(value.starts_with(b"0000000004/\0VS"), "{value:?}");
         assert_eq!(parse_session_value(&value), Ok(vec![state.clone()]));
         let needle = session_dimension("EVENTS");
@@ -556,7 +560,7 @@ mod tests {
         let many: Vec<SessionState> = (0..2 * VISITS_PER_ROW as u64 + 1)
             .map(|visitor| SessionState { visitor, partition: (visitor % 2) as u32 * 4, ..state.clone() })
             .collect();
-        let delta = Delta { sessions: many, ..Delta::default() };
+        let delta = Delta { sessions: ChangedVisits::from_states(&many), ..Delta::default() };
         let encoded = encode_flush(&delta, &context(&BTreeMap::new()));
         // 257 visits of partition 0 (2 rows), 256 of partition 4 (1 row).
         assert_eq!(encoded.rows, 3, "visit rows only");

@@ -18,7 +18,7 @@
 //! Strings are dictionary indexes, numbers unsigned LEB128 varints unless noted. Rows written
 //! before this form hold one visit as a JSON object (`<partition:010>/{…}`) and still read.
 
-use gallop_processor::{EngagedPage, SessionState};
+use gallop_processor::{ChangedVisits, EngagedPage, SessionState};
 
 use crate::encode::write_varint;
 
@@ -30,53 +30,77 @@ pub(crate) const VISITS_PER_ROW: usize = 256;
 /// "VS", the form's version.
 const MAGIC: [u8; 4] = [0, b'V', b'S', 1];
 
-/// Appends the compact form of `states` (visits of one partition) to `out`.
-pub(crate) fn encode_visits<'a>(states: &[&'a SessionState], out: &mut Vec<u8>) {
-    let mut dictionary: Vec<&'a str> = vec![""];
-    let mut index = std::collections::HashMap::<&'a str, u64>::from([("", 0)]);
-    let mut body = Vec::with_capacity(states.len() * 40);
-    let mut intern = |s: &'a str| -> u64 {
-        if let Some(&i) = index.get(s) {
-            return i;
+/// Where each string of a flush's table went in the row being written: a row's dictionary
+/// holds only the strings its visits use, found again by the flush's index, not by hashing.
+#[derive(Default)]
+pub(crate) struct RowDictionary {
+    /// Per flush string: (row stamp, index in the row's dictionary).
+    slots: Vec<(u32, u32)>,
+    /// Flush string indexes in the row's dictionary order (entry 0, `""`, not included).
+    order: Vec<u32>,
+    stamp: u32,
+}
+
+impl RowDictionary {
+    /// Starts the dictionary of a new row over `changed`'s table.
+    fn start(&mut self, changed: &ChangedVisits) {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.slots.clear();
+            self.stamp = 1;
         }
-        let i = dictionary.len() as u64;
-        dictionary.push(s);
-        index.insert(s, i);
-        i
-    };
+        if self.slots.len() < changed.strings() {
+            self.slots.resize(changed.strings(), (0, 0));
+        }
+        self.order.clear();
+    }
+
+    /// The row's index of the flush's string `index`.
+    fn index(&mut self, index: u32) -> u64 {
+        if index == 0 {
+            return 0;
+        }
+        let Some(slot) = self.slots.get_mut(index as usize) else { return 0 };
+        if slot.0 != self.stamp {
+            self.order.push(index);
+            // A row holds at most VISITS_PER_ROW visits of a few dozen strings each.
+            *slot = (self.stamp, self.order.len() as u32);
+        }
+        u64::from(slot.1)
+    }
+}
+
+/// Appends the compact form of the visits `chunk` (indexes into `changed`'s visits, all of
+/// one partition) to `out`.
+pub(crate) fn encode_visits(changed: &ChangedVisits, chunk: &[u32], dictionary: &mut RowDictionary, out: &mut Vec<u8>) {
+    dictionary.start(changed);
+    let mut body = Vec::with_capacity(chunk.len() * 40);
     // The visits go to their own buffer, so the dictionary they fill can be written first.
-    write_varint(&mut body, states.len() as u64);
-    for &state in states {
-        write_varint(&mut body, intern(&state.site));
-        body.extend_from_slice(&state.visitor.to_le_bytes());
-        write_varint(&mut body, state.seq);
-        write_varint(&mut body, u64::from(state.bucket));
-        write_varint(&mut body, zigzag(state.first_ts));
-        write_varint(&mut body, state.last_ts.wrapping_sub(state.first_ts) as u64);
-        write_varint(&mut body, zigzag(state.exit_ts.wrapping_sub(state.first_ts)));
-        write_varint(&mut body, u64::from(state.interactive));
-        for attribute in [
-            &state.entry_page,
-            &state.exit_page,
-            &state.source,
-            &state.country,
-            &state.device,
-            &state.browser,
-            &state.os,
-        ] {
-            write_varint(&mut body, intern(attribute));
+    write_varint(&mut body, chunk.len() as u64);
+    for visit in chunk.iter().filter_map(|&i| changed.visits().get(i as usize)) {
+        write_varint(&mut body, dictionary.index(visit.site));
+        body.extend_from_slice(&visit.visitor.to_le_bytes());
+        write_varint(&mut body, visit.seq);
+        write_varint(&mut body, u64::from(visit.bucket));
+        write_varint(&mut body, zigzag(visit.first_ts));
+        write_varint(&mut body, visit.last_ts.wrapping_sub(visit.first_ts) as u64);
+        write_varint(&mut body, zigzag(visit.exit_ts.wrapping_sub(visit.first_ts)));
+        write_varint(&mut body, u64::from(visit.interactive));
+        for &attribute in &visit.attributes {
+            write_varint(&mut body, dictionary.index(attribute));
         }
-        body.push(u8::from(state.ended));
-        write_varint(&mut body, state.pages.len() as u64);
-        for page in &state.pages {
-            write_varint(&mut body, intern(&page.path));
+        body.push(u8::from(visit.ended));
+        write_varint(&mut body, visit.pages.len() as u64);
+        for page in &visit.pages {
+            write_varint(&mut body, dictionary.index(page.path));
             body.push(page.scroll_depth);
             write_varint(&mut body, u64::from(page.bucket));
         }
     }
     out.extend_from_slice(&MAGIC);
-    write_varint(out, (dictionary.len() - 1) as u64);
-    for entry in &dictionary[1..] {
+    write_varint(out, dictionary.order.len() as u64);
+    for &index in &dictionary.order {
+        let entry = changed.string(index);
         write_varint(out, entry.len() as u64);
         out.extend_from_slice(entry.as_bytes());
     }
@@ -272,9 +296,10 @@ mod tests {
 
     /// The compact form of `states`.
     fn encode(states: &[SessionState]) -> Vec<u8> {
-        let borrowed: Vec<&SessionState> = states.iter().collect();
+        let changed = ChangedVisits::from_states(states);
+        let chunk: Vec<u32> = (0..states.len() as u32).collect();
         let mut out = Vec::new();
-        encode_visits(&borrowed, &mut out);
+        encode_visits(&changed, &chunk, &mut RowDictionary::default(), &mut out);
         out
     }
 

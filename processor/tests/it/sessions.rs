@@ -195,7 +195,7 @@ fn run(order: &[EventRecord], flush_every: usize, kills: &[usize]) -> Rows {
     let mut stored_watermarks: BTreeMap<u32, i64> = BTreeMap::new();
     let store = |delta: Delta, rows: &mut Rows, sessions: &mut Vec<SessionState>, marks: &mut BTreeMap<u32, i64>| {
         add(rows, &delta);
-        sessions.extend(delta.sessions);
+        sessions.extend(delta.sessions.to_states());
         marks.extend(delta.watermarks);
     };
     let mut processor = Processor::new(&processor_config, &time).expect("config");

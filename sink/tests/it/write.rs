@@ -335,11 +335,18 @@ async fn open_visits_read_back_from_compact_rows_and_older_json_rows() {
     // of two of them in a second flush.
     let first: Vec<_> = (0..600).map(|v| visit(0, v, 1)).chain([visit(1, 9, 1)]).collect();
     let watermarks = BTreeMap::from([(0, T0 + 10_000), (1, T0 + 10_000)]);
-    let delta =
-        gallop_processor::Delta { sessions: first.clone(), watermarks: watermarks.clone(), ..Default::default() };
+    let delta = gallop_processor::Delta {
+        sessions: gallop_processor::ChangedVisits::from_states(&first),
+        watermarks: watermarks.clone(),
+        ..Default::default()
+    };
     writer.write(&delta, &BTreeMap::from([(0, Mark::at(1)), (1, Mark::at(1))]), T0 / 1000).await.expect("write");
     let newer = vec![visit(0, 5, 2), visit(1, 9, 3)];
-    let delta = gallop_processor::Delta { sessions: newer.clone(), watermarks, ..Default::default() };
+    let delta = gallop_processor::Delta {
+        sessions: gallop_processor::ChangedVisits::from_states(&newer),
+        watermarks,
+        ..Default::default()
+    };
     writer.write(&delta, &BTreeMap::from([(0, Mark::at(2)), (1, Mark::at(2))]), T0 / 1000).await.expect("write");
     // A row as Gallop wrote them before the compact form: one visit as JSON.
     let table = format!("`{}`.`{AGGREGATES_TABLE}`", db.config.database);
