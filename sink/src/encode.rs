@@ -264,16 +264,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
     // Coarser rollups: the delta's minute rows merged per hour, and the hour rows per day.
     let mut hours = Coarse::with_capacity(delta.rows.len());
     for row in &delta.rows {
-        let states = write_rollup(
-            &mut out,
-            context,
-            Granularity::Minute,
-            row.bucket,
-            &row.site,
-            &row.dimension,
-            &row.value,
-            |o| write_states(o, row.events, &row.visitors, row.value_sum, row.value_count),
-        );
+        let states = write_minute_row(&mut out, context, row);
         rollup_rows[0] += 1;
         let hour = row.bucket - row.bucket.rem_euclid(Granularity::Hour.seconds());
         hours.add((&row.site, &row.dimension, &row.value, hour), Acc::One { row, states });
@@ -417,6 +408,13 @@ fn write_rollup(
     write_empty_top(out, context.top_as_string);
     write_expiry(out, context, granularity, bucket);
     states
+}
+
+/// Writes `row` as a minute row; returns where its states lie in `out`.
+fn write_minute_row(out: &mut Vec<u8>, context: &FlushContext<'_>, row: &RollupRow) -> Range<usize> {
+    write_rollup(out, context, Granularity::Minute, row.bucket, &row.site, &row.dimension, &row.value, |o| {
+        write_states(o, row.events, &row.visitors, row.value_sum, row.value_count)
+    })
 }
 
 fn write_leaderboard(
@@ -578,16 +576,7 @@ mod tests {
         type Sums = Vec<((String, String, i64), RollupRow)>;
         let mut coarse: [Sums; 2] = Default::default();
         for row in &delta.rows {
-            write_rollup(
-                &mut out,
-                context,
-                Granularity::Minute,
-                row.bucket,
-                &row.site,
-                &row.dimension,
-                &row.value,
-                |o| write_states(o, row.events, &row.visitors, row.value_sum, row.value_count),
-            );
+            write_minute_row(&mut out, context, row);
             for (rows, granularity) in coarse.iter_mut().zip([Granularity::Hour, Granularity::Day]) {
                 let key = (
                     row.dimension.clone(),
