@@ -44,16 +44,13 @@ pub struct ChangedVisit {
     /// Interactive events so far.
     pub interactive: u32,
     /// String indexes of the entry page, exit page, source, country, device, browser and
-    /// operating system, in this order (see [`VISIT_ATTRIBUTES`]).
+    /// operating system, in this order (the stored form's order).
     pub attributes: [u32; 7],
     /// Pages with engagement.
     pub pages: Vec<ChangedPage>,
     /// A tombstone: the visit was ended early to make room.
     pub ended: bool,
 }
-
-/// Names of [`ChangedVisit::attributes`], in order.
-pub const VISIT_ATTRIBUTES: [&str; 7] = ["entry_page", "exit_page", "source", "country", "device", "browser", "os"];
 
 /// An [`EngagedPage`] of a [`ChangedVisit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

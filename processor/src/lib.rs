@@ -18,7 +18,7 @@ mod rules;
 mod session;
 pub mod sketch;
 
-pub use changed::{ChangedPage, ChangedVisit, ChangedVisits, VISIT_ATTRIBUTES};
+pub use changed::{ChangedPage, ChangedVisit, ChangedVisits};
 pub use delta::{Delta, LeaderboardRow, RollupRow};
 pub use error::ProcessorError;
 pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};

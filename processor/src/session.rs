@@ -573,6 +573,8 @@ impl Sessions {
     /// Interns anew the strings the open visits hold, forgetting all others.
     fn rebuild_strings(&mut self) {
         let old = std::mem::take(&mut self.strings);
+        // Sized for the old table; the next flush sizes it for the new one.
+        self.carried = Vec::new();
         for open in self.open.values_mut() {
             for id in &mut open.attrs {
                 *id = self.strings.id(old.name(*id));

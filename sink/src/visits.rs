@@ -75,9 +75,10 @@ impl RowDictionary {
 pub(crate) fn encode_visits(changed: &ChangedVisits, chunk: &[u32], dictionary: &mut RowDictionary, out: &mut Vec<u8>) {
     dictionary.start(changed);
     let mut body = Vec::with_capacity(chunk.len() * 40);
+    let visits: Vec<_> = chunk.iter().filter_map(|&i| changed.visits().get(i as usize)).collect();
     // The visits go to their own buffer, so the dictionary they fill can be written first.
-    write_varint(&mut body, chunk.len() as u64);
-    for visit in chunk.iter().filter_map(|&i| changed.visits().get(i as usize)) {
+    write_varint(&mut body, visits.len() as u64);
+    for visit in visits {
         write_varint(&mut body, dictionary.index(visit.site));
         body.extend_from_slice(&visit.visitor.to_le_bytes());
         write_varint(&mut body, visit.seq);
