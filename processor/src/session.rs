@@ -214,6 +214,9 @@ pub(crate) struct Sessions {
     carried: Vec<(u32, u32)>,
     /// Tells this flush's entries of `carried` from older ones.
     stamp: u32,
+    /// Visits made dirty since the last flush, at most (room for the next flush's visits,
+    /// without a pass to count them).
+    dirtied: usize,
     pub(crate) started: u64,
     pub(crate) evicted: u64,
 }
@@ -322,6 +325,7 @@ impl Sessions {
             tombstones: Vec::new(),
             carried: Vec::new(),
             stamp: 0,
+            dirtied: 0,
             started: 0,
             evicted: 0,
         }
@@ -359,6 +363,7 @@ impl Sessions {
         let mut seq = 0;
         if let Some(open) = self.open.get_mut(&key) {
             if continues(self.timeout_ms, open, ts) {
+                self.dirtied += usize::from(!open.dirty);
                 open.dirty = true;
                 extend(open, &mut self.strings, event, ts, pageview, interactive, &self.kept, emit);
                 return;
@@ -378,6 +383,7 @@ impl Sessions {
         let open = start(partition, event, ts, interactive, seq, &mut self.strings);
         emit_start(&open, &self.strings, pageview, &self.kept, emit);
         self.started += 1;
+        self.dirtied += 1;
         self.open.insert(key, open);
     }
 
@@ -411,16 +417,11 @@ impl Sessions {
                 pages.push(Page { path: strings.id(path), scroll_depth: depth, bucket: own_bucket });
             }
             open.seq += 1;
+            self.dirtied += usize::from(!open.dirty);
             open.dirty = true;
         }
         emit(bucket, Dim::EngagementTotal, "", change);
         emit(bucket, Dim::EngagementPath, path, change);
-    }
-
-    /// Forgets visits no accepted event can extend any more.
-    pub(crate) fn expire(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
-        let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
-        self.open.retain(|_, open| !is_expired(open));
     }
 
     /// Makes room for a new visit: expired visits go; unless that freed an eighth of the
@@ -490,12 +491,11 @@ impl Sessions {
         }
     }
 
-    /// Every visit changed since the last call (ended ones as tombstones), after
-    /// forgetting the expired ones.
+    /// Every visit changed since the last call (ended ones as tombstones); the expired ones
+    /// are forgotten, changed or not (a restart would not take them back).
     pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> ChangedVisits {
-        self.expire(watermarks);
-        let dirty = self.open.values().filter(|o| o.dirty).count();
-        let mut changed = ChangedVisits::with_capacity(self.tombstones.len() + dirty);
+        let mut changed = ChangedVisits::with_capacity(self.tombstones.len() + self.dirtied);
+        self.dirtied = 0;
         // Each interned string (and site) is copied into the flush's table once, found again
         // by its id: no hashing. Entries of earlier flushes carry an older stamp.
         self.stamp = self.stamp.wrapping_add(1);
@@ -534,7 +534,15 @@ impl Sessions {
                 None => changed.push_string(name),
             }
         };
-        for (&(site, visitor), open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
+        // One pass over the open visits forgets the expired ones and takes the changed ones.
+        let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
+        self.open.retain(|&(site, visitor), open| {
+            if is_expired(open) {
+                return false;
+            }
+            if !open.dirty {
+                return true;
+            }
             open.dirty = false;
             let site = site_index(&mut changed, site);
             let attributes = open.attrs.map(|id| carry(&mut changed, id));
@@ -561,7 +569,8 @@ impl Sessions {
                 pages,
                 ended: false,
             });
-        }
+            true
+        });
         // Strings of visits that ended stay interned until the table is rebuilt from the
         // open visits, once it holds far more strings than they can use.
         if self.strings.names.len() > (self.open.len() * 8).max(1 << 16) {
@@ -799,6 +808,25 @@ mod tests {
             }
         }
         assert_eq!(emitted.get(&("session:total", String::new())), Some(&20));
+    }
+
+    #[test]
+    fn a_flush_takes_each_changed_visit_once_and_forgets_expired_ones() {
+        let mut sessions = Sessions::new(1_000, 0, 8, &[]);
+        let mut emitted = Emitted::new();
+        fold(&mut sessions, &pageview(1, T0, "/a"), &mut emitted);
+        fold(&mut sessions, &pageview(2, T0 + 5_000, "/b"), &mut emitted);
+        fold(&mut sessions, &pageview(2, T0 + 5_500, "/c"), &mut emitted);
+        // Visitor 1's visit is over under this watermark, visitor 2's is not.
+        let watermarks = HashMap::from_iter([(0, T0 + 5_500)]);
+        let taken = sessions.take_changed(&watermarks).to_states();
+        let visitors: Vec<(u64, &str)> = taken.iter().map(|s| (s.visitor, s.exit_page.as_str())).collect();
+        assert_eq!(visitors, [(2, "/c")], "the expired visit is not stored");
+        assert_eq!(sessions.len(), 1);
+        assert!(sessions.take_changed(&watermarks).is_empty(), "nothing changed since");
+        fold(&mut sessions, &pageview(2, T0 + 5_800, "/d"), &mut emitted);
+        let taken = sessions.take_changed(&watermarks).to_states();
+        assert_eq!(taken.iter().map(|s| (s.visitor, s.seq, s.exit_page.as_str())).collect::<Vec<_>>(), [(2, 2, "/d")]);
     }
 
     #[test]
