@@ -163,15 +163,16 @@ pub struct SessionState {
     pub exit_page: CompactString,
     /// Event time of `exit_page`'s event, ms.
     pub exit_ts: i64,
-    /// Source of the first event.
+    /// Source of the first event (empty unless `processor.session_breakdowns` has `source`).
     pub source: CompactString,
-    /// Country of the first event.
+    /// Country of the first event (empty unless `processor.session_breakdowns` has `country`).
     pub country: CompactString,
-    /// Device of the first event.
+    /// Device of the first event (empty unless `processor.session_breakdowns` has `device`).
     pub device: CompactString,
-    /// Browser of the first event.
+    /// Browser of the first event (empty unless `processor.session_breakdowns` has `browser`).
     pub browser: CompactString,
-    /// Operating system of the first event.
+    /// Operating system of the first event (empty unless `processor.session_breakdowns` has
+    /// `os`).
     pub os: CompactString,
     /// Pages with engagement.
     pub pages: Vec<EngagedPage>,
@@ -227,6 +228,9 @@ pub(crate) struct Sessions {
 /// of a processor's memory, and copying them as the table grew most of its time. Ids are
 /// rebuilt from the open visits when the table outgrows them ([`Sessions::take_changed`]).
 type Strings = Interner;
+
+/// An id [`Strings`] never hands out: its name is `""`.
+const NO_STRING: u32 = u32::MAX;
 
 /// Indexes of [`Open::attrs`].
 const ENTRY_PAGE: usize = 0;
@@ -371,7 +375,7 @@ impl Sessions {
             if ts < open.first_ts {
                 // An event of an earlier visit that is over (out of order beyond the
                 // timeout): a visit of its own, without replacing the open one.
-                let alone = start(partition, event, ts, interactive, 0, &mut self.strings);
+                let alone = start(partition, event, ts, interactive, 0, &self.kept, &mut self.strings);
                 emit_start(&alone, &self.strings, pageview, &self.kept, emit);
                 self.started += 1;
                 return;
@@ -380,7 +384,7 @@ impl Sessions {
         } else if self.open.len() >= self.max_open {
             self.make_room(watermarks);
         }
-        let open = start(partition, event, ts, interactive, seq, &mut self.strings);
+        let open = start(partition, event, ts, interactive, seq, &self.kept, &mut self.strings);
         emit_start(&open, &self.strings, pageview, &self.kept, emit);
         self.started += 1;
         self.dirtied += 1;
@@ -585,7 +589,7 @@ impl Sessions {
         // Sized for the old table; the next flush sizes it for the new one.
         self.carried = Vec::new();
         for open in self.open.values_mut() {
-            for id in &mut open.attrs {
+            for id in open.attrs.iter_mut().filter(|id| **id != NO_STRING) {
                 *id = self.strings.id(old.name(*id));
             }
             for page in &mut open.pages {
@@ -664,9 +668,12 @@ fn start<E: EventFields>(
     ts: i64,
     interactive: bool,
     seq: u64,
+    kept: &[bool; 5],
     strings: &mut Strings,
 ) -> Open {
     let path = strings.id(event.path());
+    // A breakdown that is not written needs no value: its id names no string (read as "").
+    let mut breakdown = |i: usize, value: &str| if kept[i] { strings.id(value) } else { NO_STRING };
     Open {
         partition,
         bucket: ts.div_euclid(60_000) as u32,
@@ -678,11 +685,11 @@ fn start<E: EventFields>(
         attrs: [
             path,
             path,
-            strings.id(event.source()),
-            strings.id(event.country()),
-            strings.id(event.device()),
-            strings.id(event.browser()),
-            strings.id(event.os()),
+            breakdown(0, event.source()),
+            breakdown(1, event.country()),
+            breakdown(2, event.device()),
+            breakdown(3, event.browser()),
+            breakdown(4, event.os()),
         ],
         pages: Vec::new(),
         dirty: true,
@@ -820,8 +827,10 @@ mod tests {
         // Visitor 1's visit is over under this watermark, visitor 2's is not.
         let watermarks = HashMap::from_iter([(0, T0 + 5_500)]);
         let taken = sessions.take_changed(&watermarks).to_states();
-        let visitors: Vec<(u64, &str)> = taken.iter().map(|s| (s.visitor, s.exit_page.as_str())).collect();
-        assert_eq!(visitors, [(2, "/c")], "the expired visit is not stored");
+        let visitors: Vec<(u64, &str, &str)> =
+            taken.iter().map(|s| (s.visitor, s.exit_page.as_str(), s.source.as_str())).collect();
+        // No breakdown is written here, so the visit keeps no source.
+        assert_eq!(visitors, [(2, "/c", "")], "the expired visit is not stored");
         assert_eq!(sessions.len(), 1);
         assert!(sessions.take_changed(&watermarks).is_empty(), "nothing changed since");
         fold(&mut sessions, &pageview(2, T0 + 5_800, "/d"), &mut emitted);
