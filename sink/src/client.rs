@@ -399,11 +399,15 @@ impl ClickHouse {
             // and one buffer of a whole flush (tens of megabytes, fresh pages every time)
             // cost the processor more than the compression itself. The pieces are one body,
             // hence still one block.
+            // At least one piece, as before (an empty body is still one send).
             let mut at = 0;
-            while at < data.len() {
+            loop {
                 let end = (at + INSERT_PIECE_BYTES).min(data.len());
                 insert.send(data.slice(at..end)).await?;
                 at = end;
+                if at >= data.len() {
+                    break;
+                }
             }
             insert.end().await
         };
