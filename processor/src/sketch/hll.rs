@@ -247,18 +247,21 @@ impl Sparse {
         self.slots[1..].iter().filter(|&&e| e != 0).map(|&e| ((e >> 5) as usize, (e & 0x1f) as u8))
     }
 
+    /// The slot of `table` that holds register `index`, or the free slot where it goes.
+    /// The table is never full (at most three quarters), so the probe ends.
+    fn slot_of(table: &[u32], index: usize) -> usize {
+        let mask = table.len() - 1;
+        let mut at = index & mask;
+        while table[at] != 0 && (table[at] >> 5) as usize != index {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
     /// The rank of register `index` (0 when not set).
     fn get(&self, index: usize) -> u8 {
         let table = &self.slots[1..];
-        let mask = table.len() - 1;
-        let mut at = index & mask;
-        loop {
-            match table[at] {
-                0 => return 0,
-                e if (e >> 5) as usize == index => return (e & 0x1f) as u8,
-                _ => at = (at + 1) & mask,
-            }
-        }
+        (table[Self::slot_of(table, index)] & 0x1f) as u8
     }
 
     /// Raises register `index` to `rank`; false, changing nothing, when that would set one
@@ -266,19 +269,12 @@ impl Sparse {
     fn update(&mut self, index: usize, rank: u8) -> bool {
         let entry = (index as u32) << 5 | u32::from(rank);
         let (count, table) = self.slots.split_at_mut(1);
-        let mask = table.len() - 1;
-        let mut at = index & mask;
-        loop {
-            match table[at] {
-                0 => break,
-                e if (e >> 5) as usize == index => {
-                    if rank > (e & 0x1f) as u8 {
-                        table[at] = entry;
-                    }
-                    return true;
-                }
-                _ => at = (at + 1) & mask,
+        let at = Self::slot_of(table, index);
+        if table[at] != 0 {
+            if rank > (table[at] & 0x1f) as u8 {
+                table[at] = entry;
             }
+            return true;
         }
         let len = count[0] as usize + 1;
         if len > SPARSE_MAX_REGISTERS {
@@ -296,15 +292,11 @@ impl Sparse {
     /// Doubles the table, placing every entry again.
     fn grow(&mut self) {
         let mut bigger = vec![0u32; 1 + (self.slots.len() - 1) * 2].into_boxed_slice();
-        let mask = bigger.len() - 2;
-        for &e in self.slots[1..].iter().filter(|&&e| e != 0) {
-            let mut at = (e >> 5) as usize & mask;
-            while bigger[1 + at] != 0 {
-                at = (at + 1) & mask;
-            }
-            bigger[1 + at] = e;
-        }
         bigger[0] = self.slots[0];
+        let table = &mut bigger[1..];
+        for &e in self.slots[1..].iter().filter(|&&e| e != 0) {
+            table[Self::slot_of(table, (e >> 5) as usize)] = e;
+        }
         self.slots = bigger;
     }
 
@@ -469,18 +461,12 @@ impl UniqHll12 {
 
     /// Turns registers of any form, or the small set, into the full array.
     fn make_large(&mut self) {
-        let large = match &self.repr {
-            Repr::Large(_) => return,
-            Repr::Sparse(sparse) => sparse.to_large(),
-            Repr::Empty | Repr::One(_) | Repr::Small(_) => {
-                let mut large = Box::new(Large::new());
-                for &key in self.small_keys().unwrap_or_default() {
-                    large.insert(key);
-                }
-                large
-            }
-        };
-        self.repr = Repr::Large(large);
+        if self.small_keys().is_some() {
+            self.registers_from_small();
+        }
+        if let Repr::Sparse(sparse) = &self.repr {
+            self.repr = Repr::Large(sparse.to_large());
+        }
     }
 
     /// Merges `other` into `self`, as ClickHouse's `merge` does: small keys are inserted one
