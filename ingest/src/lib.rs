@@ -29,6 +29,7 @@ mod serve;
 mod server;
 mod topic;
 mod useragent;
+mod weburl;
 
 pub use check::{BodyChecker, BodyFormat};
 pub use error::{ApiError, FieldError, IngestError};

@@ -1,11 +1,9 @@
 //! Validation and enrichment: a [`RawEvent`] plus what the request tells about its sender
 //! becomes an [`EventRecord`], or a list of every problem with it.
 
+use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo, weburl::WebUrl};
 use gallop_config::{LimitsConfig, TimeConfig};
 use gallop_event::{EventRecord, ENGAGEMENT};
-use url::Url;
-
-use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo};
 
 /// The parts of a request every event of it shares.
 pub(crate) struct Sender<'a> {
@@ -47,12 +45,12 @@ pub(crate) fn normalize(
         }
     }
     let name = required(raw.name, "name", limits.max_name_bytes, "max_name_bytes", &mut error);
-    let url = if raw.url.is_none() && !rules.url_required {
+    let url_text = if raw.url.is_none() && !rules.url_required {
         None
     } else {
         required(raw.url, "url", limits.max_url_bytes, "max_url_bytes", &mut error)
     };
-    let url = url.and_then(|text| match Url::parse(&text) {
+    let url = url_text.as_deref().and_then(|text| match WebUrl::parse(text) {
         Ok(url) if url.host_str().is_some() => Some(url),
         Ok(_) => {
             error("url", "must be an absolute URL with a host, such as https://example.com/page".into());
@@ -63,12 +61,13 @@ pub(crate) fn normalize(
             None
         }
     });
-    let referrer = raw.referrer.and_then(|text| {
+    let referrer_text = raw.referrer;
+    let referrer = referrer_text.as_deref().and_then(|text| {
         if text.len() > limits.max_referrer_bytes {
             error("referrer", too_long(limits.max_referrer_bytes, "max_referrer_bytes"));
             return None;
         }
-        match Url::parse(&text) {
+        match WebUrl::parse(text) {
             Ok(url) if SCRIPT_SCHEMES.contains(&url.scheme()) => {
                 error(
                     "referrer",
@@ -172,7 +171,7 @@ pub(crate) fn normalize(
         record.host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         record.path = if url.path().is_empty() { "/".to_owned() } else { url.path().to_owned() };
     }
-    for (key, value) in url.iter().flat_map(Url::query_pairs) {
+    for (key, value) in url.iter().flat_map(WebUrl::query_pairs) {
         let slot = match key.as_ref() {
             "utm_source" => &mut record.utm_source,
             "utm_medium" => &mut record.utm_medium,
@@ -232,7 +231,7 @@ const SCRIPT_SCHEMES: &[&str] = &["javascript", "data", "vbscript", "blob", "fil
 /// What the numbers need of a referrer: scheme, host, port and path. Credentials, query
 /// and fragment (tokens, e-mail addresses, search terms) are never published. Schemes
 /// other than http and https (app referrers such as `android-app://`) keep their host only.
-fn bare_referrer(url: &Url) -> String {
+fn bare_referrer(url: &WebUrl<'_>) -> String {
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     match url.scheme() {
@@ -289,6 +288,8 @@ fn required(
             error(field, too_long(max, key));
             None
         }
+        // Trimmed text is copied only when there is something to trim.
+        Some(v) if v.trim().len() == v.len() => Some(v),
         Some(v) => Some(v.trim().to_owned()),
     }
 }
