@@ -54,6 +54,26 @@ struct GallopInput {
     engaged_ms: Option<f64>,
 }
 
+impl GallopInput {
+    fn into_raw(self) -> RawEvent {
+        RawEvent {
+            site: self.site,
+            name: self.name,
+            url: self.url,
+            referrer: self.referrer.filter(|r| !r.is_empty()),
+            timestamp_ms: self.timestamp.map(|t| t.0),
+            props: self.props.map(|p| p.0).unwrap_or_default(),
+            value: self.value,
+            currency: self.currency,
+            id: self.id,
+            visitor: self.visitor,
+            interactive: self.interactive.unwrap_or(true),
+            scroll_depth: self.scroll_depth,
+            engaged_ms: self.engaged_ms,
+        }
+    }
+}
+
 /// Plausible's form, as its tracker script sends it. Unknown fields are ignored, as
 /// Plausible does, so newer trackers keep working.
 #[derive(Debug, Deserialize)]
@@ -172,6 +192,13 @@ pub(crate) fn parse_batch(body: &str, framing: Framing, max_events: usize) -> Re
         Framing::Json => {
             let trimmed = body.trim_start();
             if trimmed.starts_with('[') {
+                // One pass when every event is good (the common case); otherwise each
+                // event again on its own, to report every bad one by index.
+                if let Ok(inputs) = serde_json::from_str::<Vec<GallopInput>>(body) {
+                    if !inputs.is_empty() && inputs.len() <= max_events {
+                        return Ok(inputs.into_iter().map(GallopInput::into_raw).collect());
+                    }
+                }
                 let raw: Vec<&RawValue> = serde_json::from_str(body)
                     .map_err(|e| vec![FieldError::request("body", format!("malformed JSON array: {e}"))])?;
                 raw.into_iter().map(RawValue::get).collect()
@@ -197,21 +224,7 @@ pub(crate) fn parse_batch(body: &str, framing: Framing, max_events: usize) -> Re
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match from_json::<GallopInput>(item) {
-            Ok(input) => events.push(RawEvent {
-                site: input.site,
-                name: input.name,
-                url: input.url,
-                referrer: input.referrer.filter(|r| !r.is_empty()),
-                timestamp_ms: input.timestamp.map(|t| t.0),
-                props: input.props.map(|p| p.0).unwrap_or_default(),
-                value: input.value,
-                currency: input.currency,
-                id: input.id,
-                visitor: input.visitor,
-                interactive: input.interactive.unwrap_or(true),
-                scroll_depth: input.scroll_depth,
-                engaged_ms: input.engaged_ms,
-            }),
+            Ok(input) => events.push(input.into_raw()),
             Err(e) => errors.push(e.into_field_error(Some(index))),
         }
     }
@@ -547,6 +560,26 @@ mod tests {
         assert!(errors[0].reason.contains("unknown field"), "{errors:?}");
         assert!(errors[2].reason.contains("RFC 3339"), "{errors:?}");
         assert!(errors[3].reason.contains("malformed JSON"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_array_is_read_in_one_pass_or_event_by_event_alike() {
+        let good = r#"{"site":"a.com","name":"pageview","url":"https://a.com/x","referrer":"","props":{"k":"v"},"value":2.5,"visitor":"u1","interactive":false}"#;
+        let other = r#"{"site":"b.com","name":"signup","url":"https://b.com/","timestamp":1795428000000}"#;
+        let array = format!("[{good}, {other}]");
+        let nd = format!("{good}\n{other}\n");
+        let whole = parse_batch(&array, Framing::Json, 10).expect("array");
+        assert_eq!(whole, parse_batch(&nd, Framing::NdJson, 10).expect("ndjson"));
+        assert_eq!(whole[0].referrer, None);
+        assert_eq!(whole[0].props, vec![("k".to_owned(), "v".to_owned())]);
+        // One bad event sends the array down the event-by-event path, which names each.
+        let errors = parse_batch(&format!(r#"[{good}, {{"site":1}}, {other}, {{"nmae":"x"}}]"#), Framing::Json, 10)
+            .expect_err("bad events");
+        let got: Vec<_> = errors.iter().map(|e| (e.index, e.field.as_str())).collect();
+        assert_eq!(got, vec![(Some(1), "site"), (Some(3), "nmae")]);
+        let errors = parse_batch(&array, Framing::Json, 1).expect_err("too many");
+        assert!(errors[0].reason.contains("holds 2 events, more than 1"), "{errors:?}");
+        assert!(parse_batch("[]", Framing::Json, 1).expect_err("empty")[0].reason.contains("no events"));
     }
 
     #[test]

@@ -81,51 +81,71 @@ impl<'a> WebUrl<'a> {
     }
 }
 
-/// `text` read directly, if it is in the normal form described in the module's doc.
+/// `text` read directly, if it is in the normal form described in the module's doc: one
+/// pass over its bytes.
 fn plain(text: &str) -> Option<WebUrl<'_>> {
-    let (scheme, rest) = if let Some(rest) = text.strip_prefix("https://") {
-        ("https", rest)
+    let (scheme, start) = if text.starts_with("https://") {
+        ("https", 8)
+    } else if text.starts_with("http://") {
+        ("http", 7)
     } else {
-        ("http", text.strip_prefix("http://")?)
+        return None;
     };
-    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let host = &rest[..host_end];
-    if !is_plain_host(host) {
+    let bytes = text.as_bytes();
+    let host_end = plain_host_end(bytes, start)?;
+    // The path: up to `?` or `#`, no segment starting with `.` or `%2e` (a dot segment the
+    // `url` crate would resolve; stricter than needed, and cheap).
+    let mut at = host_end;
+    while at < bytes.len() && PATH_AS_IS[usize::from(bytes[at])] {
+        if bytes[at] == b'/' {
+            let next = &bytes[at + 1..];
+            if next.first() == Some(&b'.') || next.get(..3).is_some_and(|n| n.eq_ignore_ascii_case(b"%2e")) {
+                return None;
+            }
+        }
+        at += 1;
+    }
+    let path_end = at;
+    let mut query = None;
+    if bytes.get(at) == Some(&b'?') {
+        at += 1;
+        while at < bytes.len() && QUERY_AS_IS[usize::from(bytes[at])] {
+            at += 1;
+        }
+        query = Some(&text[path_end + 1..at]);
+    }
+    // Whatever follows is a fragment (ignored), or a byte the `url` crate would change.
+    if at < bytes.len() && bytes[at] != b'#' {
         return None;
     }
-    let rest = &rest[host_end..];
-    let before_fragment = &rest[..rest.find('#').unwrap_or(rest.len())];
-    let (path, query) = match before_fragment.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (before_fragment, None),
-    };
-    if !path.bytes().all(|b| PATH_AS_IS[usize::from(b)]) || has_dot_segment(path) {
-        return None;
-    }
-    if !query.is_none_or(|q| q.bytes().all(|b| QUERY_AS_IS[usize::from(b)])) {
-        return None;
-    }
-    let path = if path.is_empty() { "/" } else { path };
-    Some(WebUrl::Plain { scheme, host, path, query })
+    let path = if path_end == host_end { "/" } else { &text[host_end..path_end] };
+    Some(WebUrl::Plain { scheme, host: &text[start..host_end], path, query })
 }
 
-/// A host the `url` crate keeps as it is: labels of `a-z`, `0-9` and `-`, none empty, none
-/// an IDNA label (`xn--`), the last starting with a letter (so it is no IPv4 address).
-fn is_plain_host(host: &str) -> bool {
-    let labels_ok = host.split('.').all(|label| {
-        !label.is_empty()
-            && !label.starts_with("xn--")
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    });
-    labels_ok && host.rsplit('.').next().is_some_and(|last| last.starts_with(|c: char| c.is_ascii_lowercase()))
-}
-
-/// A segment the `url` crate would resolve (`.` or `..`, also percent-encoded): any segment
-/// starting with a dot or `%2e` counts, which is stricter than needed and cheap.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        segment.starts_with('.') || segment.get(..3).is_some_and(|start| start.eq_ignore_ascii_case("%2e"))
-    })
+/// Where a host the `url` crate keeps as it is ends (at `/`, `?`, `#` or the end), reading
+/// from `start`: labels of `a-z`, `0-9` and `-`, none empty, none an IDNA label (`xn--`),
+/// the last starting with a letter (so it is no IPv4 address).
+fn plain_host_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut label = start;
+    let mut at = start;
+    loop {
+        let byte = bytes.get(at).copied();
+        match byte {
+            Some(b'a'..=b'z' | b'0'..=b'9' | b'-') => {}
+            Some(b'.') | Some(b'/' | b'?' | b'#') | None => {
+                let text = &bytes[label..at];
+                if text.is_empty() || text.starts_with(b"xn--") {
+                    return None;
+                }
+                if byte != Some(b'.') {
+                    return text[0].is_ascii_lowercase().then_some(at);
+                }
+                label = at + 1;
+            }
+            Some(_) => return None,
+        }
+        at += 1;
+    }
 }
 
 /// Bytes a path keeps as written: letters, digits and `-._~!$&()*+,;=:@/%`. The `url` crate
@@ -238,7 +258,7 @@ mod tests {
         ];
         let label = prop_oneof![
             8 => prop::sample::select(vec!["example", "com", "a-b", "x1"]),
-            1 => prop::sample::select(vec!["1", "0x7f", "xn--caf-dma", "B", "", ":8080", ":443", "@", "é", "%41"]),
+            1 => prop::sample::select(vec!["1", "0x7f", "xn--caf-dma", "xn--", "xn--a-ecp", "B", "", ":8080", ":443", "@", "é", "%41"]),
         ];
         let host = prop::collection::vec(label, 1..4);
         let piece = prop_oneof![
