@@ -81,7 +81,7 @@ impl Gateway {
             url_required: false,
         };
         let partitions = state.publisher.partitions();
-        let mut parts = Part::per_partition(state);
+        let mut parts = Part::per_partition(state, events.len());
         // Per event: its partition, or why it was refused.
         let mut placed: Vec<Result<u32, ForeignError>> = Vec::with_capacity(events.len());
         let mut invalid = 0u64;

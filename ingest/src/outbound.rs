@@ -76,6 +76,17 @@ impl Outbound {
         }
     }
 
+    /// Makes room for `records` more records of a block body, so that pushing them does not
+    /// copy the ones before (a record is some 600 bytes).
+    pub(crate) fn reserve(&mut self, records: usize) {
+        if let Self::Block { pieces, .. } = self {
+            match pieces.last_mut() {
+                Some(Piece::Records(held)) => held.reserve(records),
+                _ => pieces.push(Piece::Records(Vec::with_capacity(records))),
+            }
+        }
+    }
+
     /// Adds `record`.
     pub(crate) fn push(&mut self, record: EventRecord) {
         match self {

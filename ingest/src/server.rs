@@ -385,7 +385,7 @@ async fn accept(
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
 
     let partitions = state.publisher.partitions();
-    let mut parts = Part::per_partition(state);
+    let mut parts = Part::per_partition(state, events.len());
     let mut errors: Vec<FieldError> = Vec::new();
     let total = events.len();
     for (index, raw) in events.into_iter().enumerate() {
@@ -465,6 +465,8 @@ pub(crate) async fn submit_parts_by_partition(
 /// The events of one request bound for one partition.
 pub(crate) struct Part {
     pub(crate) body: Outbound,
+    /// Records to make room for at the first push (a share of the request's events).
+    expected: usize,
     /// Hash of the (site, client id) pairs while every event so far had a client id.
     client_ids: Option<SipHasher13>,
     without_client_id: bool,
@@ -473,17 +475,24 @@ pub(crate) struct Part {
 impl Part {
     /// An empty part of messages in `encoding`.
     pub(crate) fn new(encoding: MessageEncoding) -> Self {
-        Self { body: Outbound::new(encoding), client_ids: None, without_client_id: false }
+        Self { body: Outbound::new(encoding), expected: 0, client_ids: None, without_client_id: false }
     }
 
-    /// The parts of a request, one per partition.
-    pub(crate) fn per_partition(state: &AppState) -> Vec<Self> {
-        (0..state.publisher.partitions()).map(|_| Self::new(state.config.ingest.batching.format)).collect()
+    /// The parts of a request of `events` events, one per partition.
+    pub(crate) fn per_partition(state: &AppState, events: usize) -> Vec<Self> {
+        let partitions = state.publisher.partitions().max(1) as usize;
+        // A partition's share, with room for an uneven spread.
+        let share = events.div_ceil(partitions);
+        let expected = share + share / 4;
+        (0..partitions).map(|_| Self { expected, ..Self::new(state.config.ingest.batching.format) }).collect()
     }
 
     /// Adds `record`, noting its client id (if any) for the part's message id.
     pub(crate) fn push(&mut self, record: EventRecord, client_id: Option<&str>) {
         self.note_id(&record.site, client_id);
+        if self.expected > 0 {
+            self.body.reserve(std::mem::take(&mut self.expected));
+        }
         self.body.push(record);
     }
 

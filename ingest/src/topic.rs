@@ -170,7 +170,7 @@ pub(crate) async fn ingest_message(
     let rules =
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
     let partitions = state.publisher.partitions();
-    let mut parts = Part::per_partition(state);
+    let mut parts = Part::per_partition(state, records.len());
     let mut outcome = InputOutcome::default();
     let no_headers = axum::http::HeaderMap::new();
     for (index, record) in records {
