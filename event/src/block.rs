@@ -202,8 +202,8 @@ impl<'a> BlockWriter<'a> {
         let strings = fields(r);
         let present = strings.iter().enumerate().filter(|(_, s)| !s.is_empty()).fold(0u64, |m, (i, _)| m | 1 << i);
         write_varint(present, body);
-        for s in strings.iter().filter(|s| !s.is_empty()) {
-            write_varint(dictionary.index(s), body);
+        for (field, s) in strings.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            write_varint(dictionary.field_index(field, s), body);
         }
         body.extend_from_slice(&r.visitor.to_le_bytes());
         let mut flags = 0;
@@ -349,10 +349,19 @@ fn split_counter(id: &str) -> Option<(&str, u64)> {
 }
 
 /// Distinct strings of a block, each with its index (0 is the empty string).
-#[derive(Default)]
 struct Dictionary<'a> {
     strings: Vec<&'a str>,
     index: HashMap<&'a str, u64, foldhash::fast::FixedState>,
+    /// The string each field had last and its index: a request's events share the
+    /// sender's browser, OS, device and country, and often site, name and host, so most
+    /// fields are found by one comparison instead of a hash lookup.
+    last: [(&'a str, u64); FIELDS],
+}
+
+impl Default for Dictionary<'_> {
+    fn default() -> Self {
+        Self { strings: Vec::new(), index: HashMap::default(), last: [("", 0); FIELDS] }
+    }
 }
 
 impl<'a> Dictionary<'a> {
@@ -361,6 +370,18 @@ impl<'a> Dictionary<'a> {
         for s in self.strings.drain(len..) {
             self.index.remove(s);
         }
+        self.last = [("", 0); FIELDS];
+    }
+
+    /// [`Self::index`] of `s`, the value of string field `field`.
+    fn field_index(&mut self, field: usize, s: &'a str) -> u64 {
+        let (last, index) = self.last[field];
+        if last == s {
+            return index;
+        }
+        let index = self.index(s);
+        self.last[field] = (s, index);
+        index
     }
 
     fn index(&mut self, s: &'a str) -> u64 {
@@ -914,6 +935,20 @@ mod tests {
         writer.finish(&mut out);
         let back: Vec<EventRecord> = decode_block(&out).expect("decodes").iter().map(BlockEvent::to_record).collect();
         assert_eq!(back, records);
+
+        // Records written around a refused block keep their strings.
+        let mut writer = BlockWriter::default();
+        writer.record(&first[0]);
+        assert!(writer.block(&two[..two.len() - 1]).is_err());
+        writer.record(&first[0]);
+        writer.block(&two).expect("whole");
+        writer.record(&first[1]);
+        writer.record(&first[0]);
+        let mut out = Vec::new();
+        writer.finish(&mut out);
+        let back: Vec<EventRecord> = decode_block(&out).expect("decodes").iter().map(BlockEvent::to_record).collect();
+        let expect: Vec<EventRecord> = [&first[..1], &first[..1], second, &first[1..2], &first[..1]].concat();
+        assert_eq!(back, expect);
     }
 
     proptest::proptest! {

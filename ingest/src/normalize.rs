@@ -232,12 +232,19 @@ const SCRIPT_SCHEMES: &[&str] = &["javascript", "data", "vbscript", "blob", "fil
 /// and fragment (tokens, e-mail addresses, search terms) are never published. Schemes
 /// other than http and https (app referrers such as `android-app://`) keep their host only.
 fn bare_referrer(url: &WebUrl<'_>) -> String {
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-    match url.scheme() {
-        scheme @ ("http" | "https") => format!("{scheme}://{host}{port}{}", url.path()),
-        scheme => format!("{scheme}://{host}{port}"),
+    let (scheme, host) = (url.scheme(), url.host_str().unwrap_or_default());
+    let web = matches!(scheme, "http" | "https");
+    let path = if web { url.path() } else { "" };
+    let mut bare = String::with_capacity(scheme.len() + 3 + host.len() + 6 + path.len());
+    bare.push_str(scheme);
+    bare.push_str("://");
+    bare.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    if let Some(port) = url.port() {
+        bare.push(':');
+        bare.push_str(&port.to_string());
     }
+    bare.push_str(path);
+    bare
 }
 
 /// Most a scroll depth can be, in percent.

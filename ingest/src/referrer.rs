@@ -51,28 +51,29 @@ const KNOWN_ANY_TLD: &[(&str, &str)] =
 
 /// The source name for a referrer host (lower-case, without `www.`), if it is a known one.
 pub(crate) fn known_source(host: &str) -> Option<&'static str> {
-    let suffix_match = |entry: &str| {
-        host == entry
-            || (host.len() > entry.len()
-                && host.ends_with(entry)
-                && host.as_bytes()[host.len() - entry.len() - 1] == b'.')
-    };
-    // Longest entry first, so news.google.com beats the google rule.
-    if let Some((_, name)) = KNOWN.iter().filter(|(entry, _)| suffix_match(entry)).max_by_key(|(entry, _)| entry.len())
-    {
-        return Some(name);
+    // The host, then each shorter suffix at a label boundary: the first known one is the
+    // longest match, so news.google.com beats the google rule.
+    let mut suffix = host;
+    loop {
+        if let Some(&(_, name)) = KNOWN.iter().find(|(entry, _)| *entry == suffix) {
+            return Some(name);
+        }
+        match suffix.split_once('.') {
+            Some((_, rest)) => suffix = rest,
+            None => break,
+        }
     }
-    let labels: Vec<&str> = host.split('.').collect();
     // `google.com`, `www.google.co.uk`, `google.de`: the label before the public suffix.
     // A two-letter second-level (`co`, `com`) under a country TLD is skipped over.
-    let n = labels.len();
-    let candidates = [n.checked_sub(2), n.checked_sub(3)];
-    for index in candidates.into_iter().flatten() {
-        if let Some((_, name)) = KNOWN_ANY_TLD.iter().find(|(label, _)| labels[index] == *label) {
-            if index == n - 2 || matches!(labels[n - 2], "co" | "com" | "ac" | "or" | "ne") {
-                return Some(name);
-            }
-        }
+    let mut labels = host.rsplit('.').skip(1);
+    let (second, third) = (labels.next(), labels.next());
+    let any_tld =
+        |label: Option<&str>| KNOWN_ANY_TLD.iter().find(|(known, _)| label == Some(*known)).map(|(_, name)| *name);
+    if let Some(name) = any_tld(second) {
+        return Some(name);
+    }
+    if matches!(second, Some("co" | "com" | "ac" | "or" | "ne")) {
+        return any_tld(third);
     }
     None
 }
@@ -104,6 +105,14 @@ mod tests {
             ("yandex.ru", Some("Yandex")),
             ("lnkd.in", Some("LinkedIn")),
             ("example.org", None),
+            ("www.google.com.au", Some("Google")),
+            ("google", None),
+            ("", None),
+            ("com", None),
+            (".google.com", Some("Google")),
+            ("yandex.net.ru", None),
+            ("a.b.search.brave.com", Some("Brave")),
+            ("brave.com", None),
         ];
         for (host, want) in cases {
             assert_eq!(known_source(host), want, "{host}");
