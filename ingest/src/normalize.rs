@@ -1,9 +1,10 @@
 //! Validation and enrichment: a [`RawEvent`] plus what the request tells about its sender
 //! becomes an [`EventRecord`], or a list of every problem with it.
 
-use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo, weburl::WebUrl};
 use gallop_config::{LimitsConfig, TimeConfig};
 use gallop_event::{EventRecord, ENGAGEMENT};
+
+use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo, weburl::WebUrl};
 
 /// The parts of a request every event of it shares.
 pub(crate) struct Sender<'a> {

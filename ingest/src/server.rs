@@ -480,9 +480,9 @@ impl Part {
 
     /// The parts of a request of `events` events, one per partition.
     pub(crate) fn per_partition(state: &AppState, events: usize) -> Vec<Self> {
-        let partitions = state.publisher.partitions().max(1) as usize;
+        let partitions = state.publisher.partitions();
         // A partition's share, with room for an uneven spread.
-        let share = events.div_ceil(partitions);
+        let share = events.div_ceil(partitions.max(1) as usize);
         let expected = share + share / 4;
         (0..partitions).map(|_| Self { expected, ..Self::new(state.config.ingest.batching.format) }).collect()
     }
