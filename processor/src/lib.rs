@@ -13,6 +13,7 @@ mod delta;
 mod dimension;
 mod error;
 mod intern;
+mod open_visits;
 mod processor;
 mod rules;
 mod session;

@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     changed::{ChangedPage, ChangedVisit, ChangedVisits},
     intern::Interner,
+    open_visits::{Clock, OpenVisits},
 };
 
 /// Milliseconds in one UTC day.
@@ -52,9 +53,6 @@ const DAY_MS: i64 = 86_400_000;
 /// Most engaged pages a visit remembers the deepest scroll of; older ones are forgotten
 /// (a later engagement event of a forgotten page counts as a new engaged pageview).
 const MAX_ENGAGED_PAGES: usize = 16;
-
-/// Open visits sampled to estimate which of them were idle longest ([`Sessions::make_room`]).
-const EVICTION_SAMPLE: usize = 1024;
 
 /// The rows visits and engagement write, in the order of [`DIMENSIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +204,7 @@ pub(crate) struct Sessions {
     max_open: usize,
     sites: HashMap<Box<str>, u32, FixedState>,
     site_names: Vec<Box<str>>,
-    open: HashMap<(u32, u64), Open, FixedState>,
+    open: OpenVisits,
     /// The strings the open visits hold, by id.
     strings: Strings,
     /// Visits ended early since the last flush, to be stored as ended; `site` is a site id.
@@ -215,6 +213,9 @@ pub(crate) struct Sessions {
     carried: Vec<(u32, u32)>,
     /// Tells this flush's entries of `carried` from older ones.
     stamp: u32,
+    /// [`Sessions::make_room`]'s lists (expired slots; idle times and slots), kept between
+    /// passes: half a million entries, fresh pages each pass otherwise.
+    room_scratch: (Vec<u32>, Vec<(i64, u32)>),
     /// Visits made dirty since the last flush, at most (room for the next flush's visits,
     /// without a pass to count them).
     dirtied: usize,
@@ -243,13 +244,13 @@ const OS: usize = 6;
 
 /// An open visit in memory: a [`SessionState`] whose strings are ids in [`Strings`] and
 /// whose site and visitor are its key.
-struct Open {
-    partition: u32,
+pub(crate) struct Open {
+    pub(crate) partition: u32,
     bucket: u32,
     interactive: u32,
     seq: u64,
-    first_ts: i64,
-    last_ts: i64,
+    pub(crate) first_ts: i64,
+    pub(crate) last_ts: i64,
     exit_ts: i64,
     /// Entry page, exit page, source, country, device, browser, os (see [`ENTRY_PAGE`]…).
     attrs: [u32; 7],
@@ -266,6 +267,23 @@ struct Page {
 }
 
 impl Open {
+    /// A visit with these times and nothing else, for tests of the visits' store.
+    #[cfg(test)]
+    pub(crate) fn for_tests(partition: u32, first_ts: i64, last_ts: i64) -> Self {
+        Self {
+            partition,
+            bucket: 0,
+            interactive: 0,
+            seq: 0,
+            first_ts,
+            last_ts,
+            exit_ts: last_ts,
+            attrs: [NO_STRING; 7],
+            pages: Vec::new(),
+            dirty: false,
+        }
+    }
+
     /// The tombstone of this visit of `site` (a site id) and `visitor`, ended early to make
     /// room: a version one newer than its last, without pages or strings (a restart only
     /// needs to know that it ended).
@@ -324,9 +342,10 @@ impl Sessions {
             max_open,
             sites: HashMap::default(),
             site_names: Vec::new(),
-            open: HashMap::default(),
+            open: OpenVisits::default(),
             strings: Strings::default(),
             tombstones: Vec::new(),
+            room_scratch: (Vec::new(), Vec::new()),
             carried: Vec::new(),
             stamp: 0,
             dirtied: 0,
@@ -364,26 +383,45 @@ impl Sessions {
         let key = self.key(event.site(), event.visitor());
         let pageview = event.name() == "pageview";
         let interactive = event.interactive();
-        let mut seq = 0;
-        if let Some(open) = self.open.get_mut(&key) {
-            if continues(self.timeout_ms, open, ts) {
-                self.dirtied += usize::from(!open.dirty);
+        /// What the visit already open for the key (if any) makes of the event.
+        enum Found {
+            Extended,
+            /// Out of order beyond the timeout: earlier than the open visit, after a gap.
+            Earlier,
+            /// After the open visit's timeout: a new visit, with this `seq`.
+            Later(u64),
+        }
+        let (timeout, strings, kept, dirtied) = (self.timeout_ms, &mut self.strings, &self.kept, &mut self.dirtied);
+        let found = self.open.update(&key, |open| {
+            if continues(timeout, open, ts) {
+                *dirtied += usize::from(!open.dirty);
                 open.dirty = true;
-                extend(open, &mut self.strings, event, ts, pageview, interactive, &self.kept, emit);
-                return;
+                extend(open, strings, event, ts, pageview, interactive, kept, emit);
+                Found::Extended
+            } else if ts < open.first_ts {
+                Found::Earlier
+            } else {
+                Found::Later(open.seq + 1)
             }
-            if ts < open.first_ts {
-                // An event of an earlier visit that is over (out of order beyond the
-                // timeout): a visit of its own, without replacing the open one.
+        });
+        let seq = match found {
+            Some(Found::Extended) => return,
+            Some(Found::Earlier) => {
+                // An event of an earlier visit that is over: a visit of its own, without
+                // replacing the open one.
                 let alone = start(partition, event, ts, interactive, 0, &self.kept, &mut self.strings);
                 emit_start(&alone, &self.strings, pageview, &self.kept, emit);
                 self.started += 1;
                 return;
             }
-            seq = open.seq + 1;
-        } else if self.open.len() >= self.max_open {
-            self.make_room(watermarks);
-        }
+            Some(Found::Later(seq)) => seq,
+            None => {
+                if self.open.len() >= self.max_open {
+                    self.make_room(watermarks);
+                }
+                0
+            }
+        };
         let open = start(partition, event, ts, interactive, seq, &self.kept, &mut self.strings);
         emit_start(&open, &self.strings, pageview, &self.kept, emit);
         self.started += 1;
@@ -406,9 +444,11 @@ impl Sessions {
         let own_bucket = ts.div_euclid(60_000) as u32;
         let mut change = Change { events: 1, sum: engaged, count: u64::from(depth) };
         let mut bucket = own_bucket;
-        let timeout = self.timeout_ms;
-        if let Some(open) = self.open.get_mut(&key).filter(|open| continues(timeout, open, ts)) {
-            let strings = &mut self.strings;
+        let (timeout, strings, dirtied) = (self.timeout_ms, &mut self.strings, &mut self.dirtied);
+        self.open.update(&key, |open| {
+            if !continues(timeout, open, ts) {
+                return;
+            }
             let pages = &mut open.pages;
             if let Some(page) = pages.iter_mut().find(|p| strings.name(p.path) == path) {
                 change = Change { events: 0, sum: engaged, count: u64::from(depth.saturating_sub(page.scroll_depth)) };
@@ -421,78 +461,42 @@ impl Sessions {
                 pages.push(Page { path: strings.id(path), scroll_depth: depth, bucket: own_bucket });
             }
             open.seq += 1;
-            self.dirtied += usize::from(!open.dirty);
+            *dirtied += usize::from(!open.dirty);
             open.dirty = true;
-        }
+        });
         emit(bucket, Dim::EngagementTotal, "", change);
         emit(bucket, Dim::EngagementPath, path, change);
     }
 
     /// Makes room for a new visit: expired visits go; unless that freed an eighth of the
-    /// bound, the visits idle longest go too, down to about seven eighths, each stored as
-    /// ended. Freeing an eighth at once keeps this O(open visits) pass rare.
-    ///
-    /// One pass over the visits does both: which last event time separates the idlest
-    /// eighth is estimated beforehand from a sample (the map iterates in hash order, so its
-    /// first visits are a random sample of all). Should the estimate free too little, the
-    /// exact selection ([`Self::end_idlest`]) finishes the job.
+    /// bound, the visits idle longest go too, down to seven eighths, each stored as ended.
+    /// Freeing an eighth at once keeps this O(open visits) pass rare. The pass reads only
+    /// the visits' clocks, and the idlest are selected exactly (equal times by slot).
     fn make_room(&mut self, watermarks: &HashMap<u32, i64, FixedState>) {
         let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
         let target = self.max_open - (self.max_open / 8).max(1);
-        let mut sample: Vec<i64> = Vec::with_capacity(EVICTION_SAMPLE);
-        let mut sampled = 0;
-        for open in self.open.values().take(EVICTION_SAMPLE) {
-            sampled += 1;
-            if !is_expired(open) {
-                sample.push(open.last_ts);
+        let (mut expired, mut idle) = std::mem::take(&mut self.room_scratch);
+        expired.clear();
+        idle.clear();
+        for (slot, clock) in self.open.clocks() {
+            if is_expired(&clock) {
+                expired.push(slot);
+            } else {
+                idle.push((clock.last_ts, slot));
             }
         }
-        // Visits expected to outlive expiry, and the sampled share of them to end: those
-        // idle strictly longer than the sample's (cut + 1)-th idlest (ties stay, and the
-        // exact selection below ends what they leave).
-        let live = self.open.len() * sample.len() / sampled.max(1);
-        let threshold = (live > target && !sample.is_empty()).then(|| {
-            let cut = ((live - target) * sample.len()).div_ceil(live).min(sample.len() - 1);
-            *sample.select_nth_unstable(cut).1
-        });
-        if threshold.is_some() {
-            self.tombstones.reserve(live - target);
-        }
-        let tombstones = &mut self.tombstones;
-        let mut evicted = 0;
-        self.open.retain(|&(site, visitor), open| {
-            if is_expired(open) {
-                return false;
-            }
-            if threshold.is_some_and(|t| open.last_ts < t) {
+        self.open.end(expired.iter().copied(), |_, _| {});
+        if idle.len() > target {
+            let cut = idle.len() - target;
+            idle.select_nth_unstable(cut - 1);
+            let (tombstones, evicted) = (&mut self.tombstones, &mut self.evicted);
+            tombstones.reserve(cut);
+            self.open.end(idle[..cut].iter().map(|&(_, slot)| slot), |(site, visitor), open| {
                 tombstones.push(open.ended(site, visitor));
-                evicted += 1;
-                return false;
-            }
-            true
-        });
-        self.evicted += evicted;
-        // Half the eighth freed is room enough to come back rarely.
-        if self.open.len() > target + (self.max_open - target) / 2 {
-            self.end_idlest(self.open.len() - target);
+                *evicted += 1;
+            });
         }
-    }
-
-    /// Ends the `cut` visits idle longest, exactly: each is stored as ended.
-    fn end_idlest(&mut self, cut: usize) {
-        if cut == 0 {
-            return;
-        }
-        let mut idle: Vec<(i64, (u32, u64))> = self.open.iter().map(|(k, o)| (o.last_ts, *k)).collect();
-        let cut = cut.min(idle.len());
-        idle.select_nth_unstable(cut - 1);
-        self.tombstones.reserve(cut);
-        for (_, key) in &idle[..cut] {
-            if let Some(open) = self.open.remove(key) {
-                self.tombstones.push(open.ended(key.0, key.1));
-                self.evicted += 1;
-            }
-        }
+        self.room_scratch = (expired, idle);
     }
 
     /// Every visit changed since the last call (ended ones as tombstones); the expired ones
@@ -541,7 +545,7 @@ impl Sessions {
         // One pass over the open visits forgets the expired ones and takes the changed ones.
         let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
         self.open.retain(|&(site, visitor), open| {
-            if is_expired(open) {
+            if is_expired(&Clock::of(open)) {
                 return false;
             }
             if !open.dirty {
@@ -614,7 +618,7 @@ impl Sessions {
         for state in newest.into_values() {
             let watermark = watermarks.get(&state.partition).copied();
             let open = Open::from_state(&state, &mut self.strings);
-            if state.ended || expired(self.timeout_ms, self.lateness_ms, &open, watermark) {
+            if state.ended || expired(self.timeout_ms, self.lateness_ms, &Clock::of(&open), watermark) {
                 continue;
             }
             let key = self.key(&state.site, state.visitor);
@@ -637,7 +641,7 @@ fn expiry(
     timeout_ms: i64,
     lateness_ms: i64,
     watermarks: &HashMap<u32, i64, FixedState>,
-) -> impl FnMut(&Open) -> bool + '_ {
+) -> impl FnMut(&Clock) -> bool + '_ {
     let mut last: Option<(u32, Option<i64>)> = None;
     move |open| {
         let watermark = match last {
@@ -654,7 +658,7 @@ fn expiry(
 
 /// Whether no event the processor still accepts (`ts >= watermark - lateness`) can extend
 /// `state`'s visit.
-fn expired(timeout_ms: i64, lateness_ms: i64, state: &Open, watermark: Option<i64>) -> bool {
+fn expired(timeout_ms: i64, lateness_ms: i64, state: &Clock, watermark: Option<i64>) -> bool {
     let Some(watermark) = watermark else { return false };
     let earliest = watermark.saturating_sub(lateness_ms);
     earliest > state.last_ts.saturating_add(timeout_ms)
@@ -840,8 +844,7 @@ mod tests {
 
     #[test]
     fn room_is_made_from_expired_visits_first_then_from_the_idlest() {
-        // Past the sample size, so the idle bound is estimated, not selected exactly.
-        let max_open = 8 * EVICTION_SAMPLE;
+        let max_open = 8 * 1024;
         let mut sessions = Sessions::new(1_000, 0, max_open, &[]);
         let fold_at = |sessions: &mut Sessions, visitor: u64, ts: i64, watermark: i64| {
             let watermarks = HashMap::from_iter([(0, watermark)]);
@@ -862,7 +865,7 @@ mod tests {
             fold_at(&mut sessions, visitor, later + visitor as i64, later);
         }
         assert!(sessions.len() <= max_open, "{} open", sessions.len());
-        assert!(sessions.len() >= max_open * 3 / 4, "{} open: far more ended than an eighth", sessions.len());
+        assert!(sessions.len() >= max_open - max_open / 8, "{} open: more ended than an eighth", sessions.len());
         let ended = std::mem::take(&mut sessions.tombstones);
         assert_eq!(ended.len() as u64, sessions.evicted);
         assert_eq!(ended.len() + sessions.len(), total as usize + 1, "every visit open or ended, once");

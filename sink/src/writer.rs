@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     client::ClickHouse,
-    encode::{encode_flush, FlushContext, Mark, Retention},
+    encode::{encode_flush_into, FlushContext, Mark, Retention},
     error::SinkError,
 };
 
@@ -63,6 +63,8 @@ pub struct Writer {
     instance: String,
     sequence: AtomicU64,
     status: Arc<WriterStatus>,
+    /// The last insert's body buffer, empty, for the next one (see [`encode_flush_into`]).
+    spare: Mutex<Vec<u8>>,
 }
 
 impl Writer {
@@ -82,6 +84,7 @@ impl Writer {
             instance: format!("{:016x}", rand::rng().random::<u64>()),
             sequence: AtomicU64::new(0),
             status: Arc::new(status),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
@@ -116,7 +119,9 @@ impl Writer {
             retention: self.retention,
             top_as_string: !self.clickhouse.schema().features().topk_states,
         };
-        let mut encoded = encode_flush(delta, &context);
+        // Two writes at once (the runtime never does that) would each find a buffer or none.
+        let spare = self.spare.lock().map(|mut spare| std::mem::take(&mut *spare)).unwrap_or_default();
+        let mut encoded = encode_flush_into(delta, &context, spare);
         let data = Bytes::from(std::mem::take(&mut encoded.bytes));
         let started = Instant::now();
         let mut backoff = self.backoff;
@@ -155,6 +160,40 @@ impl Writer {
         self.status.inserts.fetch_add(1, Ordering::Relaxed);
         self.status.rows.fetch_add(encoded.rows as u64, Ordering::Relaxed);
         self.status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(WriteReport { rows: encoded.rows, bytes: data.len(), attempts, elapsed: started.elapsed() })
+        let report = WriteReport { rows: encoded.rows, bytes: data.len(), attempts, elapsed: started.elapsed() };
+        if let (Some(buffer), Ok(mut spare)) = (reclaim(data), self.spare.lock()) {
+            *spare = buffer;
+        }
+        Ok(report)
+    }
+}
+
+/// The allocation of a sent body back as an empty buffer, when nothing else holds a part
+/// of it any more (`None` otherwise: the next flush then allocates its own).
+fn reclaim(data: Bytes) -> Option<Vec<u8>> {
+    let mut buffer = Vec::from(data.try_into_mut().ok()?);
+    buffer.clear();
+    Some(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_body_gives_its_allocation_back_once_no_piece_is_held() {
+        let mut body = Vec::with_capacity(4 << 20);
+        body.resize(3 << 20, 7u8);
+        let (at, capacity) = (body.as_ptr(), body.capacity());
+        let data = Bytes::from(body);
+        let piece = data.slice(0..1 << 20);
+        let data = match data.try_into_mut() {
+            Ok(_) => panic!("a piece is still held, so the body must not come back"),
+            Err(data) => data,
+        };
+        assert!(reclaim(data.clone()).is_none(), "held twice");
+        drop(piece);
+        let buffer = reclaim(data).unwrap_or_default();
+        assert_eq!((buffer.as_ptr(), buffer.capacity(), buffer.len()), (at, capacity, 0), "the same allocation, empty");
     }
 }
