@@ -523,7 +523,8 @@ impl Sessions {
                 None => changed.push_string(name),
             }
         };
-        for mut tombstone in std::mem::take(&mut self.tombstones) {
+        // Drained, not taken: the list keeps its room for the next flush's visits ended early.
+        for mut tombstone in self.tombstones.drain(..) {
             tombstone.site = site_index(&mut changed, tombstone.site);
             changed.push(tombstone);
         }

@@ -267,8 +267,10 @@ pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffe
     let mut out = buffer;
     out.clear();
     if out.capacity() < needed {
-        // A new allocation rather than `reserve`: growing would copy the old capacity.
-        out = Vec::with_capacity(needed);
+        // A new allocation rather than `reserve`: growing would copy the old capacity. With
+        // room for the next flushes, which are rarely all of the same size: pages never
+        // written cost no memory.
+        out = Vec::with_capacity(needed + needed / 2);
     }
     let mut rows = 0;
     let mut rollup_rows = [0; 3];
