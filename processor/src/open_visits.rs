@@ -32,12 +32,14 @@ pub(crate) struct Clock {
     pub(crate) first_ts: i64,
     /// Partition whose events make up the visit.
     pub(crate) partition: u32,
+    /// False for a free slot: a pass over the clocks reads nothing else.
+    live: bool,
 }
 
 impl Clock {
     /// The clock of `open`.
     pub(crate) fn of(open: &Open) -> Self {
-        Self { last_ts: open.last_ts, first_ts: open.first_ts, partition: open.partition }
+        Self { last_ts: open.last_ts, first_ts: open.first_ts, partition: open.partition, live: true }
     }
 }
 
@@ -62,7 +64,7 @@ pub(crate) struct OpenVisits {
     index: HashTable<Entry>,
     /// Per slot: the key, and the visit (`None` for a free slot).
     slots: Vec<(Key, Option<Open>)>,
-    /// Per slot: the visit's clock (stale for a free slot).
+    /// Per slot: the visit's clock (not `live` for a free slot).
     clocks: Vec<Clock>,
     /// Free slots, taken before new ones are added.
     free: Vec<u32>,
@@ -129,6 +131,7 @@ impl OpenVisits {
         let (key, open) = self.slots.get_mut(slot as usize)?;
         let open = open.take()?;
         let key = *key;
+        self.clocks[slot as usize].live = false;
         let hash = self.hash(&key);
         if let Ok(entry) = self.index.find_entry(spread(hash), |e| e.slot == slot) {
             entry.remove();
@@ -139,12 +142,8 @@ impl OpenVisits {
 
     /// Every open visit's slot and clock, in slot order (a pass over the clocks only).
     pub(crate) fn clocks(&self) -> impl Iterator<Item = (u32, Clock)> + '_ {
-        self.clocks
-            .iter()
-            .zip(&self.slots)
-            .enumerate()
-            .filter(|(_, (_, (_, open)))| open.is_some())
-            .map(|(slot, (clock, _))| (slot as u32, *clock))
+        // Slot numbers fit u32 (see `insert`).
+        self.clocks.iter().enumerate().filter(|(_, clock)| clock.live).map(|(slot, clock)| (slot as u32, *clock))
     }
 
     /// Ends the visits in `slots` (free slots are skipped), handing each to `ended`.
