@@ -645,8 +645,9 @@ pub struct ProcessorConfig {
     /// costs a row update per visit and per extension; entry and exit pages are always kept.
     pub session_breakdowns: Vec<String>,
     /// Most visits held open at once. At the bound the processor first drops visits that
-    /// can no longer be extended, then ends about an eighth of the rest, those idle longest
-    /// (their next event starts a new visit), counted in `gallop_sessions_evicted_total`.
+    /// can no longer be extended, then ends those idle longest until an eighth of the bound
+    /// is free (their next event starts a new visit), counted in
+    /// `gallop_sessions_evicted_total`.
     pub max_open_sessions: usize,
 }
 
