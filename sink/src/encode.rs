@@ -266,11 +266,13 @@ pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffe
     let needed = 3 * minute_bytes + delta.leaderboards.len() * 3 * 1024 + delta.sessions.len() * 64 + 64 * 1024;
     let mut out = buffer;
     out.clear();
-    if out.capacity() < needed {
+    let roomy = needed + needed / 2;
+    if out.capacity() < needed || out.capacity() > 4 * roomy {
         // A new allocation rather than `reserve`: growing would copy the old capacity. With
         // room for the next flushes, which are rarely all of the same size: pages never
-        // written cost no memory.
-        out = Vec::with_capacity(needed + needed / 2);
+        // written cost no memory. A buffer far larger than needed (after a burst) is let
+        // go, so that its pages do not stay resident for good.
+        out = Vec::with_capacity(roomy);
     }
     let mut rows = 0;
     let mut rollup_rows = [0; 3];
@@ -559,6 +561,36 @@ mod tests {
             now: 1_800_000_000,
             retention: Retention { minute: Some(60), hour: None, day: None },
             top_as_string: false,
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_encodes_the_same_bytes_in_the_same_allocation() {
+        let day = 1_799_971_200;
+        let delta = Delta {
+            rows: vec![row(day + 36_000, "path", "/", 2, 1), row(day + 36_060, "total", "", 3, 2)],
+            ..Delta::default()
+        };
+        let marks = BTreeMap::from([(0, Mark::at(4))]);
+        let fresh = encode_flush(&delta, &context(&marks)).bytes;
+
+        // A used buffer with room: its contents go, its allocation stays. (This flush's
+        // estimate is a little over the fixed 64 KiB; four times half again that is the most
+        // a buffer may have.)
+        let mut used = Vec::with_capacity(200_000);
+        used.extend_from_slice(b"the last flush's bytes");
+        let at = used.as_ptr();
+        let reused = encode_flush_into(&delta, &context(&marks), used).bytes;
+        assert_eq!(reused, fresh);
+        assert_eq!(reused.as_ptr(), at, "the buffer's allocation is used");
+
+        // One far larger than needed is let go; one too small is replaced.
+        for capacity in [1 << 26, 8] {
+            let buffer = Vec::with_capacity(capacity);
+            let at = buffer.as_ptr();
+            let encoded = encode_flush_into(&delta, &context(&marks), buffer).bytes;
+            assert_eq!(encoded, fresh);
+            assert_ne!(encoded.as_ptr(), at, "capacity {capacity}");
         }
     }
 
