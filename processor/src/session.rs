@@ -43,7 +43,7 @@ use gallop_event::EventFields;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    changed::{ChangedPage, ChangedVisit, ChangedVisits},
+    changed::{ChangedPage, ChangedVisit, ChangedVisits, Recycle},
     intern::Interner,
     open_visits::{Clock, OpenVisits},
 };
@@ -216,6 +216,8 @@ pub(crate) struct Sessions {
     /// [`Sessions::make_room`]'s lists (expired slots; idle times and slots), kept between
     /// passes: half a million entries, fresh pages each pass otherwise.
     room_scratch: (Vec<u32>, Vec<(i64, u32)>),
+    /// The list of visits of the last flush's table, back from the sink for the next one.
+    recycle: Recycle,
     /// Visits made dirty since the last flush, at most (room for the next flush's visits,
     /// without a pass to count them).
     dirtied: usize,
@@ -346,6 +348,7 @@ impl Sessions {
             strings: Strings::default(),
             tombstones: Vec::new(),
             room_scratch: (Vec::new(), Vec::new()),
+            recycle: Recycle::on(),
             carried: Vec::new(),
             stamp: 0,
             dirtied: 0,
@@ -502,7 +505,7 @@ impl Sessions {
     /// Every visit changed since the last call (ended ones as tombstones); the expired ones
     /// are forgotten, changed or not (a restart would not take them back).
     pub(crate) fn take_changed(&mut self, watermarks: &HashMap<u32, i64, FixedState>) -> ChangedVisits {
-        let mut changed = ChangedVisits::with_capacity(self.tombstones.len() + self.dirtied);
+        let mut changed = ChangedVisits::recycling(self.tombstones.len() + self.dirtied, &self.recycle);
         self.dirtied = 0;
         // Each interned string (and site) is copied into the flush's table once, found again
         // by its id: no hashing. Entries of earlier flushes carry an older stamp.
