@@ -40,13 +40,15 @@ impl Recycle {
         Self(Some(Arc::default()))
     }
 
-    /// A list for the next flush's table: the recycled one when it has room for `visits`,
-    /// otherwise a new one with room to spare (growing would copy the old capacity).
+    /// A list for the next flush's table: the recycled one when it has room for `visits`
+    /// and is not far larger (a burst's list is let go), otherwise a new one with room to
+    /// spare (growing would copy the old capacity).
     fn list(&self, visits: usize) -> Vec<ChangedVisit> {
+        let roomy = visits + visits / 2;
         let recycled = self.0.as_ref().and_then(|pool| pool.lock().ok().map(|mut list| std::mem::take(&mut *list)));
         match recycled {
-            Some(list) if list.capacity() >= visits => list,
-            _ => Vec::with_capacity(visits + visits / 2),
+            Some(list) if list.capacity() >= visits && list.capacity() <= (4 * roomy).max(1 << 16) => list,
+            _ => Vec::with_capacity(roomy),
         }
     }
 }
@@ -316,6 +318,15 @@ mod tests {
         let larger = ChangedVisits::recycling(capacity + 1, &recycle);
         assert_ne!(larger.visits.as_ptr(), at, "a list without room is not used");
         assert!(larger.visits.capacity() > capacity);
+
+        // A burst's list comes back, but a much smaller flush does not keep it.
+        let mut burst = ChangedVisits::recycling(1 << 17, &recycle);
+        burst.push(ChangedVisits::from_states([&state(1, "/a")]).visits[0].clone());
+        let burst_at = burst.visits.as_ptr();
+        drop(burst);
+        let small = ChangedVisits::recycling(10, &recycle);
+        assert_ne!(small.visits.as_ptr(), burst_at, "a list far larger than needed is let go");
+        assert!(small.visits.capacity() < 1 << 17);
 
         // Tables built by hand recycle nothing; where a list goes is no part of a table.
         assert!(ChangedVisits::from_states([&state(1, "/a")]).recycle.0.is_none());
