@@ -12,7 +12,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::session::{EngagedPage, SessionState};
+use crate::{
+    reuse::reuse,
+    session::{EngagedPage, SessionState},
+};
 
 /// Visits that changed since the previous flush (ended ones as tombstones), with the strings
 /// they use, each once.
@@ -40,16 +43,10 @@ impl Recycle {
         Self(Some(Arc::default()))
     }
 
-    /// A list for the next flush's table: the recycled one when it has room for `visits`
-    /// and is not far larger (a burst's list is let go), otherwise a new one with room to
-    /// spare (growing would copy the old capacity).
+    /// A list for the next flush's table: the recycled one, if [`reuse`] keeps it.
     fn list(&self, visits: usize) -> Vec<ChangedVisit> {
-        let roomy = visits + visits / 2;
         let recycled = self.0.as_ref().and_then(|pool| pool.lock().ok().map(|mut list| std::mem::take(&mut *list)));
-        match recycled {
-            Some(list) if list.capacity() >= visits && list.capacity() <= (4 * roomy).max(1 << 16) => list,
-            _ => Vec::with_capacity(roomy),
-        }
+        reuse(recycled.unwrap_or_default(), visits)
     }
 }
 

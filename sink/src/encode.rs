@@ -251,7 +251,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
 }
 
 /// [`encode_flush`] into `buffer`, whose contents are dropped and whose allocation is used
-/// when it is large enough. A processor hands each insert's buffer to the next one: a body
+/// when [`gallop_processor::reuse`] keeps it. A processor hands each insert's buffer to the next one: a body
 /// is tens of megabytes, and a fresh one every flush had the kernel fault in and zero its
 /// pages (a third of the encoding's time in a profile of `gallop process`).
 pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffer: Vec<u8>) -> EncodedFlush {
@@ -264,16 +264,7 @@ pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffe
         .map(|row| 96 + row.site.len() + row.dimension.len() + row.value.len() + row.visitors.state_len())
         .sum();
     let needed = 3 * minute_bytes + delta.leaderboards.len() * 3 * 1024 + delta.sessions.len() * 64 + 64 * 1024;
-    let mut out = buffer;
-    out.clear();
-    let roomy = needed + needed / 2;
-    if out.capacity() < needed || out.capacity() > 4 * roomy {
-        // A new allocation rather than `reserve`: growing would copy the old capacity. With
-        // room for the next flushes, which are rarely all of the same size: pages never
-        // written cost no memory. A buffer far larger than needed (after a burst) is let
-        // go, so that its pages do not stay resident for good.
-        out = Vec::with_capacity(roomy);
-    }
+    let mut out = gallop_processor::reuse(buffer, needed);
     let mut rows = 0;
     let mut rollup_rows = [0; 3];
 
