@@ -102,12 +102,19 @@ impl OpenVisits {
 
     /// Holds `open` as `key`'s visit, replacing the one it had.
     pub(crate) fn insert(&mut self, key: Key, open: Open) {
-        let clock = Clock::of(&open);
         if let Some(slot) = self.find(&key) {
+            self.clocks[slot as usize] = Clock::of(&open);
             self.slots[slot as usize].1 = Some(open);
-            self.clocks[slot as usize] = clock;
             return;
         }
+        self.add(key, open);
+    }
+
+    /// Holds `open` as the visit of `key`, which holds none (the caller just looked: a new
+    /// visit is most events' case, and a second probe of the table was wasted work).
+    pub(crate) fn add(&mut self, key: Key, open: Open) {
+        debug_assert!(self.find(&key).is_none(), "{key:?} holds a visit already");
+        let clock = Clock::of(&open);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = (key, Some(open));

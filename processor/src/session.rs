@@ -407,7 +407,8 @@ impl Sessions {
                 Found::Later(open.seq + 1)
             }
         });
-        let seq = match found {
+        // The seq of the visit that replaces an ended one of the key; `None`: the key has none.
+        let replacing = match found {
             Some(Found::Extended) => return,
             Some(Found::Earlier) => {
                 // An event of an earlier visit that is over: a visit of its own, without
@@ -417,19 +418,24 @@ impl Sessions {
                 self.started += 1;
                 return;
             }
-            Some(Found::Later(seq)) => seq,
+            Some(Found::Later(seq)) => Some(seq),
             None => {
                 if self.open.len() >= self.max_open {
+                    // Only ends visits: the key still holds none.
                     self.make_room(watermarks);
                 }
-                0
+                None
             }
         };
-        let open = start(partition, event, ts, interactive, seq, &self.kept, &mut self.strings);
+        let open = start(partition, event, ts, interactive, replacing.unwrap_or(0), &self.kept, &mut self.strings);
         emit_start(&open, &self.strings, pageview, &self.kept, emit);
         self.started += 1;
         self.dirtied += 1;
-        self.open.insert(key, open);
+        if replacing.is_some() {
+            self.open.insert(key, open);
+        } else {
+            self.open.add(key, open);
+        }
     }
 
     /// Folds an engagement event at `ts`: per page of its visit, engaged time and the
