@@ -39,6 +39,9 @@ pub(crate) struct ProcessBench {
     /// Times each decode + core run is repeated (a fresh processor each time).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Only the compact blocks in the decode + core runs (skips NDJSON), e.g. under a profiler.
+    #[arg(long)]
+    blocks_only: bool,
 }
 
 /// Events generated and processed at a time.
@@ -77,7 +80,7 @@ pub(crate) fn process(
         let sample: Vec<EventRecord> =
             generate(&SynthConfig { events: DECODE_SAMPLE.min(options.events), ..synth.clone() }).collect();
         let (messages, blocks) = encode_both(&sample, options.per_message);
-        return run_messages(processor_config, &time, arrival, &messages, &blocks, options.rounds);
+        return run_messages(processor_config, &time, arrival, &messages, &blocks, options);
     }
     // Memory first, while the process is fresh: one state built without flushing, measured
     // as resident-set growth per live key (later runs leave freed memory to be reused).
@@ -158,7 +161,7 @@ pub(crate) fn process(
     );
 
     // (c) Gallop decode + core, as the consumer runs it.
-    run_messages(processor_config, &time, arrival, &messages, &blocks, options.rounds)?;
+    run_messages(processor_config, &time, arrival, &messages, &blocks, options)?;
     let _ = Decoder::ALL;
 
     // (d) traqq on the same stream.
@@ -215,10 +218,11 @@ fn run_messages(
     arrival: i64,
     messages: &[Vec<u8>],
     blocks: &[Vec<u8>],
-    rounds: usize,
+    options: &ProcessBench,
 ) -> anyhow::Result<()> {
     let formats = [("NDJSON", messages), ("block", blocks)];
-    for (format, messages) in formats.into_iter().flat_map(|f| std::iter::repeat_n(f, rounds.max(1))) {
+    let formats = formats.into_iter().filter(|(format, _)| !options.blocks_only || *format == "block");
+    for (format, messages) in formats.flat_map(|f| std::iter::repeat_n(f, options.rounds.max(1))) {
         let mut full = Processor::new(processor_config, time)?;
         let started = Instant::now();
         for (offset, message) in messages.iter().enumerate() {
