@@ -727,7 +727,7 @@ fn cell_of<'e>(
 /// match, so it nearly always runs to the end, and a call into libc's `memcmp` for a dozen
 /// bytes cost more than the compare (16 % of the core's time in a profile).
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

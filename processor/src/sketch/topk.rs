@@ -56,6 +56,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use super::hash::string_ref_hash;
 use super::varint::{write_varuint, Reader, VARUINT_MAX};
 use super::SketchError;
@@ -96,8 +98,9 @@ pub struct TopK {
     counters: Vec<Counter>,
     /// Counter ids, sorted as ClickHouse's `counter_list`.
     order: Vec<usize>,
-    /// Key to counter id.
-    index: HashMap<Box<[u8]>, usize>,
+    /// Key to counter id. At most `capacity` keys, so foldhash (randomly seeded per
+    /// sketch) rather than SipHash: this lookup runs per event per leaderboard.
+    index: HashMap<Box<[u8]>, usize, RandomState>,
     alpha: Vec<u64>,
 }
 
@@ -120,7 +123,7 @@ impl TopK {
             capacity,
             counters: Vec::new(),
             order: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             alpha: vec![0; next_alpha_size(capacity)],
         })
     }
