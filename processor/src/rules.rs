@@ -167,6 +167,24 @@ mod tests {
 
     use super::*;
 
+    /// `bench/no-visitor-sketches.toml` measures what the visitor sketches cost: it must
+    /// stay the defaults, rollup for rollup and leaderboard for leaderboard, less the sketches.
+    #[test]
+    fn the_benchmarks_no_sketch_config_is_the_defaults_without_sketches() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/no-visitor-sketches.toml");
+        // A prefix no variable has: the file alone, whatever GALLOP_* the shell holds.
+        let sources = gallop_config::Sources { file: Some(path.into()), env_prefix: "NO_SUCH_PREFIX_".into() };
+        let config = gallop_config::load(&sources).expect("the file loads");
+        let bench = Rules::compile(&config.processor, &config.time).expect("valid");
+        let defaults = Rules::compile(&ProcessorConfig::default(), &TimeConfig::default()).expect("valid");
+        let rollups = |rules: &Rules| rules.rollups.iter().map(|r| r.dimension.spec.clone()).collect::<Vec<_>>();
+        assert_eq!(rollups(&bench), rollups(&defaults));
+        assert!(bench.rollups.iter().all(|r| !r.visitors));
+        let boards =
+            |rules: &Rules| rules.leaderboards.iter().map(|l| (l.dimension.spec.clone(), l.k)).collect::<Vec<_>>();
+        assert_eq!(boards(&bench), boards(&defaults));
+    }
+
     #[test]
     fn defaults_plus_extras_without_duplicates() {
         let config = ProcessorConfig {
