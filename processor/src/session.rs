@@ -202,8 +202,8 @@ pub(crate) struct Sessions {
     kept: [bool; 5],
     lateness_ms: i64,
     max_open: usize,
-    sites: HashMap<Box<str>, u32, FixedState>,
-    site_names: Vec<Box<str>>,
+    /// Site names as ids (never reset: sites are few).
+    sites: Interner,
     open: OpenVisits,
     /// The strings the open visits hold, by id.
     strings: Strings,
@@ -342,8 +342,7 @@ impl Sessions {
             kept: BREAKDOWNS.map(|b| breakdowns.iter().any(|k| k == b)),
             lateness_ms,
             max_open,
-            sites: HashMap::default(),
-            site_names: Vec::new(),
+            sites: Interner::default(),
             open: OpenVisits::default(),
             strings: Strings::default(),
             tombstones: Vec::new(),
@@ -363,14 +362,7 @@ impl Sessions {
     }
 
     fn key(&mut self, site: &str, visitor: u64) -> (u32, u64) {
-        if let Some(&id) = self.sites.get(site) {
-            return (id, visitor);
-        }
-        // Sites are few; the id map only grows by the sites ever seen.
-        let id = self.sites.len() as u32;
-        self.sites.insert(site.into(), id);
-        self.site_names.push(site.into());
-        (id, visitor)
+        (self.sites.id(site), visitor)
     }
 
     /// Folds a pageview or custom event at `ts` into its visit; `emit(bucket, dim, value,
@@ -523,9 +515,9 @@ impl Sessions {
         if self.carried.len() < self.strings.names.len() {
             self.carried.resize(self.strings.names.len(), (0, 0));
         }
-        let mut sites = vec![None; self.site_names.len()];
+        let mut sites = vec![None; self.sites.names.len()];
         let mut site_index = |changed: &mut ChangedVisits, site: u32| -> u32 {
-            let name = self.site_names.get(site as usize).map_or("", |s| s);
+            let name = self.sites.name(site);
             match sites.get_mut(site as usize) {
                 Some(Some(index)) => *index,
                 Some(slot) => *slot.insert(changed.push_string(name)),
