@@ -24,4 +24,4 @@ for _ in $(seq 1 300); do
 done
 [ -s "$url_file" ] || { echo "FATAL: chDB server did not start within 30 s" >&2; exit 1; }
 echo "chDB ClickHouse $(curl -fsS --data-binary 'SELECT version()' "$(cat "$url_file")") at $(cat "$url_file")"
-GALLOP_TEST_CLICKHOUSE_URL="$(cat "$url_file")" cargo test -p gallop-sink --test it --locked "$@"
+TEST_GALLOP_CLICKHOUSE_URL="$(cat "$url_file")" cargo test -p gallop-sink --test it --locked "$@"

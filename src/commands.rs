@@ -1,13 +1,18 @@
 //! What each subcommand does; the binary's only logic is wiring adapters together.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io::{BufReader, IsTerminal as _, Read},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use gallop_broker::{
-    KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaSource, NatsBroker, NatsDeadLetters, NatsInput, NatsSource,
-    Publisher, SaltStore,
-};
+use gallop_broker::{InputPublisher, Publisher, SaltStore};
 use gallop_config::{BrokerKind, Config};
+use gallop_kafka::{KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSource};
+use gallop_nats::{NatsBroker, NatsDeadLetters, NatsInput, NatsInputPublisher, NatsSource};
+use gallop_sink::{ClickHouse, Reader};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -289,10 +294,78 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
+/// `gallop query`: the answer on stdout.
+pub(crate) fn query(config: &Config, args: &gallop_cli::QueryArgs) -> anyhow::Result<()> {
+    current_thread()?.block_on(async {
+        let reader = Reader::new(ClickHouse::connect(&config.clickhouse).await?);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        Ok(gallop_cli::query(config, &reader, args, now, &mut std::io::stdout().lock()).await?)
+    })
+}
+
+/// `gallop export`: rows to stdout or files, a progress bar when stderr is a terminal.
+pub(crate) fn export(config: &Config, args: &gallop_cli::ExportArgs) -> anyhow::Result<()> {
+    current_thread()?.block_on(async {
+        let reader = Reader::new(ClickHouse::connect(&config.clickhouse).await?);
+        let progress = std::io::stderr().is_terminal();
+        gallop_cli::export(&reader, args, &mut std::io::stdout().lock(), progress).await?;
+        Ok(())
+    })
+}
+
+/// `gallop publish`: the file (or stdin) to the configured broker's input subject or topic.
+pub(crate) fn publish(config: &Config, args: &gallop_cli::PublishArgs) -> anyhow::Result<()> {
+    let batch = args.batch.clamp(1, config.input.max_records_per_message.max(1));
+    let (reader, total): (Box<dyn Read>, Option<u64>) = match args.file.as_deref() {
+        None => (Box::new(std::io::stdin()), None),
+        Some(path) if path.as_os_str() == "-" => (Box::new(std::io::stdin()), None),
+        Some(path) => {
+            let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let size = file.metadata().map(|m| m.len()).ok();
+            (Box::new(file), size)
+        }
+    };
+    runtime()?.block_on(async {
+        let target: Box<dyn InputPublisher> = match config.broker.kind {
+            BrokerKind::Nats => {
+                let broker =
+                    NatsBroker::connect(&config.nats, config.broker.partitions, config.ingest.ack_timeout).await?;
+                let subject =
+                    args.subject.clone().unwrap_or_else(|| gallop_cli::default_subject(&config.input.nats_subject));
+                Box::new(NatsInputPublisher::open(&broker, &config.nats, &config.input, subject).await?)
+            }
+            BrokerKind::Kafka => {
+                anyhow::ensure!(
+                    args.subject.is_none(),
+                    "--subject is for NATS; on Kafka the topic is input.kafka_topic"
+                );
+                Box::new(KafkaInputPublisher::open(&config.kafka, config.broker.partitions, &config.input).await?)
+            }
+        };
+        let progress = std::io::stderr().is_terminal();
+        let summary = gallop_cli::publish(target.as_ref(), BufReader::new(reader), total, batch, progress).await?;
+        eprintln!(
+            "gallop publish: sent {} records in {} messages ({} bytes) to {}; rejected locally {}; failed {}",
+            summary.sent,
+            summary.messages,
+            summary.bytes,
+            target.describe(),
+            summary.rejected,
+            summary.failed
+        );
+        Ok(summary.complete()?)
+    })
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the Tokio runtime")
+}
+
 /// `gallop migrate`: create or upgrade the ClickHouse schema, then check it.
 pub(crate) fn migrate(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let clickhouse = gallop_sink::ClickHouse::connect(&config.clickhouse).await?;
+        let clickhouse = ClickHouse::connect(&config.clickhouse).await?;
         let report = clickhouse.migrate().await?;
         clickhouse.check_schema().await?;
         println!(

@@ -1,12 +1,9 @@
 //! `gallop`: the one binary. Subcommands run the pieces of the pipeline; all of them read
 //! the same configuration (defaults < `gallop.toml` < `GALLOP_*` environment).
 
-mod bench_pipeline;
 mod commands;
 mod logging;
 mod process;
-mod publish;
-mod query;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,20 +30,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the ingest gateway: HTTP in, NATS JetStream out.
+    /// Run the ingest gateway: HTTP (and the input topic, traqq's TCP) in, the broker (NATS JetStream or Kafka) out.
     Ingest,
-    /// Run the processor: NATS JetStream in, aggregates into ClickHouse.
+    /// Run the processor: the broker's partitions (NATS JetStream or Kafka) in, aggregates into ClickHouse.
     Process,
     /// Run gateway and processor in one process (the quick start).
     Run,
     /// Create or upgrade the ClickHouse database and tables.
     Migrate,
     /// Print a site's numbers for a time range.
-    Query(query::QueryArgs),
+    Query(gallop_cli::QueryArgs),
     /// Every rollup row of a site and time range as CSV or NDJSON: a copy of your data.
-    Export(query::ExportArgs),
+    Export(gallop_cli::ExportArgs),
     /// Publish NDJSON events (a file or stdin) to the input subject or topic, for backfills and imports.
-    Publish(publish::PublishArgs),
+    Publish(gallop_cli::PublishArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
     /// Exit 0 when URL answers with a 2xx status within 2 s, else 1: a health check for
@@ -84,7 +81,7 @@ struct TraqqConfigArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// The whole pipeline on this machine (gateway, NATS, processor, ClickHouse) end to end.
-    Pipeline(bench_pipeline::PipelineBench),
+    Pipeline(gallop_bench::pipeline::PipelineBench),
 }
 
 fn main() -> ExitCode {
@@ -125,7 +122,9 @@ fn main() -> ExitCode {
         Command::Config => commands::print_config(&config),
         Command::HashKey | Command::TraqqConfig(_) => Ok(()),
         Command::Probe { url } => commands::probe(&url),
-        Command::Bench(BenchCommand::Pipeline(options)) => bench_pipeline::pipeline(&options, &config, cli.config),
+        Command::Bench(BenchCommand::Pipeline(options)) => {
+            gallop_bench::pipeline::pipeline(&options, &config, cli.config).map_err(Into::into)
+        }
         Command::Ingest => {
             logging::init(&config.log, cli.log_json);
             commands::ingest(config)
@@ -142,9 +141,9 @@ fn main() -> ExitCode {
             logging::init(&config.log, cli.log_json);
             commands::migrate(config)
         }
-        Command::Query(args) => query::run(&config, &args),
-        Command::Export(args) => query::export(&config, &args),
-        Command::Publish(args) => publish::run(&config, &args),
+        Command::Query(args) => commands::query(&config, &args),
+        Command::Export(args) => commands::export(&config, &args),
+        Command::Publish(args) => commands::publish(&config, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

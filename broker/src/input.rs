@@ -117,3 +117,14 @@ pub trait DeadLetters: Send + Sync + 'static {
     /// Publishes `letter` and waits for the broker's acknowledgement.
     fn send<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<(), PublishError>>;
 }
+
+/// Publishes messages to the input subject or topic, as an application would: `gallop
+/// publish` and the benchmark's topic load go through it.
+pub trait InputPublisher: Send + Sync + 'static {
+    /// Publishes `payload` (one JSON object or NDJSON) and waits for the broker's
+    /// acknowledgement.
+    fn send(&self, payload: Bytes) -> BoxFuture<'static, Result<(), PublishError>>;
+
+    /// `NATS subject gallop.in.import`, `Kafka topic gallop-input`: for reports and logs.
+    fn describe(&self) -> String;
+}

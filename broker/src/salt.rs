@@ -86,8 +86,9 @@ impl SaltStore for LocalSaltStore {
     }
 }
 
-/// The key-value key for `day`, e.g. `day-2026-11-23`.
-pub(crate) fn day_key(day: Date) -> String {
+/// The key a store keeps `day`'s salt under, e.g. `day-2026-11-23` (a valid JetStream KV
+/// key and Kafka record key); every adapter uses it, so stores agree on it.
+pub fn salt_key(day: Date) -> String {
     format!("day-{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
 
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn day_keys_are_valid_kv_keys() {
-        assert_eq!(day_key(date!(2026 - 01 - 05)), "day-2026-01-05");
+        assert_eq!(salt_key(date!(2026 - 01 - 05)), "day-2026-01-05");
     }
 
     #[test]

@@ -25,9 +25,11 @@
 
 use std::collections::HashMap;
 
+use gallop_codec::{read_varint, unzigzag, write_varint, zigzag, VarintError};
+
 use crate::{
+    fields::EventFields,
     record::{EventRecord, FORMAT_VERSION},
-    view::EventFields,
 };
 
 /// The first bytes of a compact block.
@@ -698,20 +700,15 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64, BlockError> {
-        let start = self.at;
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1, what)?[0];
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.corrupt(start, format!("{what}: a varint past 64 bits")));
+        // `at` never passes the end: every read moves it to at most `bytes.len()`.
+        match read_varint(&self.bytes[self.at..]) {
+            Ok((value, len)) => {
+                self.at += len;
+                Ok(value)
             }
-            value |= bits << shift;
-            if byte < 0x80 {
-                return Ok(value);
-            }
+            Err(VarintError::Truncated { .. }) => Err(self.truncated(what)),
+            Err(VarintError::TooLong { .. }) => Err(self.corrupt(self.at, format!("{what}: a varint past 64 bits"))),
         }
-        Err(self.corrupt(start, format!("{what}: a varint past 64 bits")))
     }
 
     /// A count of items of at least `min_bytes` each: never more than the bytes left can hold.
@@ -731,22 +728,6 @@ impl<'a> Reader<'a> {
             self.corrupt(start, format!("{what}: string {index} of a dictionary of {}", dictionary.len()))
         })
     }
-}
-
-fn write_varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 #[cfg(test)]

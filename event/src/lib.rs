@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod block;
+mod fields;
 mod message;
 mod record;
 mod view;
@@ -17,6 +18,7 @@ pub use block::{
     block_size_bound, decode_block, encode_block, BlockError, BlockEvent, BlockWriter, MessageFormat,
     BLOCK_HEADER_BOUND, BLOCK_MAGIC, BLOCK_VERSION,
 };
+pub use fields::EventFields;
 pub use message::{decode_message, decode_records, encode_into, DecodeError, MessageError};
 pub use record::{EventRecord, Props, Uniques, ENGAGEMENT, FORMAT_VERSION};
-pub use view::{decode_message_view, EventFields, EventView, ViewProps, ViewUniques};
+pub use view::{decode_message_view, EventView, ViewProps, ViewUniques};

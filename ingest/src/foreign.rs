@@ -6,18 +6,15 @@
 //! Identifiers (traqq's `bmp` fields, such as IP addresses) are hashed here with the day's
 //! salt into the record's `uniques`; their raw values never leave the gateway.
 
-use std::sync::atomic::Ordering;
-
-use gallop_broker::partition_for;
-use time::OffsetDateTime;
 use tracing::warn;
 
 use crate::{
+    admit::{Admission, Admitted, EventId, VisitorFrom},
     error::FieldError,
     input::RawEvent,
     normalize::{normalize, Rules, Sender},
-    privacy::{identifier_hash, visitor_from_key},
-    server::{broker_trouble, submit_parts_by_partition, Part},
+    privacy::identifier_hash,
+    server::broker_trouble,
     useragent::UaInfo,
     Gateway,
 };
@@ -63,25 +60,22 @@ impl Gateway {
             state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total);
             return vec![Err(ForeignError::NotStored(reason)); events.len()];
         }
-        let salt = match state.visitors.salt().await {
-            Ok(salt) => salt,
+        let mut admission = match Admission::begin(state, events.len()).await {
+            Ok(admission) => admission,
             Err(e) => {
                 warn!(error = %e, "visitor salt unavailable");
                 state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total);
                 return vec![Err(ForeignError::NotStored("visitor salt store unavailable".to_owned())); events.len()];
             }
         };
-        let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
         let ua = UaInfo::default();
-        let sender = Sender { ua: &ua, country: "", now_ms };
+        let sender = Sender { ua: &ua, country: "", now_ms: admission.now_ms() };
         let rules = Rules {
             limits: &config.ingest.limits,
             time: &config.time,
             sites: &config.ingest.sites,
             url_required: false,
         };
-        let partitions = state.publisher.partitions();
-        let mut parts = Part::per_partition(state, events.len());
         // Per event: its partition, or why it was refused.
         let mut placed: Vec<Result<u32, ForeignError>> = Vec::with_capacity(events.len());
         let mut invalid = 0u64;
@@ -103,23 +97,24 @@ impl Gateway {
                 }
             };
             for (name, value) in &event.identifiers {
-                record.uniques.insert(name.clone(), identifier_hash(&salt, site, name, value));
+                record.uniques.insert(name.clone(), identifier_hash(admission.salt(), site, name, value));
             }
-            record.visitor = match event.identifiers.first() {
-                Some((name, _)) => record.uniques.get(name).copied().unwrap_or_default(),
+            let visitor = match event.identifiers.first() {
+                Some((name, _)) => VisitorFrom::Hashed(record.uniques.get(name).copied().unwrap_or_default()),
                 // Without an identifier every event of the site and day is one visitor.
-                None => visitor_from_key(&salt, site, ""),
+                None => VisitorFrom::Key(""),
             };
-            record.id = format!("{}{:010x}", state.run_id, state.next_id.fetch_add(1, Ordering::Relaxed));
-            let partition = partition_for(&record.site, record.visitor, partitions);
-            parts[partition as usize].push(record, None);
-            placed.push(Ok(partition));
+            placed.push(match admission.admit(record, visitor, EventId::Generated) {
+                Admitted::To(partition) => Ok(partition),
+                // Generated ids never repeat; kept for the match's sake.
+                Admitted::Duplicate => Err(ForeignError::Invalid("the same event twice".to_owned())),
+            });
         }
         if invalid > 0 {
             state.metrics.events_rejected.with_label_values(&["invalid"]).inc_by(invalid);
         }
-        let mut outcome: Vec<Option<Result<(), ForeignError>>> = vec![None; partitions as usize];
-        for (partition, result) in submit_parts_by_partition(state, parts).await {
+        let mut outcome: Vec<Option<Result<(), ForeignError>>> = vec![None; state.publisher.partitions() as usize];
+        for (partition, result) in admission.submit().await {
             let slot = &mut outcome[partition as usize];
             // A partition's part may be cut into chunks: its events are stored only if all are.
             match result {

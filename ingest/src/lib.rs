@@ -13,6 +13,7 @@
 //! [`Gateway::accept_foreign`] takes events of other protocols (traqq's) down the same path.
 #![warn(missing_docs)]
 
+mod admit;
 mod batcher;
 mod check;
 mod client_ip;
@@ -27,6 +28,7 @@ mod privacy;
 mod referrer;
 mod serve;
 mod server;
+mod text;
 mod topic;
 mod useragent;
 mod weburl;

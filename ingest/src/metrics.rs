@@ -2,7 +2,7 @@
 //! gateways can live in one process (tests).
 
 use gallop_support::{exponential_buckets, MetricsRegistry};
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 /// Every metric the gateway exports on `/metrics`.
 #[derive(Clone, Debug)]
@@ -20,6 +20,9 @@ pub struct Metrics {
     pub(crate) events_bots: IntCounter,
     /// Events dropped because the request was a prefetch or prerender.
     pub(crate) events_prefetch: IntCounter,
+    /// Events dropped because an earlier event of the same request or input message had the
+    /// same site and id (the same event, counted once).
+    pub(crate) events_duplicate: IntCounter,
     /// Time from handing a message to the broker until its acknowledgement.
     pub(crate) publish_duration: Histogram,
     /// Broker messages awaiting acknowledgement.
@@ -71,6 +74,11 @@ impl Metrics {
             events_bots: r.counter("gallop_events_bots_total", "Events dropped because a bot sent them"),
             events_prefetch: r
                 .counter("gallop_events_prefetch_total", "Events dropped from prefetch or prerender requests"),
+            events_duplicate: r.counter(
+                "gallop_events_duplicate_total",
+                "Events counted once because an earlier event of the same request or input message had the same site \
+                 and id",
+            ),
             publish_duration: r.histogram(
                 "gallop_publish_duration_seconds",
                 "Broker publish latency until acknowledgement",
@@ -122,9 +130,10 @@ impl Metrics {
         metrics
     }
 
-    /// The registry, to add metrics of other components to the same `/metrics` page.
-    pub fn registry(&self) -> &Registry {
-        self.registry.registry()
+    /// The registry, to add metrics of other components (the traqq listener) to the same
+    /// `/metrics` page.
+    pub fn registry(&self) -> &MetricsRegistry {
+        &self.registry
     }
 
     /// Renders every metric in the Prometheus text format.

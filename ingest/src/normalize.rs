@@ -4,7 +4,9 @@
 use gallop_config::{LimitsConfig, TimeConfig};
 use gallop_event::{EventRecord, ENGAGEMENT};
 
-use crate::{error::FieldError, input::RawEvent, referrer::known_source, useragent::UaInfo, weburl::WebUrl};
+use crate::{
+    error::FieldError, input::RawEvent, referrer::known_source, text::truncate, useragent::UaInfo, weburl::WebUrl,
+};
 
 /// The parts of a request every event of it shares.
 pub(crate) struct Sender<'a> {
@@ -312,18 +314,6 @@ fn millis(d: std::time::Duration) -> i64 {
 
 fn strip_www(host: &str) -> &str {
     host.strip_prefix("www.").unwrap_or(host)
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

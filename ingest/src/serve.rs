@@ -28,6 +28,7 @@ use axum::{
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use gallop_config::ServerConfig;
+use gallop_support::Backoff;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
@@ -36,6 +37,11 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use crate::error::ApiError;
+
+/// The first and the longest wait after a failed `accept` (out of descriptors or memory):
+/// long enough for connections to end, short enough not to leave clients waiting.
+const ACCEPT_RETRY_INITIAL: Duration = Duration::from_millis(50);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Head deadline of a connection accepted past `max_connections`.
 const SHED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -80,19 +86,23 @@ pub(crate) async fn serve(
     let (served_http, shed_http) = (http(config.header_timeout, true), http(SHED_HEADER_TIMEOUT, false));
     let stopping = CancellationToken::new();
     let mut connections = JoinSet::new();
+    let mut accept_backoff = Backoff::new(ACCEPT_RETRY_INITIAL, ACCEPT_RETRY_MAX);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_backoff.reset();
+                    accepted
+                }
                 Err(e) => {
                     // Out of descriptors or memory: wait for connections to end instead of
                     // spinning.
                     warn!(error = %e, "cannot accept a connection");
                     metrics.refused.with_label_values(&["accept_error"]).inc();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_backoff.wait().await;
                     continue;
                 }
             },

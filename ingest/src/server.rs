@@ -3,10 +3,7 @@
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
@@ -20,18 +17,15 @@ use axum::{
     Json, Router,
 };
 use bytes::Bytes;
-use gallop_broker::{partition_for, PublishError, Publisher, SaltStore};
-use gallop_config::{Config, MessageEncoding};
-use gallop_event::EventRecord;
+use gallop_broker::{PublishError, Publisher, SaltStore};
+use gallop_config::Config;
 use gallop_support::ApiKeys;
-use siphasher::sip128::{Hasher128, SipHasher13};
-use std::hash::Hasher as _;
-use time::OffsetDateTime;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::{info, warn};
 
 use crate::{
+    admit::{Admission, Admitted, EventId, VisitorFrom},
     batcher::{Batcher, BrokerWaits},
     client_ip::client_ip,
     error::{ApiError, FieldError, IngestError},
@@ -39,8 +33,7 @@ use crate::{
     input::{parse_batch, parse_plausible, Framing, RawEvent},
     metrics::Metrics,
     normalize::{normalize, Rules, Sender},
-    outbound::Outbound,
-    privacy::{visitor_from_key, visitor_from_request, Visitors},
+    privacy::Visitors,
     serve::{read_body as read_bounded, serve, BodyLimits, BytesHeld, ConnectionMetrics, InflightBytes, Shedding},
     useragent::UserAgents,
 };
@@ -254,7 +247,11 @@ async fn batch_events(
         let events =
             parse_batch(text, framing, state.config.ingest.limits.max_batch_events).map_err(ApiError::Invalid)?;
         let outcome = accept(&state, events, &headers, peer.ip(), Route::Batch).await?;
-        let body = serde_json::json!({"accepted": outcome.accepted, "dropped_bots": outcome.dropped});
+        let body = serde_json::json!({
+            "accepted": outcome.accepted,
+            "dropped_bots": outcome.dropped,
+            "dropped_duplicates": outcome.duplicates,
+        });
         Ok((StatusCode::ACCEPTED, Json(body)).into_response())
     }
     .await;
@@ -345,6 +342,7 @@ fn utf8(body: &[u8]) -> Result<&str, ApiError> {
 struct Outcome {
     accepted: usize,
     dropped: usize,
+    duplicates: usize,
 }
 
 /// Validates, enriches and publishes `events`; all or nothing.
@@ -361,47 +359,46 @@ async fn accept(
         return Err(unavailable(reason));
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let dropped = Outcome { accepted: 0, dropped: events.len(), duplicates: 0 };
     if is_prefetch(headers) {
         state.metrics.events_prefetch.inc_by(events.len() as u64);
-        return Ok(Outcome { accepted: 0, dropped: events.len() });
+        return Ok(dropped);
     }
     let ua = state.user_agents.parse(user_agent);
     // Browsers always send a User-Agent; servers posting batches may not.
     let bot = ua.bot && (route == Route::Plausible || !user_agent.trim().is_empty());
     if bot {
         state.metrics.events_bots.inc_by(events.len() as u64);
-        return Ok(Outcome { accepted: 0, dropped: events.len() });
+        return Ok(dropped);
     }
     let ip =
         client_ip(peer, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), &config.ingest.trusted_proxies);
     let country = state.geo.country(headers, ip);
-    let salt = state.visitors.salt().await.map_err(|e| {
+    let mut admission = Admission::begin(state, events.len()).await.map_err(|e| {
         warn!(error = %e, "visitor salt unavailable");
         unavailable("visitor salt store unavailable".to_owned())
     })?;
-    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let sender = Sender { ua: &ua, country: &country, now_ms };
+    let sender = Sender { ua: &ua, country: &country, now_ms: admission.now_ms() };
     let rules =
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
 
-    let partitions = state.publisher.partitions();
-    let mut parts = Part::per_partition(state, events.len());
     let mut errors: Vec<FieldError> = Vec::new();
     let total = events.len();
+    let mut duplicates = 0;
     for (index, raw) in events.into_iter().enumerate() {
+        // `normalize` checks both; they travel apart from the record (the key only as a hash).
         let client_id = raw.id.clone();
         let visitor_key = raw.visitor.clone();
         match normalize(raw, index, &sender, &rules) {
-            Ok(mut record) if errors.is_empty() => {
-                record.visitor = match &visitor_key {
-                    Some(key) => visitor_from_key(&salt, &record.site, key),
-                    None => visitor_from_request(&salt, &record.site, ip, user_agent),
+            Ok(record) if errors.is_empty() => {
+                let visitor = match &visitor_key {
+                    Some(key) => VisitorFrom::Key(key),
+                    None => VisitorFrom::Request(ip, user_agent),
                 };
-                let partition = partition_for(&record.site, record.visitor, partitions);
-                record.id = client_id.clone().unwrap_or_else(|| {
-                    format!("{}{:010x}", state.run_id, state.next_id.fetch_add(1, Ordering::Relaxed))
-                });
-                parts[partition as usize].push(record, client_id.as_deref());
+                let id = client_id.map_or(EventId::Generated, EventId::Client);
+                if admission.admit(record, visitor, id) == Admitted::Duplicate {
+                    duplicates += 1;
+                }
             }
             Ok(_) => {}
             Err(mut e) => errors.append(&mut e),
@@ -416,109 +413,20 @@ async fn accept(
         return Err(ApiError::Invalid(errors));
     }
 
-    let results = submit_parts(state, parts).await;
-    if let Some(error) = results.into_iter().find_map(Result::err) {
+    let accepted = total - duplicates;
+    let results = admission.submit().await;
+    if let Some((_, error)) = results.into_iter().find_map(|(partition, result)| Some((partition, result.err()?))) {
         let error = match error {
             PublishError::TooLarge { .. } => ApiError::BodyTooLarge { limit: config.ingest.batching.max_bytes },
             unknown if unknown.may_be_stored() => ApiError::OutcomeUnknown { reason: unknown.to_string() },
             other => unavailable(other.to_string()),
         };
-        state.metrics.events_rejected.with_label_values(&[error.metric_reason()]).inc_by(total as u64);
+        state.metrics.events_rejected.with_label_values(&[error.metric_reason()]).inc_by(accepted as u64);
         return Err(error);
     }
-    state.metrics.events_accepted.inc_by(total as u64);
-    Ok(Outcome { accepted: total, dropped: 0 })
-}
-
-/// Hands each part (index = partition; cut to `batching.max_bytes`) to the batcher, under a
-/// message id derived from its events' ids where they all have one, and waits until every
-/// chunk is acknowledged or failed: chunks not sent within `ingest.publish_timeout` fail,
-/// sent ones are awaited to their outcome (at most `ingest.ack_timeout` more).
-pub(crate) async fn submit_parts(state: &AppState, parts: Vec<Part>) -> Vec<Result<(), PublishError>> {
-    submit_parts_by_partition(state, parts).await.into_iter().map(|(_, result)| result).collect()
-}
-
-/// [`submit_parts`], each outcome with the partition of its chunk.
-pub(crate) async fn submit_parts_by_partition(
-    state: &AppState,
-    parts: Vec<Part>,
-) -> Vec<(u32, Result<(), PublishError>)> {
-    let deadline = Instant::now() + state.config.ingest.publish_timeout;
-    let max_bytes = state.config.ingest.batching.max_bytes;
-    let submissions = parts
-        .into_iter()
-        .enumerate()
-        .filter(|(_, part)| part.body.events() > 0)
-        .flat_map(|(partition, part)| {
-            let dedup = part.dedup_id();
-            part.body.split(max_bytes).into_iter().enumerate().map(move |(chunk_index, chunk)| {
-                let id = dedup.as_ref().map(|id| format!("{id}-{chunk_index}"));
-                (partition as u32, chunk, id)
-            })
-        })
-        .map(|(partition, chunk, id)| async move {
-            (partition, state.batcher.submit(partition, chunk, id, deadline).await)
-        });
-    futures::future::join_all(submissions).await
-}
-
-/// The events of one request bound for one partition.
-pub(crate) struct Part {
-    pub(crate) body: Outbound,
-    /// Records to make room for at the first push (a share of the request's events).
-    expected: usize,
-    /// Hash of the (site, client id) pairs while every event so far had a client id.
-    client_ids: Option<SipHasher13>,
-    without_client_id: bool,
-}
-
-impl Part {
-    /// An empty part of messages in `encoding`.
-    pub(crate) fn new(encoding: MessageEncoding) -> Self {
-        Self { body: Outbound::new(encoding), expected: 0, client_ids: None, without_client_id: false }
-    }
-
-    /// The parts of a request of `events` events, one per partition.
-    pub(crate) fn per_partition(state: &AppState, events: usize) -> Vec<Self> {
-        let partitions = state.publisher.partitions();
-        // A partition's share, with room for an uneven spread.
-        let share = events.div_ceil(partitions.max(1) as usize);
-        let expected = share + share / 4;
-        (0..partitions).map(|_| Self { expected, ..Self::new(state.config.ingest.batching.format) }).collect()
-    }
-
-    /// Adds `record`, noting its client id (if any) for the part's message id.
-    pub(crate) fn push(&mut self, record: EventRecord, client_id: Option<&str>) {
-        self.note_id(&record.site, client_id);
-        if self.expected > 0 {
-            self.body.reserve(std::mem::take(&mut self.expected));
-        }
-        self.body.push(record);
-    }
-
-    fn note_id(&mut self, site: &str, client_id: Option<&str>) {
-        match client_id {
-            Some(id) if !self.without_client_id => {
-                let hasher = self.client_ids.get_or_insert_with(|| SipHasher13::new_with_keys(0x6761_6c6c_6f70, 1));
-                hasher.write(site.as_bytes());
-                hasher.write_u8(0xff);
-                hasher.write(id.as_bytes());
-                hasher.write_u8(0xfe);
-            }
-            _ => {
-                self.without_client_id = true;
-                self.client_ids = None;
-            }
-        }
-    }
-
-    /// A message id that a retry of the same request reproduces, when every event of the
-    /// part carries a client id.
-    pub(crate) fn dedup_id(&self) -> Option<String> {
-        let hasher = self.client_ids.as_ref().filter(|_| !self.without_client_id)?;
-        let wide = hasher.finish128();
-        Some(format!("c-{:016x}{:016x}-{}", wide.h1, wide.h2, self.body.events()))
-    }
+    state.metrics.events_accepted.inc_by(accepted as u64);
+    state.metrics.events_duplicate.inc_by(duplicates as u64);
+    Ok(Outcome { accepted, dropped: 0, duplicates })
 }
 
 /// Browser prefetch and prerender requests are not visits.

@@ -13,17 +13,16 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{stream::FuturesUnordered, StreamExt};
-use gallop_broker::{partition_for, DeadLetter, DeadLetters, InputMessage, InputSource, PublishError};
+use gallop_broker::{DeadLetter, DeadLetters, InputMessage, InputSource, PublishError};
 use gallop_support::Backoff;
-use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use crate::{
+    admit::{Admission, Admitted, EventId, VisitorFrom},
     error::FieldError,
     input::{parse_record, RecordError, TopicRecord},
     normalize::{normalize, Rules, Sender},
-    privacy::{visitor_from_key, visitor_from_request},
-    server::{submit_parts, AppState, Part},
+    server::AppState,
     Gateway,
 };
 
@@ -34,6 +33,9 @@ pub struct InputOutcome {
     pub accepted: usize,
     /// Records dropped by the bot rules.
     pub bots: usize,
+    /// Records dropped because an earlier record of the message had the same site and id
+    /// (the same event, counted once).
+    pub duplicates: usize,
     /// Records (or, for a whole message, 1) sent to the dead letters.
     pub dead: usize,
 }
@@ -165,12 +167,11 @@ pub(crate) async fn ingest_message(
         return Err(PublishError::NotConnected("not connected to the broker".to_owned()));
     }
     let (records, mut refused) = split_records(&message.payload, config.input.max_records_per_message);
-    let salt = state.visitors.salt().await.map_err(|e| PublishError::NotConnected(format!("visitor salt: {e}")))?;
-    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let mut admission = Admission::begin(state, records.len())
+        .await
+        .map_err(|e| PublishError::NotConnected(format!("visitor salt: {e}")))?;
     let rules =
         Rules { limits: &config.ingest.limits, time: &config.time, sites: &config.ingest.sites, url_required: true };
-    let partitions = state.publisher.partitions();
-    let mut parts = Part::per_partition(state, records.len());
     let mut outcome = InputOutcome::default();
     let no_headers = axum::http::HeaderMap::new();
     for (index, record) in records {
@@ -181,19 +182,20 @@ pub(crate) async fn ingest_message(
             continue;
         }
         let country = ip.map(|ip| state.geo.country(&no_headers, ip)).unwrap_or_default();
-        let sender = Sender { ua: &ua, country: &country, now_ms };
+        let sender = Sender { ua: &ua, country: &country, now_ms: admission.now_ms() };
+        // `normalize` checks both; they travel apart from the record (the key only as a hash).
         let client_id = event.id.clone();
         let visitor_key = event.visitor.clone();
-        let mut record = match normalize(event, index, &sender, &rules) {
+        let record = match normalize(event, index, &sender, &rules) {
             Ok(record) => record,
             Err(errors) => {
                 refused.push(refusal(index, "invalid", &errors));
                 continue;
             }
         };
-        record.visitor = match (&visitor_key, ip, &user_agent) {
-            (Some(key), _, _) => visitor_from_key(&salt, &record.site, key),
-            (None, Some(ip), Some(ua)) => visitor_from_request(&salt, &record.site, ip, ua),
+        let visitor = match (&visitor_key, ip, &user_agent) {
+            (Some(key), _, _) => VisitorFrom::Key(key),
+            (None, Some(ip), Some(ua)) => VisitorFrom::Request(ip, ua),
             _ => {
                 refused.push(Refused {
                     record: Some(index),
@@ -204,12 +206,13 @@ pub(crate) async fn ingest_message(
                 continue;
             }
         };
-        let partition = partition_for(&record.site, record.visitor, partitions);
-        // Derived from where the record sits in the log, so a redelivery gives the same id.
-        record.id = client_id.unwrap_or_else(|| format!("in/{}/{index}", message.origin));
-        let id = record.id.clone();
-        parts[partition as usize].push(record, Some(&id));
-        outcome.accepted += 1;
+        // Without a client id, one derived from where the record sits in the log, so a
+        // redelivery gives the same id.
+        let id = client_id.map_or_else(|| EventId::Derived(format!("in/{}/{index}", message.origin)), EventId::Client);
+        match admission.admit(record, visitor, id) {
+            Admitted::To(_) => outcome.accepted += 1,
+            Admitted::Duplicate => outcome.duplicates += 1,
+        }
     }
 
     let letters: Vec<(Refused, &[u8])> =
@@ -225,8 +228,8 @@ pub(crate) async fn ingest_message(
             record: r.record,
         })
     });
-    let (published, sent) = futures::future::join(submit_parts(state, parts), futures::future::join_all(sends)).await;
-    if let Some(e) = published.into_iter().chain(sent).find_map(Result::err) {
+    let (published, sent) = futures::future::join(admission.submit(), futures::future::join_all(sends)).await;
+    if let Some(e) = published.into_iter().map(|(_, result)| result).chain(sent).find_map(Result::err) {
         return Err(e);
     }
     for (refused, _) in &letters {
@@ -234,6 +237,7 @@ pub(crate) async fn ingest_message(
     }
     state.metrics.events_accepted.inc_by(outcome.accepted as u64);
     state.metrics.events_bots.inc_by(outcome.bots as u64);
+    state.metrics.events_duplicate.inc_by(outcome.duplicates as u64);
     outcome.dead = letters.len();
     Ok(outcome)
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use quick_cache::sync::Cache;
 
-use crate::{error::IngestError, normalize::truncate};
+use crate::{error::IngestError, text::truncate};
 
 /// The uap-core rules, compiled into the binary.
 const RULES: &str = include_str!("../data/uap-regexes.yaml");

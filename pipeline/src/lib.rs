@@ -5,8 +5,9 @@
 //! the pure [`Processor`](gallop_processor::Processor), hands each flush to a [`Store`]
 //! together with the position [`Mark`]s it accounts for (one atomic write), and
 //! acknowledges only what a landed write holds. It knows no broker and no database: NATS,
-//! Kafka and the in-process broker are sources; ClickHouse ([`ClickHouseStore`]) and
-//! [`MemoryStore`] are stores. The rules it keeps:
+//! Kafka and the in-process broker are sources (their adapters implement
+//! [`Source`](gallop_broker::Source)); ClickHouse (`gallop_sink::ClickHouseStore`) and
+//! [`MemoryStore`] are stores (they implement [`Store`]). The rules it keeps:
 //!
 //! - positions stored with the rows are read back at start; a delivery at or below what was
 //!   already folded in (stored, or in memory) is a redelivery and is skipped;
@@ -19,17 +20,16 @@
 //!   partition does, rebuilt after a restart from the messages before the stored position.
 #![warn(missing_docs)]
 
-mod clickhouse;
 mod dedup;
 mod log_range;
+mod mark;
 mod metrics;
 mod runtime;
 mod status;
 mod store;
 
-pub use clickhouse::ClickHouseStore;
-pub use gallop_sink::Mark;
 pub use log_range::{GapKind, LogGap};
+pub use mark::Mark;
 pub use metrics::ProcessMetrics;
 pub use runtime::{run, RunError, RunOptions};
 pub use status::{status_router, Health};

@@ -8,7 +8,8 @@
 //! [`LogGap`] unless the operator accepts gaps (`consumer.accept_log_gaps`).
 
 use gallop_broker::LogRange;
-use gallop_sink::Mark;
+
+use crate::mark::Mark;
 
 /// Which way a stored position is off the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,6 @@ use std::{
 use gallop_broker::{Ack, Delivery, LogRange, Source, SourceError, SourceEvent};
 use gallop_config::Config;
 use gallop_processor::{Processor, ProcessorError};
-use gallop_sink::Mark;
 use gallop_support::Backoff;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -25,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::{
     dedup::DedupWindow,
     log_range::{check, LogGap},
+    mark::Mark,
     metrics::ProcessMetrics,
     status::Health,
     store::{Flush, Store, WriteReport},

@@ -10,8 +10,9 @@ use std::{
 
 use futures::future::{self, BoxFuture, FutureExt};
 use gallop_processor::{sketch::UniqHll12, Delta, OpenSessions, SessionState};
-use gallop_sink::Mark;
 use tokio::sync::Notify;
+
+use crate::mark::Mark;
 
 /// One flush: the aggregates since the last one and the positions they account for.
 #[derive(Debug, Clone)]

@@ -12,10 +12,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{
-    reuse::reuse,
-    session::{EngagedPage, SessionState},
-};
+use gallop_codec::reuse;
+
+use crate::stored::{EngagedPage, SessionState};
 
 /// Visits that changed since the previous flush (ended ones as tombstones), with the strings
 /// they use, each once.

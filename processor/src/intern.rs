@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use crate::processor::same_bytes;
+use crate::same_bytes::same_bytes;
 
 /// Interned strings with stable ids; `keep` first entries survive [`Interner::reset`].
 pub(crate) struct Interner {

@@ -15,15 +15,15 @@ mod error;
 mod intern;
 mod open_visits;
 mod processor;
-mod reuse;
 mod rules;
+mod same_bytes;
 mod session;
 pub mod sketch;
+mod stored;
 
 pub use changed::{ChangedPage, ChangedVisit, ChangedVisits};
 pub use delta::{Delta, LeaderboardRow, RollupRow};
 pub use error::ProcessorError;
 pub use processor::{InvalidRecord, MessageReport, Outcome, Processor, Stats};
-pub use reuse::reuse;
 pub use rules::dimensions;
-pub use session::{EngagedPage, OpenSessions, SessionState};
+pub use stored::{EngagedPage, OpenSessions, SessionState};

@@ -18,8 +18,6 @@ use std::hash::BuildHasher as _;
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
-use crate::session::Open;
-
 /// A visit's key: (site id, visitor).
 pub(crate) type Key = (u32, u64);
 
@@ -37,10 +35,17 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    /// The clock of `open`.
-    pub(crate) fn of(open: &Open) -> Self {
-        Self { last_ts: open.last_ts, first_ts: open.first_ts, partition: open.partition, live: true }
+    /// The clock of a live visit.
+    pub(crate) fn new(partition: u32, first_ts: i64, last_ts: i64) -> Self {
+        Self { last_ts, first_ts, partition, live: true }
     }
+}
+
+/// What the table needs of a visit: the times that decide when it expires (the visits
+/// themselves are the `session` module's).
+pub(crate) trait Timed {
+    /// The visit's clock.
+    fn clock(&self) -> Clock;
 }
 
 /// An entry of the hash table: 32 bits of the key's hash (for growing without reading
@@ -59,8 +64,7 @@ fn spread(hash: u32) -> u64 {
 }
 
 /// The open visits; see the module documentation.
-#[derive(Default)]
-pub(crate) struct OpenVisits {
+pub(crate) struct OpenVisits<Open> {
     hasher: FixedState,
     index: HashTable<Entry>,
     /// Per slot: the key, and the visit (`None` for a free slot).
@@ -71,7 +75,19 @@ pub(crate) struct OpenVisits {
     free: Vec<u32>,
 }
 
-impl OpenVisits {
+impl<Open> Default for OpenVisits<Open> {
+    fn default() -> Self {
+        Self {
+            hasher: FixedState::default(),
+            index: HashTable::new(),
+            slots: Vec::new(),
+            clocks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<Open: Timed> OpenVisits<Open> {
     /// Visits held.
     pub(crate) fn len(&self) -> usize {
         self.slots.len() - self.free.len()
@@ -96,14 +112,14 @@ impl OpenVisits {
         let slot = self.find(key)? as usize;
         let open = self.slots[slot].1.as_mut()?;
         let result = f(open);
-        self.clocks[slot] = Clock::of(open);
+        self.clocks[slot] = open.clock();
         Some(result)
     }
 
     /// Holds `open` as `key`'s visit, replacing the one it had.
     pub(crate) fn insert(&mut self, key: Key, open: Open) {
         if let Some(slot) = self.find(&key) {
-            self.clocks[slot as usize] = Clock::of(&open);
+            self.clocks[slot as usize] = open.clock();
             self.slots[slot as usize].1 = Some(open);
             return;
         }
@@ -114,7 +130,7 @@ impl OpenVisits {
     /// visit is most events' case, and a second probe of the table was wasted work).
     pub(crate) fn add(&mut self, key: Key, open: Open) {
         debug_assert!(self.find(&key).is_none(), "{key:?} holds a visit already");
-        let clock = Clock::of(&open);
+        let clock = open.clock();
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = (key, Some(open));
@@ -169,7 +185,7 @@ impl OpenVisits {
             let (key, open) = &mut self.slots[slot];
             let Some(visit) = open else { continue };
             if keep(key, visit) {
-                self.clocks[slot] = Clock::of(visit);
+                self.clocks[slot] = visit.clock();
             } else {
                 // Slot numbers fit u32 (see `insert`).
                 self.take(slot as u32);
@@ -197,8 +213,22 @@ mod tests {
 
     use super::*;
 
-    fn visit(partition: u32, first_ts: i64, last_ts: i64) -> Open {
-        Open::for_tests(partition, first_ts, last_ts)
+    /// A visit that is its times and nothing else.
+    #[derive(Debug)]
+    struct Visit {
+        partition: u32,
+        first_ts: i64,
+        last_ts: i64,
+    }
+
+    impl Timed for Visit {
+        fn clock(&self) -> Clock {
+            Clock::new(self.partition, self.first_ts, self.last_ts)
+        }
+    }
+
+    fn visit(partition: u32, first_ts: i64, last_ts: i64) -> Visit {
+        Visit { partition, first_ts, last_ts }
     }
 
     /// One step of a model run: which key (of a few, so that keys come back) and what.

@@ -35,17 +35,17 @@
 //! newest stored states back ([`OpenSessions`]) and the processor goes on exactly where the
 //! stored positions say it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use compact_str::CompactString;
 use foldhash::fast::FixedState;
 use gallop_event::EventFields;
-use serde::{Deserialize, Serialize};
 
 use crate::{
     changed::{ChangedPage, ChangedVisit, ChangedVisits, Recycle},
     intern::Interner,
-    open_visits::{Clock, OpenVisits},
+    open_visits::{Clock, OpenVisits, Timed},
+    stored::SessionState,
 };
 
 /// Milliseconds in one UTC day.
@@ -124,77 +124,6 @@ pub(crate) struct Change {
 /// −1 in a wrapping `UInt64` sum.
 const MINUS_ONE: u64 = u64::MAX;
 
-/// One page of a visit that sent engagement: its deepest scroll so far and the bucket its
-/// engagement rows go to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngagedPage {
-    /// Page path.
-    pub path: CompactString,
-    /// Deepest scroll reported so far, percent.
-    pub scroll_depth: u8,
-    /// Minute bucket (minutes since the epoch) of its first engagement event.
-    pub bucket: u32,
-}
-
-/// An open visit, as the processor keeps it and the sink stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionState {
-    /// Partition whose events make up the visit.
-    pub partition: u32,
-    /// Site.
-    pub site: CompactString,
-    /// Visitor id.
-    pub visitor: u64,
-    /// Grows with every change; with `last_ts` it orders the stored versions of a visit.
-    pub seq: u64,
-    /// Minute bucket (minutes since the epoch) the visit started in; its rows live there.
-    pub bucket: u32,
-    /// Earliest event time, ms.
-    pub first_ts: i64,
-    /// Latest event time, ms.
-    pub last_ts: i64,
-    /// Interactive events so far.
-    pub interactive: u32,
-    /// Page of the first event.
-    pub entry_page: CompactString,
-    /// Page of the latest pageview (of the first event until there is one).
-    pub exit_page: CompactString,
-    /// Event time of `exit_page`'s event, ms.
-    pub exit_ts: i64,
-    /// Source of the first event (empty unless `processor.session_breakdowns` has `source`).
-    pub source: CompactString,
-    /// Country of the first event (empty unless `processor.session_breakdowns` has `country`).
-    pub country: CompactString,
-    /// Device of the first event (empty unless `processor.session_breakdowns` has `device`).
-    pub device: CompactString,
-    /// Browser of the first event (empty unless `processor.session_breakdowns` has `browser`).
-    pub browser: CompactString,
-    /// Operating system of the first event (empty unless `processor.session_breakdowns` has
-    /// `os`).
-    pub os: CompactString,
-    /// Pages with engagement.
-    pub pages: Vec<EngagedPage>,
-    /// A tombstone: the visit was ended early to make room (`processor.max_open_sessions`).
-    pub ended: bool,
-}
-
-impl SessionState {
-    /// Which stored version of the same visit is newer.
-    pub fn version(&self) -> (i64, u64) {
-        (self.last_ts, self.seq)
-    }
-}
-
-/// What a processor needs to go on after a restart: each partition's watermark and the
-/// newest stored state of every visit of those partitions.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct OpenSessions {
-    /// Event-time watermark per partition, ms.
-    pub watermarks: BTreeMap<u32, i64>,
-    /// Stored visit states (any versions: the newest per visit is kept).
-    pub sessions: Vec<SessionState>,
-}
-
 /// The open visits of every partition this processor folds.
 pub(crate) struct Sessions {
     timeout_ms: i64,
@@ -204,7 +133,7 @@ pub(crate) struct Sessions {
     max_open: usize,
     /// Site names as ids (never reset: sites are few).
     sites: Interner,
-    open: OpenVisits,
+    open: OpenVisits<Open>,
     /// The strings the open visits hold, by id.
     strings: Strings,
     /// Visits ended early since the last flush, to be stored as ended; `site` is a site id.
@@ -247,12 +176,12 @@ const OS: usize = 6;
 /// An open visit in memory: a [`SessionState`] whose strings are ids in [`Strings`] and
 /// whose site and visitor are its key.
 pub(crate) struct Open {
-    pub(crate) partition: u32,
+    partition: u32,
     bucket: u32,
     interactive: u32,
     seq: u64,
-    pub(crate) first_ts: i64,
-    pub(crate) last_ts: i64,
+    first_ts: i64,
+    last_ts: i64,
     exit_ts: i64,
     /// Entry page, exit page, source, country, device, browser, os (see [`ENTRY_PAGE`]…).
     attrs: [u32; 7],
@@ -268,24 +197,13 @@ struct Page {
     bucket: u32,
 }
 
-impl Open {
-    /// A visit with these times and nothing else, for tests of the visits' store.
-    #[cfg(test)]
-    pub(crate) fn for_tests(partition: u32, first_ts: i64, last_ts: i64) -> Self {
-        Self {
-            partition,
-            bucket: 0,
-            interactive: 0,
-            seq: 0,
-            first_ts,
-            last_ts,
-            exit_ts: last_ts,
-            attrs: [NO_STRING; 7],
-            pages: Vec::new(),
-            dirty: false,
-        }
+impl Timed for Open {
+    fn clock(&self) -> Clock {
+        Clock::new(self.partition, self.first_ts, self.last_ts)
     }
+}
 
+impl Open {
     /// The tombstone of this visit of `site` (a site id) and `visitor`, ended early to make
     /// room: a version one newer than its last, without pages or strings (a restart only
     /// needs to know that it ended).
@@ -547,7 +465,7 @@ impl Sessions {
         // One pass over the open visits forgets the expired ones and takes the changed ones.
         let mut is_expired = expiry(self.timeout_ms, self.lateness_ms, watermarks);
         self.open.retain(|&(site, visitor), open| {
-            if is_expired(&Clock::of(open)) {
+            if is_expired(&open.clock()) {
                 return false;
             }
             if !open.dirty {
@@ -620,7 +538,7 @@ impl Sessions {
         for state in newest.into_values() {
             let watermark = watermarks.get(&state.partition).copied();
             let open = Open::from_state(&state, &mut self.strings);
-            if state.ended || expired(self.timeout_ms, self.lateness_ms, &Clock::of(&open), watermark) {
+            if state.ended || expired(self.timeout_ms, self.lateness_ms, &open.clock(), watermark) {
                 continue;
             }
             let key = self.key(&state.site, state.visitor);
@@ -769,6 +687,8 @@ fn extend<E: EventFields>(
 #[cfg(test)]
 mod tests {
     use gallop_event::EventRecord;
+
+    use std::collections::BTreeMap;
 
     use super::*;
 

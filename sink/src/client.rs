@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clickhouse::{Client, Compression};
 use gallop_config::ClickHouseConfig;
+use gallop_pipeline::Mark;
 use gallop_processor::OpenSessions;
 use serde::{de::DeserializeOwned, Deserialize};
 use tracing::info;
@@ -13,7 +14,6 @@ use tracing::info;
 use crate::{
     encode::{
         parse_marker, parse_session_value, parse_watermark_value, session_dimension, watermark_dimension, EncodedFlush,
-        Mark,
     },
     error::{classify, server_code, SinkError},
     schema::{Schema, AGGREGATES_TABLE, MIGRATIONS_TABLE},

@@ -8,6 +8,8 @@ use std::{
 
 use foldhash::fast::FixedState;
 
+use gallop_codec::write_varint;
+use gallop_pipeline::Mark;
 use gallop_processor::{
     sketch::{SumF64, SumU64, TopK, UniqHll12},
     ChangedVisits, Delta, RollupRow, SessionState,
@@ -39,29 +41,6 @@ impl Retention {
             Granularity::Hour => self.hour,
             Granularity::Day => self.day,
         }
-    }
-}
-
-/// Where one partition stands in ClickHouse: every message of the partition up to
-/// `position` in incarnation `epoch` of the log is stored.
-///
-/// The epoch grows when an operator lets a processor go on with a log that was deleted and
-/// recreated (its positions start again at 1), so the newest marker is still the highest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Mark {
-    /// Incarnation of the log, from 0.
-    pub epoch: u32,
-    /// Position of the last message accounted for (stream sequence, Kafka offset + 1).
-    pub position: u64,
-    /// The broker's timestamp of that message, ms since the Unix epoch (0: unknown); where
-    /// the runtime keeps a dedup window, it rebuilds the window from there after a restart.
-    pub time_ms: i64,
-}
-
-impl Mark {
-    /// Position `position` of the first incarnation, time unknown.
-    pub fn at(position: u64) -> Self {
-        Self { epoch: 0, position, time_ms: 0 }
     }
 }
 
@@ -264,7 +243,7 @@ pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffe
         .map(|row| 96 + row.site.len() + row.dimension.len() + row.value.len() + row.visitors.state_len())
         .sum();
     let needed = 3 * minute_bytes + delta.leaderboards.len() * 3 * 1024 + delta.sessions.len() * 64 + 64 * 1024;
-    let mut out = gallop_processor::reuse(buffer, needed);
+    let mut out = gallop_codec::reuse(buffer, needed);
     let mut rows = 0;
     let mut rollup_rows = [0; 3];
 
@@ -501,17 +480,8 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    write_varint(out, bytes.len() as u64);
+    write_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
-}
-
-/// Appends `value` as an unsigned LEB128 varint (ClickHouse's `VarUInt`).
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 /// `DateTime` is seconds since the epoch as `UInt32`; times outside it are clamped (the

@@ -18,9 +18,8 @@
 //! Strings are dictionary indexes, numbers unsigned LEB128 varints unless noted. Rows written
 //! before this form hold one visit as a JSON object (`<partition:010>/{…}`) and still read.
 
+use gallop_codec::{read_varint, unzigzag, write_varint, zigzag, VarintError};
 use gallop_processor::{ChangedVisits, EngagedPage, SessionState};
-
-use crate::encode::write_varint;
 
 /// Visits per stored row: a row per few hundred visits of a partition instead of a row per
 /// visit (ClickHouse sorts and merges rows; its cost per row dominated).
@@ -77,32 +76,32 @@ pub(crate) fn encode_visits(changed: &ChangedVisits, chunk: &[u32], dictionary: 
     let mut body = Vec::with_capacity(chunk.len() * 40);
     let visits: Vec<_> = chunk.iter().filter_map(|&i| changed.visits().get(i as usize)).collect();
     // The visits go to their own buffer, so the dictionary they fill can be written first.
-    write_varint(&mut body, visits.len() as u64);
+    write_varint(visits.len() as u64, &mut body);
     for visit in visits {
-        write_varint(&mut body, dictionary.index(visit.site));
+        write_varint(dictionary.index(visit.site), &mut body);
         body.extend_from_slice(&visit.visitor.to_le_bytes());
-        write_varint(&mut body, visit.seq);
-        write_varint(&mut body, u64::from(visit.bucket));
-        write_varint(&mut body, zigzag(visit.first_ts));
-        write_varint(&mut body, visit.last_ts.wrapping_sub(visit.first_ts) as u64);
-        write_varint(&mut body, zigzag(visit.exit_ts.wrapping_sub(visit.first_ts)));
-        write_varint(&mut body, u64::from(visit.interactive));
+        write_varint(visit.seq, &mut body);
+        write_varint(u64::from(visit.bucket), &mut body);
+        write_varint(zigzag(visit.first_ts), &mut body);
+        write_varint(visit.last_ts.wrapping_sub(visit.first_ts) as u64, &mut body);
+        write_varint(zigzag(visit.exit_ts.wrapping_sub(visit.first_ts)), &mut body);
+        write_varint(u64::from(visit.interactive), &mut body);
         for &attribute in &visit.attributes {
-            write_varint(&mut body, dictionary.index(attribute));
+            write_varint(dictionary.index(attribute), &mut body);
         }
         body.push(u8::from(visit.ended));
-        write_varint(&mut body, visit.pages.len() as u64);
+        write_varint(visit.pages.len() as u64, &mut body);
         for page in &visit.pages {
-            write_varint(&mut body, dictionary.index(page.path));
+            write_varint(dictionary.index(page.path), &mut body);
             body.push(page.scroll_depth);
-            write_varint(&mut body, u64::from(page.bucket));
+            write_varint(u64::from(page.bucket), &mut body);
         }
     }
     out.extend_from_slice(&MAGIC);
-    write_varint(out, dictionary.order.len() as u64);
+    write_varint(dictionary.order.len() as u64, out);
     for &index in &dictionary.order {
         let entry = changed.string(index);
-        write_varint(out, entry.len() as u64);
+        write_varint(entry.len() as u64, out);
         out.extend_from_slice(entry.as_bytes());
     }
     out.extend_from_slice(&body);
@@ -191,14 +190,6 @@ pub(crate) fn decode_visits(payload: &[u8]) -> Result<Vec<SessionState>, String>
     Ok(states)
 }
 
-fn zigzag(value: i64) -> u64 {
-    ((value << 1) ^ (value >> 63)) as u64
-}
-
-fn unzigzag(value: u64) -> i64 {
-    ((value >> 1) as i64) ^ -((value & 1) as i64)
-}
-
 /// A cursor over a compact value; errors name the field and the byte.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -223,18 +214,14 @@ impl<'a> Reader<'a> {
 
     fn varint(&mut self, what: &str) -> Result<u64, String> {
         let at = self.at;
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1, what)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                if shift == 63 && byte > 1 {
-                    break;
-                }
-                return Ok(value);
+        let (value, len) = read_varint(&self.bytes[at..]).map_err(|e| match e {
+            VarintError::Truncated { .. } => {
+                format!("byte {at}: {what} needs more bytes than the {} left", self.bytes.len() - at)
             }
-        }
-        Err(format!("byte {at}: {what} is not a varint of at most 64 bits"))
+            VarintError::TooLong { .. } => format!("byte {at}: {what} is not a varint of at most 64 bits"),
+        })?;
+        self.at += len;
+        Ok(value)
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, String> {

@@ -19,9 +19,11 @@ use gallop_support::Backoff;
 use rand::Rng;
 use tracing::{info, warn};
 
+use gallop_pipeline::Mark;
+
 use crate::{
     client::ClickHouse,
-    encode::{encode_flush_into, FlushContext, Mark, Retention},
+    encode::{encode_flush_into, FlushContext, Retention},
     error::SinkError,
 };
 

@@ -23,11 +23,11 @@ pub(crate) type KafkaRecord = (Vec<(String, String)>, Vec<u8>);
 pub(crate) const PARTITIONS: u32 = 8;
 
 pub(crate) fn nats_url() -> String {
-    std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("TEST_GALLOP_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
 pub(crate) fn kafka_bootstrap() -> String {
-    std::env::var("GALLOP_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    std::env::var("TEST_GALLOP_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// Which broker.

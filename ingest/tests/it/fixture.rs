@@ -11,10 +11,10 @@ use std::{
 };
 
 use async_nats::jetstream::{self, message::StreamMessage};
-use gallop_broker::NatsBroker;
 use gallop_config::{Config, StorageKind};
 use gallop_event::{decode_records, EventRecord};
 use gallop_ingest::{Gateway, IngestError};
+use gallop_nats::NatsBroker;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::oneshot,
@@ -23,7 +23,7 @@ use tokio::{
 
 /// The NATS server the tests use.
 pub(crate) fn nats_url() -> String {
-    std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("TEST_GALLOP_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
 /// A config with names no other test uses.
@@ -31,7 +31,7 @@ pub(crate) fn test_config() -> Config {
     let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let mut config = Config::default();
     config.nats.url = nats_url();
-    config.nats.stream = format!("GALLOP_TEST_{tag}");
+    config.nats.stream = format!("TEST_GALLOP_{tag}");
     config.nats.subject_prefix = format!("gallop-test-{tag}");
     config.nats.salt_bucket = format!("gallop_test_salts_{tag}");
     config.nats.storage = StorageKind::Memory;

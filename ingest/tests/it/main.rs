@@ -1,5 +1,5 @@
 //! Integration tests of the ingest gateway against a real NATS JetStream server
-//! (127.0.0.1:4222, or `GALLOP_TEST_NATS_URL`). Each test makes its own stream, subject
+//! (127.0.0.1:4222, or `TEST_GALLOP_NATS_URL`). Each test makes its own stream, subject
 //! prefix and salt bucket, and deletes them when done.
 
 mod bad_input;

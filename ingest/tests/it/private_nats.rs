@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use gallop_broker::NatsBroker;
 use gallop_config::{Config, Secret};
+use gallop_nats::NatsBroker;
 use tokio::time::Instant;
 
 use crate::fixture::{test_config, TestGateway, FIREFOX};

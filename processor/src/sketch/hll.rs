@@ -25,7 +25,7 @@
 //! `(UInt64)(estimate + 0.5)`.
 
 use super::hash::{city_hash64, int_hash32};
-use super::varint::{write_varuint, Reader};
+use super::state_bytes::{write_varuint, Reader};
 use super::SketchError;
 
 /// Keys kept verbatim before switching to registers.

@@ -18,9 +18,9 @@
 
 mod hash;
 mod hll;
+mod state_bytes;
 mod sum;
 mod topk;
-mod varint;
 
 pub use hash::{city_hash64, int_hash32, int_hash64};
 pub use hll::UniqHll12;

@@ -4,7 +4,7 @@
 //! that wraps on overflow, or an IEEE-754 `Float64` accumulated with plain `+=` in input
 //! order (18.16 has no compensated summation for `sum`).
 
-use super::varint::Reader;
+use super::state_bytes::Reader;
 use super::SketchError;
 
 /// The state of `sum` over `UInt64`: a total that wraps modulo 2^64 like ClickHouse's.

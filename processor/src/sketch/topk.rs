@@ -59,7 +59,9 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 
 use super::hash::string_ref_hash;
-use super::varint::{write_varuint, Reader, VARUINT_MAX};
+use gallop_codec::CLICKHOUSE_VARUINT_MAX;
+
+use super::state_bytes::{write_varuint, Reader};
 use super::SketchError;
 
 /// ClickHouse's `TOP_K_LOAD_FACTOR`: counters kept per requested item.
@@ -414,8 +416,8 @@ impl TopK {
                 let c = &mut sketch.counters[id];
                 // The sums must still be a counter ClickHouse can hold (found by fuzzing:
                 // wrapping sums gave states that were refused or changed when written back).
-                let count_sum = c.count.checked_add(count).filter(|v| *v <= VARUINT_MAX);
-                let error_sum = c.error.checked_add(error).filter(|v| *v <= VARUINT_MAX);
+                let count_sum = c.count.checked_add(count).filter(|v| *v <= CLICKHOUSE_VARUINT_MAX);
+                let error_sum = c.error.checked_add(error).filter(|v| *v <= CLICKHOUSE_VARUINT_MAX);
                 match (count_sum, error_sum) {
                     (Some(count), Some(error)) if error <= count => {
                         c.count = count;
@@ -475,7 +477,7 @@ mod tests {
         };
         let fine = TopK::read_state(1, &state(5, 1)).expect("counters add up");
         assert_eq!(fine.top(), [(b"a".to_vec(), 10, 2)]);
-        for (count, error) in [(VARUINT_MAX, 0), (VARUINT_MAX / 2 + 1, 0)] {
+        for (count, error) in [(CLICKHOUSE_VARUINT_MAX, 0), (CLICKHOUSE_VARUINT_MAX / 2 + 1, 0)] {
             let err = TopK::read_state(1, &state(count, error)).expect_err("sum past 2^63 - 1");
             assert!(matches!(err, SketchError::TopKRepeatedKeyOverflow { .. }), "{err}");
         }

@@ -11,7 +11,7 @@ use gallop_processor::Processor;
 use gallop_sink::ClickHouse;
 
 pub(crate) fn clickhouse_url() -> String {
-    std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
+    std::env::var("TEST_GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
 }
 
 /// A database name of its own for one test; dropped (best effort) when the test ends.
@@ -117,6 +117,6 @@ pub(crate) fn message(events: &[EventRecord]) -> Vec<u8> {
 
 /// The marks of what `delta` accounts for: the newest position folded in per partition, in
 /// epoch 0, as the runtime writes them for a log it has read from the start.
-pub(crate) fn marks(delta: &gallop_processor::Delta) -> std::collections::BTreeMap<u32, gallop_sink::Mark> {
-    delta.positions.iter().map(|(&p, &position)| (p, gallop_sink::Mark::at(position))).collect()
+pub(crate) fn marks(delta: &gallop_processor::Delta) -> std::collections::BTreeMap<u32, gallop_pipeline::Mark> {
+    delta.positions.iter().map(|(&p, &position)| (p, gallop_pipeline::Mark::at(position))).collect()
 }

@@ -1,5 +1,5 @@
 //! Integration tests of the sink against the real ClickHouse server
-//! (`GALLOP_TEST_CLICKHOUSE_URL`, default `http://127.0.0.1:8123`; `scripts/services.sh up`
+//! (`TEST_GALLOP_CLICKHOUSE_URL`, default `http://127.0.0.1:8123`; `scripts/services.sh up`
 //! starts one). Each test works in a database of its own, dropped at the end.
 
 mod common;

@@ -11,7 +11,8 @@ use std::{
 };
 
 use gallop_event::EventRecord;
-use gallop_sink::{Mark, Reader, TimeRange, Writer, AGGREGATES_TABLE};
+use gallop_pipeline::Mark;
+use gallop_sink::{Reader, TimeRange, Writer, AGGREGATES_TABLE};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{event, marks, message, processor, query, TestDb};
@@ -163,7 +164,7 @@ impl Proxy {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .parse()
-            .expect("GALLOP_TEST_CLICKHOUSE_URL is http://host:port");
+            .expect("TEST_GALLOP_CLICKHOUSE_URL is http://host:port");
         let flag = Arc::clone(&up);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {

@@ -3,10 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gallop_broker::NatsBroker;
 use gallop_config::{Config, StorageKind, TraqqAddValue, TraqqMapping};
 use gallop_event::{decode_records, EventRecord};
 use gallop_ingest::Gateway;
+use gallop_nats::NatsBroker;
 use gallop_sink::ClickHouse;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -24,14 +24,14 @@ pub(crate) fn mapping() -> TraqqMapping {
 pub(crate) fn test_config() -> Config {
     let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let mut config = Config::default();
-    config.nats.url = std::env::var("GALLOP_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    config.nats.url = std::env::var("TEST_GALLOP_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
     config.nats.stream = format!("GALLOP_TRAQQ_{tag}");
     config.nats.subject_prefix = format!("gallop-traqq-{tag}");
     config.nats.salt_bucket = format!("gallop_traqq_salts_{tag}");
     config.nats.storage = StorageKind::Memory;
     config.broker.partitions = 4;
     config.clickhouse.url =
-        std::env::var("GALLOP_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned());
+        std::env::var("TEST_GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned());
     config.clickhouse.database = format!("gallop_traqq_{tag}");
     config.traqq.enabled = true;
     config.traqq.site = "traqq.test".into();

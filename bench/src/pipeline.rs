@@ -1,0 +1,921 @@
+//! `gallop bench pipeline`: the whole pipeline on this machine, measured end to end.
+//!
+//! `gallop ingest` and `gallop process` run as child processes (so each one's CPU time can
+//! be read from /proc) against the configured NATS or Kafka broker (`--broker`) and
+//! ClickHouse, in a stream or topics and a database of their own. This process sends the
+//! synthetic stream of `gallop-bench process` over HTTP (`POST /v1/events`) or, with
+//! `--input topic`, as NDJSON messages to the input subject or topic that the gateway
+//! consumes (topic ingestion), as fast as it is taken or at `--rate`, and watches ClickHouse
+//! until every event has landed. It prints the sustained rate, the lag behind real time,
+//! the CPU split between gateway, broker, processor, ClickHouse and itself, the bytes the
+//! gateway published and the broker stores per million events, and the rows and bytes
+//! ClickHouse holds per million events.
+//!
+//! The brokers are reached through their adapters (`gallop-nats`, `gallop-kafka`): the
+//! topic load through an [`InputPublisher`], the stream's size and the clean-up through
+//! the adapters' own calls.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use gallop_broker::InputPublisher;
+use gallop_config::{BrokerKind, Config};
+use gallop_event::EventRecord;
+use gallop_kafka::{KafkaInputPublisher, KafkaSetupError};
+use gallop_nats::{NatsBroker, NatsError, NatsInputPublisher};
+use gallop_sink::{ClickHouse, SinkError, AGGREGATES_TABLE};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::synth::{generate, SynthConfig};
+
+/// Why `gallop bench pipeline` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The options do not fit each other or the config.
+    #[error("{0}")]
+    Options(String),
+    /// Something of this process failed (the runtime, a child process, a task).
+    #[error("{what}: {reason}")]
+    Run {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A child (`gallop ingest`, `gallop process`) failed or exited.
+    #[error("gallop {command}: {reason}")]
+    Child {
+        /// `ingest` or `process`.
+        command: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The gateway refused the load.
+    #[error("the gateway answered {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+    /// Not every event landed in time.
+    #[error("only {landed} of {sent} events landed in {seconds} s")]
+    TimedOut {
+        /// Events in ClickHouse.
+        landed: u64,
+        /// Events sent.
+        sent: usize,
+        /// `--timeout-secs`.
+        seconds: u64,
+    },
+    /// ClickHouse holds another number of events than were sent.
+    #[error("ClickHouse holds {landed} events, {sent} were sent")]
+    Miscounted {
+        /// Events in ClickHouse.
+        landed: u64,
+        /// Events sent.
+        sent: usize,
+    },
+    /// ClickHouse failed.
+    #[error(transparent)]
+    ClickHouse(#[from] SinkError),
+    /// The NATS adapter failed.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The Kafka adapter failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+}
+
+/// `PipelineError::Run` of `what` from any displayable error.
+fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> PipelineError + '_ {
+    move |e| PipelineError::Run { what: what.to_owned(), reason: e.to_string() }
+}
+
+/// Options of `gallop bench pipeline`.
+#[derive(Debug, clap::Args)]
+pub struct PipelineBench {
+    /// Events to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// HTTP requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Offered load in events per second (0: as fast as the gateway accepts). At a fixed
+    /// rate the lag shows whether the pipeline keeps up with it.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Event-time span of the stream in minutes, ending now; must stay inside
+    /// `time.allowed_lateness`. Fewer events per minute means more rows per event.
+    #[arg(long, default_value_t = 5)]
+    span_minutes: i64,
+    /// Seed of the synthetic stream.
+    #[arg(long, default_value_t = 0x006a_110b)]
+    seed: u64,
+    /// Give up when not every event has landed this many seconds after the start.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Keep the bench's stream and database afterwards (for a look in ClickHouse).
+    #[arg(long)]
+    keep: bool,
+    /// The broker between gateway and processor (default: `broker.kind` of the config).
+    #[arg(long, value_enum)]
+    broker: Option<BrokerArg>,
+    /// How the load reaches the gateway: `http` (`POST /v1/events`, a JSON array per
+    /// request) or `topic` (NDJSON messages of `--batch` events published to the input
+    /// subject or topic, which the gateway consumes: topic ingestion).
+    #[arg(long, value_enum, default_value = "http")]
+    input: InputArg,
+}
+
+/// `--input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputArg {
+    /// HTTP requests to the gateway.
+    Http,
+    /// Messages to the input subject or topic.
+    Topic,
+}
+
+/// `--broker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerArg {
+    /// NATS JetStream (`[nats]`).
+    Nats,
+    /// Kafka (`[kafka]`).
+    Kafka,
+}
+
+/// User-Agents the load rotates through (the gateway derives browser, OS and device).
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+];
+/// Countries the load sends in the gateway's country header.
+const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "GB", "NL"];
+/// HitKeep's published storage per million raw hits, the reference of the storage figure.
+const HITKEEP_BYTES_PER_MILLION: f64 = 120.0 * 1_000_000.0;
+
+/// One HTTP request's worth of events, ready to send.
+struct Request {
+    body: Vec<u8>,
+    events: u64,
+    user_agent: &'static str,
+    country: &'static str,
+}
+
+/// Runs the benchmark with the loaded `config` (`config_path` is passed on to the
+/// children, which are this process's own executable: the `gallop` binary).
+pub fn pipeline(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> Result<(), PipelineError> {
+    if options.events == 0 || options.batch == 0 || options.concurrency == 0 {
+        return Err(PipelineError::Options("--events, --batch and --concurrency must be at least 1".to_owned()));
+    }
+    let span = Duration::from_secs(u64::try_from(options.span_minutes).unwrap_or(0) * 60);
+    if span.is_zero() || span >= config.time.allowed_lateness {
+        return Err(PipelineError::Options(format!(
+            "--span-minutes {} must be at least 1 and below time.allowed_lateness ({:?})",
+            options.span_minutes, config.time.allowed_lateness
+        )));
+    }
+    if options.batch > config.ingest.limits.max_batch_events {
+        return Err(PipelineError::Options(format!(
+            "--batch {} is above ingest.limits.max_batch_events ({})",
+            options.batch, config.ingest.limits.max_batch_events
+        )));
+    }
+    let mut config = config.clone();
+    if let Some(broker) = options.broker {
+        config.broker.kind = match broker {
+            BrokerArg::Nats => BrokerKind::Nats,
+            BrokerArg::Kafka => BrokerKind::Kafka,
+        };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(failed("starting the Tokio runtime"))?
+        .block_on(run(options, &config, config_path))
+}
+
+async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> Result<(), PipelineError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let tag = format!("{:x}{:x}", std::process::id(), now % 1_000_000_000);
+    let bench = Bench::new(&tag, config, config_path, options.input == InputArg::Topic);
+
+    // Events of the last minutes: on time for the processor, however long the run.
+    let span_ms = options.span_minutes * 60_000;
+    let synth = SynthConfig {
+        seed: options.seed,
+        events: options.events,
+        start_ms: now - span_ms,
+        span_ms,
+        ..SynthConfig::default()
+    };
+    let topic = options.input == InputArg::Topic;
+    let requests = requests(&synth, options.batch, topic);
+    let body_bytes: usize = requests.iter().map(|r| r.body.len()).sum();
+    let offered =
+        if options.rate > 0 { format!("{} events/s offered", options.rate) } else { "as fast as accepted".to_owned() };
+    let unit = if topic { "input messages (NDJSON)" } else { "requests" };
+    println!(
+        "gallop bench pipeline: {} events over the last {} minutes ({} visitors, {} pages, {} referrers, {} sites) in {} {unit} of {} \
+         ({:.0} bytes/event of JSON), {} in flight, {offered}",
+        options.events,
+        options.span_minutes,
+        synth.visitors,
+        synth.pages,
+        synth.referrers,
+        synth.sites,
+        requests.len(),
+        options.batch,
+        body_bytes as f64 / options.events as f64,
+        options.concurrency
+    );
+    let broker = match config.broker.kind {
+        BrokerKind::Nats => format!("NATS {}", config.nats.url),
+        BrokerKind::Kafka => format!("Kafka {}", config.kafka.bootstrap_servers),
+    };
+    println!(
+        "processor: flush every {:?} or {} keys; ClickHouse {}; broker {broker}",
+        config.processor.flush_interval, config.processor.flush_keys, config.clickhouse.url
+    );
+
+    let result = bench.measure(options, config, requests).await;
+    bench.clean_up(options.keep).await;
+    result
+}
+
+/// The children, names and services of one run.
+struct Bench {
+    tag: String,
+    kind: BrokerKind,
+    database: String,
+    /// `[nats]` with this run's stream, subjects and bucket.
+    nats: gallop_config::NatsConfig,
+    /// `[kafka]` with this run's topics.
+    kafka: gallop_config::KafkaConfig,
+    partitions: u32,
+    /// How long a publish to the input may wait for its acknowledgement.
+    ack_timeout: Duration,
+    clickhouse: gallop_config::ClickHouseConfig,
+    config_path: Option<PathBuf>,
+    /// The input settings the children get (names of this run's own).
+    input: gallop_config::InputConfig,
+    /// Topic ingestion: the gateway consumes the input.
+    topic_input: bool,
+}
+
+impl Bench {
+    fn new(tag: &str, config: &Config, config_path: Option<PathBuf>, topic_input: bool) -> Self {
+        let input = gallop_config::InputConfig {
+            enabled: topic_input,
+            nats_stream: format!("GALLOP_BENCH_IN_{tag}"),
+            nats_subject: format!("gallop-bench-in-{tag}.>"),
+            nats_dead_stream: format!("GALLOP_BENCH_DEAD_{tag}"),
+            nats_dead_subject: format!("gallop-bench-dead-{tag}"),
+            nats_consumer: format!("bench-in-{tag}"),
+            kafka_topic: format!("gallop-bench-in-{tag}"),
+            kafka_dead_topic: format!("gallop-bench-dead-{tag}"),
+            kafka_group: format!("gallop-bench-in-{tag}"),
+            ..config.input.clone()
+        };
+        Self {
+            input,
+            topic_input,
+            tag: tag.to_owned(),
+            kind: config.broker.kind,
+            database: format!("gallop_bench_{tag}"),
+            nats: gallop_config::NatsConfig {
+                stream: format!("GALLOP_BENCH_{tag}"),
+                subject_prefix: format!("gallop-bench-{tag}"),
+                salt_bucket: format!("gallop_bench_{tag}"),
+                // As the children are told (GALLOP_NATS__MAX_AGE): connecting here updates the
+                // stream to this config.
+                max_age: Duration::from_secs(3600),
+                ..config.nats.clone()
+            },
+            kafka: gallop_config::KafkaConfig {
+                topic: format!("gallop-bench-{tag}"),
+                salt_topic: format!("gallop-bench-{tag}-salts"),
+                consumer_group: format!("gallop-bench-{tag}"),
+                ..config.kafka.clone()
+            },
+            partitions: config.broker.partitions,
+            ack_timeout: config.ingest.ack_timeout,
+            clickhouse: gallop_config::ClickHouseConfig {
+                database: format!("gallop_bench_{tag}"),
+                ..config.clickhouse.clone()
+            },
+            config_path,
+        }
+    }
+
+    /// `gallop <command>` on this bench's stream and database; returns the child and the
+    /// address it logged as listening.
+    async fn spawn(&self, command: &str) -> Result<(Child, String), PipelineError> {
+        let child_error = |reason: String| PipelineError::Child { command: command.to_owned(), reason };
+        let exe = std::env::current_exe().map_err(|e| child_error(format!("finding the gallop binary: {e}")))?;
+        let mut cmd = Command::new(exe);
+        if let Some(path) = &self.config_path {
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("--log-json")
+            .arg(command)
+            .env("GALLOP_LOG__FILTER", "info")
+            .env_remove("RUST_LOG")
+            .env("GALLOP_BROKER__KIND", self.kind.name())
+            .env("GALLOP_KAFKA__TOPIC", &self.kafka.topic)
+            .env("GALLOP_KAFKA__SALT_TOPIC", &self.kafka.salt_topic)
+            .env("GALLOP_KAFKA__CONSUMER_GROUP", &self.kafka.consumer_group)
+            .env("GALLOP_NATS__STREAM", &self.nats.stream)
+            .env("GALLOP_NATS__SUBJECT_PREFIX", &self.nats.subject_prefix)
+            .env("GALLOP_NATS__SALT_BUCKET", &self.nats.salt_bucket)
+            .env("GALLOP_NATS__MAX_AGE", "1h")
+            .env("GALLOP_INGEST__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_INGEST__COUNTRY_HEADER", "X-Country")
+            .env("GALLOP_CONSUMER__LISTEN", "127.0.0.1:0")
+            .env("GALLOP_CONSUMER__DURABLE_PREFIX", format!("bench-{}", self.tag))
+            .env("GALLOP_CLICKHOUSE__DATABASE", &self.database)
+            .env("GALLOP_INPUT__ENABLED", (self.topic_input && command == "ingest").to_string())
+            .env("GALLOP_INPUT__NATS_STREAM", &self.input.nats_stream)
+            .env("GALLOP_INPUT__NATS_SUBJECT", &self.input.nats_subject)
+            .env("GALLOP_INPUT__NATS_DEAD_STREAM", &self.input.nats_dead_stream)
+            .env("GALLOP_INPUT__NATS_DEAD_SUBJECT", &self.input.nats_dead_subject)
+            .env("GALLOP_INPUT__NATS_CONSUMER", &self.input.nats_consumer)
+            .env("GALLOP_INPUT__KAFKA_TOPIC", &self.input.kafka_topic)
+            .env("GALLOP_INPUT__KAFKA_DEAD_TOPIC", &self.input.kafka_dead_topic)
+            .env("GALLOP_INPUT__KAFKA_GROUP", &self.input.kafka_group)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| child_error(format!("starting: {e}")))?;
+        let stderr = child.stderr.take().ok_or_else(|| child_error("its stderr is not piped".to_owned()))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.map_err(|e| child_error(format!("reading its log: {e}")))? {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let message = entry["fields"]["message"].as_str().unwrap_or_default();
+                if message == "listening" || message == "gateway listening" {
+                    return Ok(entry["fields"]["address"].as_str().unwrap_or_default().to_owned());
+                }
+                if entry["level"] == "ERROR" {
+                    return Err(child_error(line));
+                }
+            }
+            Err(child_error("exited before listening".to_owned()))
+        })
+        .await
+        .map_err(|_| child_error("did not start within 60 s".to_owned()))??;
+        let label = command.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
+                    eprintln!("[gallop {label}] {line}");
+                }
+            }
+        });
+        Ok((child, address))
+    }
+
+    async fn measure(
+        &self,
+        options: &PipelineBench,
+        config: &Config,
+        requests: Vec<Request>,
+    ) -> Result<(), PipelineError> {
+        let ticks = clock_ticks_per_second();
+        let (mut processor, _) = self.spawn("process").await?;
+        let (mut gateway, address) = self.spawn("ingest").await?;
+        let gateway_address = address.clone();
+        let clickhouse = ClickHouse::connect(&self.clickhouse).await?;
+        let table = clickhouse.schema().table(AGGREGATES_TABLE);
+        let landed_sql = format!(
+            "SELECT sumMerge(events) AS n FROM {table} WHERE kind = 'rollup' AND granularity = 'minute' AND dimension = 'total'"
+        );
+
+        let pids = Pids {
+            gateway: gateway.id().ok_or_else(|| exited("ingest"))?,
+            processor: processor.id().ok_or_else(|| exited("process"))?,
+            broker: match self.kind {
+                BrokerKind::Nats => find_process("nats-server"),
+                // Tansu's binary is named after its version; /proc shows 15 bytes of it.
+                BrokerKind::Kafka => find_process("tansu").or_else(|| find_process("java")),
+            },
+            clickhouse: find_process("clickhouse-serv"),
+            this: std::process::id(),
+        };
+        let cpu_before = pids.cpu(ticks);
+        let started = Instant::now();
+        let total = requests.len();
+        let accepted = Arc::new(Mutex::new(vec![(0.0f64, 0u64)]));
+        let pace = (options.rate > 0).then(|| Duration::from_secs_f64(options.batch as f64 / options.rate as f64));
+        let load = if self.topic_input { Load::Topic(self.input_publisher().await?) } else { Load::Http(address) };
+        let sender = send_all(load, requests, options.concurrency, pace, started, accepted.clone());
+
+        // Sample the landed count until everything is there.
+        let mut samples: Vec<(f64, u64)> = Vec::new();
+        let mut sender = Some(tokio::spawn(sender));
+        let mut sent_at = None;
+        let deadline = Duration::from_secs(options.timeout_secs);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let landed = landed(&clickhouse, &landed_sql).await;
+            samples.push((started.elapsed().as_secs_f64(), landed));
+            if sender.as_ref().is_some_and(|s| s.is_finished()) {
+                if let Some(finished) = sender.take() {
+                    finished.await.map_err(failed("the sender task"))??;
+                    sent_at = accepted.lock().ok().and_then(|a| a.last().map(|l| l.0));
+                }
+            }
+            if sent_at.is_some() && landed >= options.events as u64 {
+                break;
+            }
+            if started.elapsed() > deadline {
+                return Err(PipelineError::TimedOut { landed, sent: options.events, seconds: options.timeout_secs });
+            }
+            for (command, child) in [("process", &mut processor), ("ingest", &mut gateway)] {
+                if let Some(status) = child.try_wait().map_err(failed("waiting for a child"))? {
+                    return Err(PipelineError::Child {
+                        command: command.to_owned(),
+                        reason: format!("exited: {status}"),
+                    });
+                }
+            }
+        }
+        let sent_at = sent_at.unwrap_or_default();
+        let (done_at, landed_total) = *samples.last().unwrap_or(&(0.0, 0));
+        let cpu_after = pids.cpu(ticks);
+        if landed_total != options.events as u64 {
+            return Err(PipelineError::Miscounted { landed: landed_total, sent: options.events });
+        }
+
+        // Lag: how long ago the landed events had been accepted by the gateway.
+        let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut lags: Vec<f64> = samples
+            .iter()
+            .filter(|&&(t, landed)| landed > 0 && t <= sent_at)
+            .map(|&(t, landed)| t - accepted_at(&accepted, landed))
+            .collect();
+        lags.sort_by(f64::total_cmp);
+
+        let n = options.events as f64;
+        println!();
+        if self.topic_input {
+            println!(
+                "sent:   {} events in {:.2} s → {:.0} events/s acknowledged by the input {} ({} messages)",
+                options.events,
+                sent_at,
+                n / sent_at,
+                match self.kind {
+                    BrokerKind::Nats => "subject",
+                    BrokerKind::Kafka => "topic",
+                },
+                total
+            );
+        } else {
+            println!(
+                "sent:   {} events in {:.2} s → {:.0} events/s accepted by the gateway ({} requests)",
+                options.events,
+                sent_at,
+                n / sent_at,
+                total
+            );
+        }
+        println!(
+            "landed: all {} in ClickHouse {:.2} s after the first request → {:.0} events/s end to end",
+            options.events,
+            done_at,
+            n / done_at
+        );
+        // Sustained rate: events that landed between the first and the last flush seen
+        // while the gateway was still accepting, over the time between them (the run's
+        // start-up and final flush interval left out).
+        let steps: Vec<(f64, u64)> =
+            samples.windows(2).filter(|w| w[1].1 > w[0].1 && w[1].0 <= sent_at + 0.5).map(|w| w[1]).collect();
+        if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
+            if last.0 > first.0 {
+                println!(
+                    "sustained: {:.0} events/s landed between the flushes at {:.1} s and {:.1} s",
+                    (last.1 - first.1) as f64 / (last.0 - first.0),
+                    first.0,
+                    last.0
+                );
+            }
+        }
+        if let (Some(median), Some(max)) = (lags.get(lags.len() / 2), lags.last()) {
+            println!(
+                "lag behind the gateway while sending: median {median:.1} s, max {max:.1} s; last event landed {:.1} s \
+                 after the last request (sampled every 0.5 s; flush interval {:?})",
+                done_at - sent_at,
+                config.processor.flush_interval
+            );
+        }
+        let used = |f: fn(&Cpu) -> Option<f64>| match (f(&cpu_before), f(&cpu_after)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let parts: [(&str, Option<f64>); 5] = [
+            ("gateway (gallop ingest)", used(|c| c.gateway)),
+            (
+                match self.kind {
+                    BrokerKind::Nats => "NATS (nats-server)",
+                    BrokerKind::Kafka => "Kafka broker (tansu)",
+                },
+                used(|c| c.broker),
+            ),
+            ("processor (gallop process)", used(|c| c.processor)),
+            ("ClickHouse (clickhouse-server)", used(|c| c.clickhouse)),
+            ("load generator (this process)", used(|c| c.this)),
+        ];
+        let busy: f64 = parts.iter().filter_map(|p| p.1).sum();
+        println!(
+            "CPU over the {done_at:.1} s run: {busy:.1} CPU-seconds = {:.2} cores busy of {}",
+            busy / done_at,
+            std::thread::available_parallelism().map_or(0, |p| p.get())
+        );
+        for (name, seconds) in parts {
+            match seconds {
+                Some(s) => {
+                    println!("  {name:<32} {s:>7.2} s  {:>5.1} %  {:>8.2} µs/event", 100.0 * s / busy, s * 1e6 / n)
+                }
+                None => println!("  {name:<32} (process not found on this machine)"),
+            }
+        }
+        let published = scrape(&gateway_address, "gallop_published_bytes_total").await;
+        self.storage(&clickhouse, n, published).await?;
+
+        let _ = terminate(&mut gateway).await;
+        let _ = terminate(&mut processor).await;
+        Ok(())
+    }
+
+    /// Bytes on the broker, rows and bytes in ClickHouse, per million events.
+    async fn storage(&self, clickhouse: &ClickHouse, events: f64, published: Option<f64>) -> Result<(), PipelineError> {
+        #[derive(Deserialize)]
+        struct Parts {
+            rows: u64,
+            parts: u64,
+            compressed: u64,
+            uncompressed: u64,
+        }
+        let parts_sql = format!(
+            "SELECT sum(rows) AS rows, count() AS parts, sum(data_compressed_bytes) AS compressed, \
+             sum(data_uncompressed_bytes) AS uncompressed FROM system.parts \
+             WHERE database = '{}' AND table = '{AGGREGATES_TABLE}' AND active",
+            self.database
+        );
+        let per_million = events / 1_000_000.0;
+        if let Some(bytes) = published {
+            println!(
+                "broker messages: {:.1} MB/M events of payload as published ({:.0} bytes/event, uncompressed; \
+                 gallop_published_bytes_total)",
+                bytes / per_million / 1e6,
+                bytes / events
+            );
+        }
+        let show = |label: &str, p: &Parts| {
+            println!(
+                "  {label:<24} {:>9.0} rows/M events, {:>7.2} MB/M compressed ({:.2} MB/M uncompressed), {} parts; \
+                 HitKeep's raw hits: 120 MB/M → {:.0}× smaller",
+                p.rows as f64 / per_million,
+                p.compressed as f64 / per_million / 1e6,
+                p.uncompressed as f64 / per_million / 1e6,
+                p.parts,
+                HITKEEP_BYTES_PER_MILLION / (p.compressed as f64 / per_million).max(1.0)
+            )
+        };
+        println!("ClickHouse storage (table aggregates, rollups at minute + hour + day, leaderboards, markers):");
+        let written = clickhouse.fetch::<Parts>(&parts_sql).await?;
+        if let Some(p) = written.first() {
+            show("as written:", p);
+        }
+        clickhouse.execute(&format!("OPTIMIZE TABLE {} FINAL", clickhouse.schema().table(AGGREGATES_TABLE))).await?;
+        let merged = clickhouse.fetch::<Parts>(&parts_sql).await?;
+        if let Some(p) = merged.first() {
+            show("after OPTIMIZE FINAL:", p);
+        }
+        if self.kind == BrokerKind::Kafka {
+            println!(
+                "Kafka topic: the producer compresses batches with lz4 (kafka.properties can change it); Tansu's memory \
+                 storage reports no size, so the stored bytes are not measured here"
+            );
+        } else {
+            let (bytes, messages) = self.nats().await?.stored().await?;
+            println!(
+                "NATS stream (the raw events, kept for nats.max_age): {:.1} MB/M events in {messages} messages",
+                bytes as f64 / per_million / 1e6,
+            );
+        }
+        Ok(())
+    }
+
+    /// A connection to this run's NATS stream.
+    async fn nats(&self) -> Result<NatsBroker, NatsError> {
+        NatsBroker::connect(&self.nats, self.partitions, self.ack_timeout).await
+    }
+
+    /// Where the topic load goes: the run's input subject (NATS) or topic (Kafka).
+    async fn input_publisher(&self) -> Result<Arc<dyn InputPublisher>, PipelineError> {
+        Ok(match self.kind {
+            BrokerKind::Nats => {
+                let subject = self.input.nats_subject.replace('>', "bench");
+                Arc::new(NatsInputPublisher::open(&self.nats().await?, &self.nats, &self.input, subject).await?)
+            }
+            BrokerKind::Kafka => Arc::new(KafkaInputPublisher::open(&self.kafka, self.partitions, &self.input).await?),
+        })
+    }
+
+    async fn clean_up(&self, keep: bool) {
+        if keep {
+            println!("kept: stream {} / topic {} and database {}", self.nats.stream, self.kafka.topic, self.database);
+            return;
+        }
+        // Clean-up is best effort: what fails to go is named.
+        let report = |what: &str, result: Result<(), String>| {
+            if let Err(e) = result {
+                eprintln!("gallop bench pipeline: could not delete {what}: {e}");
+            }
+        };
+        match self.kind {
+            BrokerKind::Kafka => {
+                let k = &self.kafka;
+                let topics = [&k.topic, &k.salt_topic, &self.input.kafka_topic, &self.input.kafka_dead_topic];
+                let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+                report("the bench's topics", gallop_kafka::delete_topics(k, &topics).await.map_err(|e| e.to_string()));
+            }
+            BrokerKind::Nats => match self.nats().await {
+                Ok(nats) => {
+                    let bucket = format!("KV_{}", self.nats.salt_bucket);
+                    let input = &self.input;
+                    for stream in [&self.nats.stream, &bucket, &input.nats_stream, &input.nats_dead_stream] {
+                        report(stream, nats.delete_stream(stream).await.map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                }
+                Err(e) => report("the bench's streams", Err(e.to_string())),
+            },
+        }
+        if let Ok(clickhouse) = ClickHouse::connect(&self.clickhouse).await {
+            let _ = clickhouse.execute(&format!("DROP DATABASE IF EXISTS `{}`", self.database)).await;
+        }
+    }
+}
+
+/// The events of `synth` as `/v1/events` request bodies (JSON arrays) or input messages
+/// (`ndjson`) of `batch` events each.
+fn requests(synth: &SynthConfig, batch: usize, ndjson: bool) -> Vec<Request> {
+    let mut records = generate(synth);
+    let mut requests = Vec::with_capacity(synth.events.div_ceil(batch));
+    loop {
+        let events: Vec<serde_json::Value> = records.by_ref().take(batch).map(|r| raw_event(&r)).collect();
+        if events.is_empty() {
+            return requests;
+        }
+        let i = requests.len();
+        // Serializing plain JSON values cannot fail.
+        let body = if ndjson {
+            events.iter().flat_map(|e| serde_json::to_vec(e).unwrap_or_default().into_iter().chain([b'\n'])).collect()
+        } else {
+            serde_json::to_vec(&events).unwrap_or_default()
+        };
+        requests.push(Request {
+            body,
+            events: events.len() as u64,
+            user_agent: USER_AGENTS[i % USER_AGENTS.len()],
+            country: COUNTRIES[i % COUNTRIES.len()],
+        });
+    }
+}
+
+/// A synthetic record as a client sends it to `/v1/events`.
+fn raw_event(r: &EventRecord) -> serde_json::Value {
+    let mut url = format!("https://{}{}", r.host, r.path);
+    if !r.utm_source.is_empty() {
+        url.push_str(&format!(
+            "?utm_source={}&utm_medium={}&utm_campaign={}",
+            r.utm_source, r.utm_medium, r.utm_campaign
+        ));
+    }
+    let mut event = serde_json::json!({
+        "id": r.id,
+        "site": r.site,
+        "name": r.name,
+        "url": url,
+        "timestamp": r.ts,
+        "visitor": format!("{:016x}", r.visitor),
+    });
+    if !r.referrer.is_empty() {
+        event["referrer"] = r.referrer.clone().into();
+    }
+    if !r.props.is_empty() {
+        event["props"] = serde_json::json!(r.props);
+    }
+    if let Some(value) = r.value {
+        event["value"] = value.into();
+        event["currency"] = r.currency.clone().into();
+    }
+    event
+}
+
+/// Where the load goes.
+enum Load {
+    /// `POST /v1/events` to the gateway at this address.
+    Http(String),
+    /// Messages to the input subject or topic.
+    Topic(Arc<dyn InputPublisher>),
+}
+
+/// Sends every request, `concurrency` at a time (request `i` not before `i · pace` when
+/// paced), retrying 503s (HTTP) and failed publishes (topic); records the cumulative
+/// accepted events with their time.
+async fn send_all(
+    load: Load,
+    requests: Vec<Request>,
+    concurrency: usize,
+    pace: Option<Duration>,
+    started: Instant,
+    accepted: Arc<Mutex<Vec<(f64, u64)>>>,
+) -> Result<(), PipelineError> {
+    let client = reqwest::Client::new();
+    let (url, topic) = match load {
+        Load::Http(address) => (format!("http://{address}/v1/events"), None),
+        Load::Topic(target) => (String::new(), Some(target)),
+    };
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, requests, next, count, accepted, topic) = (
+            client.clone(),
+            url.clone(),
+            requests.clone(),
+            next.clone(),
+            count.clone(),
+            accepted.clone(),
+            topic.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(request) = requests.get(i) else { return Ok::<(), PipelineError>(()) };
+                if let Some(pace) = pace {
+                    tokio::time::sleep_until((started + pace * i as u32).into()).await;
+                }
+                while let Some(target) = &topic {
+                    match target.send(bytes::Bytes::from(request.body.clone())).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            eprintln!("publishing to the input failed, retrying: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                while topic.is_none() {
+                    let response = client
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .header("User-Agent", request.user_agent)
+                        .header("X-Country", request.country)
+                        .body(request.body.clone())
+                        .send()
+                        .await
+                        .map_err(failed("sending to the gateway"))?;
+                    match response.status().as_u16() {
+                        202 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        status => {
+                            let body = response.text().await.unwrap_or_default();
+                            return Err(PipelineError::Refused { status, body });
+                        }
+                    }
+                }
+                let total = count.fetch_add(request.events, Ordering::Relaxed) + request.events;
+                if let Ok(mut a) = accepted.lock() {
+                    a.push((started.elapsed().as_secs_f64(), total));
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.map_err(failed("a sender task"))??;
+    }
+    Ok(())
+}
+
+/// Events ClickHouse holds (0 while the table does not exist yet).
+async fn landed(clickhouse: &ClickHouse, sql: &str) -> u64 {
+    #[derive(Deserialize)]
+    struct Row {
+        n: u64,
+    }
+    clickhouse.fetch::<Row>(sql).await.ok().and_then(|rows| rows.first().map(|r| r.n)).unwrap_or(0)
+}
+
+/// When the gateway had accepted at least `events` (seconds since the start).
+fn accepted_at(accepted: &[(f64, u64)], events: u64) -> f64 {
+    let i = accepted.partition_point(|&(_, n)| n < events);
+    accepted.get(i).or(accepted.last()).map_or(0.0, |a| a.0)
+}
+
+/// Processes whose CPU time is measured.
+struct Pids {
+    gateway: u32,
+    processor: u32,
+    broker: Option<u32>,
+    clickhouse: Option<u32>,
+    this: u32,
+}
+
+/// CPU seconds (user + system) of each measured process.
+struct Cpu {
+    gateway: Option<f64>,
+    processor: Option<f64>,
+    broker: Option<f64>,
+    clickhouse: Option<f64>,
+    this: Option<f64>,
+}
+
+impl Pids {
+    fn cpu(&self, ticks: f64) -> Cpu {
+        let of = |pid: Option<u32>| pid.and_then(|p| cpu_seconds(p, ticks));
+        Cpu {
+            gateway: of(Some(self.gateway)),
+            processor: of(Some(self.processor)),
+            broker: of(self.broker),
+            clickhouse: of(self.clickhouse),
+            this: of(Some(self.this)),
+        }
+    }
+}
+
+/// utime + stime of `pid` and all its threads, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (`state`).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// The oldest process whose command name starts with `comm` (as /proc shows it, at most
+/// 15 bytes).
+fn find_process(comm: &str) -> Option<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with(comm)))
+        .collect();
+    pids.sort_unstable();
+    pids.first().copied()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 where that fails).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The value of the sample `name` on the `/metrics` page at `address`.
+async fn scrape(address: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// SIGTERM, then wait up to 30 s.
+async fn terminate(child: &mut Child) -> Result<(), PipelineError> {
+    if let Some(pid) = child.id() {
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().map_err(failed("kill -TERM"))?;
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .map_err(failed("waiting for a child after SIGTERM"))?
+            .map_err(failed("waiting for a child after SIGTERM"))?;
+    }
+    Ok(())
+}
+
+/// A child that has already exited (no pid).
+fn exited(command: &str) -> PipelineError {
+    PipelineError::Child { command: command.to_owned(), reason: "exited at once".to_owned() }
+}
