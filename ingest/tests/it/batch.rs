@@ -23,7 +23,7 @@ async fn ndjson_batch_of_100_is_published_whole() {
     let body: String = (0..100).map(|i| event(i, ts) + "\n").collect();
     let reply = gateway.post("/v1/events", Some("application/x-ndjson"), body, &[("user-agent", FIREFOX)]).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    assert_eq!(reply.body, r#"{"accepted":100,"dropped_bots":0}"#);
+    assert_eq!(reply.body, r#"{"accepted":100,"dropped_bots":0,"dropped_duplicates":0}"#);
     let records = gateway.records().await;
     assert_eq!(records.len(), 100);
     assert!(records.iter().all(|r| r.ts == ts && r.site == "app.example" && r.name == "signup"));

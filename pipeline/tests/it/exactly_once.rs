@@ -6,7 +6,7 @@ use std::time::Duration;
 use gallop_broker::MemoryBroker;
 use gallop_pipeline::RunError;
 
-use crate::harness::Harness;
+use crate::harness::{now_ms, Harness};
 
 /// The steps a crash is injected at.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +150,29 @@ async fn redelivered_messages_are_skipped_and_copies_inside_the_window_count_onc
     harness.publish(5).await;
     harness.wait_until_stored().await;
     assert_eq!(running.metric("gallop_messages_total{outcome=\"duplicate\"}"), 1.0, "the copy after the restart");
+    running.stop().await.expect("a clean stop");
+    harness.assert_store_is_the_truth().await;
+}
+
+/// The dedup window is broker time (Kafka's message timestamps), not the processor's clock:
+/// a copy the broker stamped inside the window after the first is dropped; one stamped past
+/// it is a message of its own and counts, as Kafka keeps it (documented for
+/// `kafka.dedup_window`).
+#[tokio::test]
+async fn the_dedup_window_is_measured_in_the_brokers_time() {
+    let mut harness = Harness::new(MemoryBroker::new(2).without_dedup(), 11);
+    harness.dedup_window = Some(Duration::from_secs(120));
+    let start = u64::try_from(now_ms()).expect("a clock after 1970");
+    harness.broker.set_clock_ms(start);
+    let running = harness.start();
+    let (id, payload) = harness.publish_to(1).await;
+    harness.broker.set_clock_ms(start + 119_000);
+    harness.send(1, &id, payload.clone()).await;
+    harness.broker.set_clock_ms(start + 240_000);
+    harness.publish_copy(1, &id, payload).await;
+    harness.publish(5).await;
+    harness.wait_until_stored().await;
+    assert_eq!(running.metric("gallop_messages_total{outcome=\"duplicate\"}"), 1.0, "only the copy inside the window");
     running.stop().await.expect("a clean stop");
     harness.assert_store_is_the_truth().await;
 }

@@ -95,6 +95,13 @@ impl Harness {
         (id, payload)
     }
 
+    /// Publishes a copy of an earlier message that counts again (the broker stamped it past
+    /// the dedup window): part of the truth, as a message of its own.
+    pub(crate) async fn publish_copy(&mut self, partition: u32, id: &str, payload: Bytes) {
+        let position = self.send(partition, id, payload.clone()).await;
+        self.published.push((partition, position, payload));
+    }
+
     /// Publishes a copy of an earlier message, as a retrying publisher does; returns where
     /// the broker put it.
     pub(crate) async fn send(&self, partition: u32, id: &str, payload: Bytes) -> u64 {
