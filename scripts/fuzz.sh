@@ -4,7 +4,6 @@
 #   scripts/fuzz.sh smoke [SECONDS]      every target for SECONDS each (default 20), starting
 #                                        from its committed corpus and replaying
 #                                        fuzz/regressions/; fails if any target crashes.
-#                                        This is what CI runs.
 #   scripts/fuzz.sh run TARGET SECONDS   one target for longer; new inputs go into
 #                                        fuzz/corpus/TARGET (minimize them afterwards)
 #   scripts/fuzz.sh cmin TARGET          minimize fuzz/corpus/TARGET in place (keeps every
@@ -13,24 +12,26 @@
 #
 # Targets: plausible_body, batch_body (gateway bodies through gallop_ingest::BodyChecker),
 # broker_message (decode_message vs decode_message_view), block_message (the compact block
-# decoder), sketch_state (ClickHouse state
-# readers of gallop_processor::sketch). Each fuzz/fuzz_targets/<target>.rs says what it checks.
+# decoder), sketch_state (ClickHouse state readers of gallop_processor::sketch). The checks are
+# the library gallop-fuzz (fuzz/src/<target>.rs says what each checks); fuzz_targets/ holds
+# their libFuzzer entry points (the crate's `libfuzzer` feature). The test suite replays
+# fuzz/corpus/ and fuzz/regressions/ through the same checks on stable (fuzz/tests/it), so CI
+# needs neither nightly nor this script: it is for exploring.
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz with
 # `cargo install cargo-fuzz --locked` when `cargo fuzz` is missing. Works from any directory.
 #
-# Builds use `--sanitizer none`: with AddressSanitizer the C code of rdkafka-sys (pulled in
-# through gallop-ingest -> gallop-broker) fails to build, since its configure script links
-# test programs against the ASan-instrumented zstd-sys without the ASan runtime. Gallop's own
-# crates forbid `unsafe`, so what the targets look for (panics, failed assertions, endless
-# loops, runaway memory) needs no sanitizer; libFuzzer's coverage feedback still works.
+# Builds use `--sanitizer none`: Gallop's own crates forbid `unsafe`, so what the targets look
+# for (panics, failed assertions, endless loops, runaway memory) needs no sanitizer, and
+# libFuzzer's coverage feedback still works. (The fuzz crate no longer compiles librdkafka,
+# whose C build once failed under AddressSanitizer.)
 # `--codegen-units 16` (cargo-fuzz defaults to 1 for optimized builds) cuts the build by
 # about 10% on 2 cores with no measurable loss of executions per second. The build keeps
 # cargo-fuzz's default release mode with debug assertions and overflow checks; `--dev`
 # builds ~30% faster but runs 10-15x fewer executions. Override with FUZZ_BUILD_ARGS.
 #
 # Crash inputs land in fuzz/artifacts/<target>/; reproduce one with
-#   cargo +nightly fuzz run --sanitizer none --codegen-units 16 <target> fuzz/artifacts/<target>/crash-...
+#   cargo +nightly fuzz run --sanitizer none --codegen-units 16 --features libfuzzer <target> fuzz/artifacts/<target>/crash-...
 # (the same build options as here, so nothing is rebuilt).
 # Environment: FUZZ_TARGET_DIR (build cache), FUZZ_BUILD_ARGS (cargo fuzz build/run options), FUZZ_JOBS (libFuzzer -fork
 # workers per target, default 1 = no fork).
@@ -40,9 +41,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TARGETS=(plausible_body batch_body broker_message block_message sketch_state)
 read -r -a BUILD_ARGS <<<"${FUZZ_BUILD_ARGS:---sanitizer none --codegen-units 16}"
-# Builds go to a cache outside the checkout (FUZZ_TARGET_DIR), so a fresh clone (CI) rebuilds
-# only Gallop's own crates, not librdkafka and every dependency (about 7 minutes on 2 cores
-# from nothing). A machine without the cache builds everything once.
+# The targets' libFuzzer entry points are behind the fuzz crate's `libfuzzer` feature.
+BUILD_ARGS+=(--features libfuzzer)
+# Builds go to a cache outside the checkout (FUZZ_TARGET_DIR), so a fresh clone rebuilds only
+# Gallop's own crates, not every dependency. A machine without the cache builds everything once.
 TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gallop/fuzz-target}"
 BUILD_ARGS+=(--target-dir "$TARGET_DIR")
 JOBS="${FUZZ_JOBS:-1}"

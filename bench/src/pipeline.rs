@@ -31,6 +31,7 @@ use gallop_event::EventRecord;
 use gallop_kafka::{KafkaInputPublisher, KafkaSetupError};
 use gallop_nats::{NatsBroker, NatsError, NatsInputPublisher};
 use gallop_sink::{ClickHouse, SinkError, AGGREGATES_TABLE};
+use gallop_support::Backoff;
 use serde::Deserialize;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -777,12 +778,14 @@ async fn send_all(
                 if let Some(pace) = pace {
                     tokio::time::sleep_until((started + pace * i as u32).into()).await;
                 }
+                // A refused request is sent again after a wait that grows while refusals go on.
+                let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
                 while let Some(target) = &topic {
                     match target.send(bytes::Bytes::from(request.body.clone())).await {
                         Ok(()) => break,
                         Err(e) => {
                             eprintln!("publishing to the input failed, retrying: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            backoff.wait().await;
                         }
                     }
                 }
@@ -798,7 +801,7 @@ async fn send_all(
                         .map_err(failed("sending to the gateway"))?;
                     match response.status().as_u16() {
                         202 => break,
-                        503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        503 => backoff.wait().await,
                         status => {
                             let body = response.text().await.unwrap_or_default();
                             return Err(PipelineError::Refused { status, body });

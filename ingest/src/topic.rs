@@ -415,4 +415,64 @@ mod tests {
         let record = parse_record(r#"{"ip":" 2001:db8::1 ","user_agent":"x"}"#, 0).expect("record");
         assert_eq!(record.ip, Some("2001:db8::1".parse::<IpAddr>().expect("ip")));
     }
+
+    /// Acknowledges nothing (the test reads what was published, not the input).
+    struct NoAck;
+
+    impl gallop_broker::Acknowledge for NoAck {
+        fn ack(&self) -> futures::future::BoxFuture<'_, Result<(), gallop_broker::AckError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Keeps the dead letters' reasons.
+    #[derive(Default)]
+    struct Letters(std::sync::Mutex<Vec<String>>);
+
+    impl DeadLetters for Letters {
+        fn send<'a>(&'a self, letter: DeadLetter<'a>) -> futures::future::BoxFuture<'a, Result<(), PublishError>> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(letter.reason.to_owned());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// An `id` names one event: an input message holding the same (site, id) twice holds one
+    /// event, counted once (the first copy kept; docs/topics.md), whatever the lines between.
+    #[tokio::test]
+    async fn the_same_id_twice_in_one_message_is_one_event() {
+        let broker = Arc::new(gallop_broker::MemoryBroker::new(4));
+        let salts = Arc::new(gallop_broker::LocalSaltStore::new());
+        let gateway = Gateway::new(gallop_config::Config::default(), broker.clone(), salts).await.expect("a gateway");
+        let line = |site: &str, id: &str, path: &str| {
+            format!(r#"{{"site":"{site}","name":"order","url":"https://{site}{path}","id":"{id}","visitor":"v"}}"#)
+        };
+        let payload = [
+            line("a.test", "o-1", "/first"),
+            line("a.test", "o-2", "/"),
+            line("a.test", "o-1", "/second"),
+            line("b.test", "o-1", "/"),
+        ]
+        .join("\n");
+        let message = InputMessage {
+            payload: payload.into(),
+            origin: "INPUT:1".to_owned(),
+            source: "gallop.in.test".to_owned(),
+            delivered: 1,
+            ack: gallop_broker::Ack::new(NoAck),
+        };
+        let letters = Letters::default();
+        let outcome = ingest_message(gateway.state(), &message, &letters).await.expect("published");
+        assert_eq!(outcome, InputOutcome { accepted: 3, bots: 0, duplicates: 1, dead: 0 });
+        assert!(letters.0.lock().expect("letters").is_empty(), "a repeated id is no dead letter");
+        let mut stored: Vec<(String, String, String)> = (0..4)
+            .flat_map(|partition| broker.messages(partition))
+            .flat_map(|m| gallop_event::decode_records(&m.payload))
+            .map(|r| r.expect("a record"))
+            .map(|r| (r.site, r.id, r.path))
+            .collect();
+        stored.sort();
+        let expected = [("a.test", "o-1", "/first"), ("a.test", "o-2", "/"), ("b.test", "o-1", "/")];
+        assert_eq!(stored, expected.map(|(s, i, p)| (s.to_owned(), i.to_owned(), p.to_owned())));
+        assert!(gateway.metrics().render().contains("gallop_events_duplicate_total 1"));
+    }
 }

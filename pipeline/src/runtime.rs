@@ -518,18 +518,26 @@ impl<S: Source, T: Store> Runtime<S, T> {
     }
 }
 
-/// The range of `partition`'s log. When it seems to end before `stored` (a recreated log),
-/// the source is asked whether the stored message is there after all: some brokers report
-/// an end one short (Tansu 0.6), and a stale end is no reason to stop.
+/// The range of `partition`'s log. When it seems to end just before `stored` (a recreated
+/// log), the source is asked whether the stored message is there after all: some brokers
+/// report an end one short (Tansu 0.6), and a stale end is no reason to stop.
 async fn log_range<S: Source>(source: &S, partition: u32, stored: Option<u64>) -> Result<LogRange, RunError> {
     let mut range = source.log_range(partition).await?;
-    if let Some(stored) = stored.filter(|&p| p > 0 && p + 1 > range.next) {
+    if let Some(stored) = stored.filter(|&p| may_be_held_past_the_end(p, range)) {
         if source.holds(partition, stored).await? {
             warn!(partition, stored, next = range.next, "the broker reports the log's end before a message it holds");
             range.next = stored + 1;
         }
     }
     Ok(range)
+}
+
+/// Whether the message at `stored`, past the end `range` reports, may be in the log after
+/// all: only the one at the reported end itself (an end reported one short). Further out the
+/// log was recreated, and asking would only wait out the broker's answer (librdkafka on
+/// Tansu: its 10 s lookup timeout per partition, 80 s for a processor of 8 partitions).
+fn may_be_held_past_the_end(stored: u64, range: LogRange) -> bool {
+    stored > 0 && stored == range.next
 }
 
 /// Logs an accepted gap at ERROR and counts it.
@@ -563,7 +571,16 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::lag_seconds;
+    use super::{lag_seconds, may_be_held_past_the_end, LogRange};
+
+    #[test]
+    fn only_a_stored_position_at_the_reported_end_is_looked_up() {
+        let range = LogRange { first: 1, next: 5 };
+        // (stored, ask the broker)
+        for (stored, ask) in [(0, false), (3, false), (4, false), (5, true), (6, false), (10, false)] {
+            assert_eq!(may_be_held_past_the_end(stored, range), ask, "stored {stored} of {range:?}");
+        }
+    }
 
     #[test]
     fn lag_in_seconds() {

@@ -141,3 +141,75 @@ fn kafka_properties_pass_through_with_secrets_redacted_and_guarantees_kept() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `gallop --help` describes each command by the brokers it works with: both run on NATS
+/// JetStream and on Kafka (it once said "NATS JetStream" alone).
+#[test]
+fn help_names_both_brokers_for_the_gateway_and_the_processor() {
+    let output = gallop().arg("--help").output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["ingest", "process"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("no line for `{command}` in:\n{help}"));
+        for broker in ["NATS JetStream", "Kafka"] {
+            assert!(line.contains(broker), "`{command}` does not name {broker}: {line}");
+        }
+    }
+}
+
+/// Config loading turns every `GALLOP_*` variable into a config key and refuses unknown
+/// ones, so a test-only variable must not start with `GALLOP_`: every variable the tests,
+/// fuzz checks and scripts read for themselves is `TEST_GALLOP_*`. Finds each name read with
+/// `env::var(…)`/`var_os(…)` (or `${NAME…}` in a script) and checks its prefix, and that
+/// `gallop config` indeed refuses an unknown `GALLOP_` name (the trap this avoids).
+#[test]
+fn test_only_environment_variables_stay_out_of_the_config_prefix() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut read = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable tree").flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !matches!(name.as_str(), "target" | ".git" | "node_modules" | "corpus" | "regressions") {
+                    pending.push(path);
+                }
+                continue;
+            }
+            if !(name.ends_with(".rs") || name.ends_with(".sh") || name == "run") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for pattern in ["var(\"", "var_os(\"", "${"] {
+                for (at, _) in text.match_indices(pattern) {
+                    let rest = &text[at + pattern.len()..];
+                    let variable: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    if variable.starts_with("GALLOP") || variable.starts_with("TEST_GALLOP") {
+                        read.push((path.strip_prefix(root).unwrap_or(&path).display().to_string(), variable));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        read.iter().any(|(_, v)| v == "TEST_GALLOP_CLICKHOUSE_URL"),
+        "the scan finds the variables the tests read: {read:?}"
+    );
+    let config_prefixed: Vec<_> = read.iter().filter(|(_, v)| v.starts_with("GALLOP_")).collect();
+    // `GALLOP_CONFIG` names the config file; it is read by config loading itself.
+    let config_prefixed: Vec<_> = config_prefixed.into_iter().filter(|(_, v)| v != "GALLOP_CONFIG").collect();
+    assert!(config_prefixed.is_empty(), "test-only variables in the config's prefix: {config_prefixed:?}");
+
+    let output =
+        gallop().arg("config").env("GALLOP_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123").output().expect("runs");
+    assert!(!output.status.success(), "an unknown GALLOP_ variable is refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("test_clickhouse_url"), "the error names the key: {stderr}");
+}

@@ -221,19 +221,34 @@ fn the_dockerfile_builds_the_one_binary_and_runs_it_unprivileged() {
     assert!(ignore.lines().any(|l| l == "target"), "the build context leaves target/ out");
 }
 
+/// Where `scripts/services.sh tools` installs npm's `@grafana/schema` and `typescript`
+/// (`TEST_GALLOP_TOOLS_DIR`, else `~/.cache/gallop/tools`, as the script does).
+fn tools_dir() -> PathBuf {
+    match std::env::var_os("TEST_GALLOP_TOOLS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gallop/tools"),
+    }
+}
+
 /// Grafana's own TypeScript types of a dashboard (npm `@grafana/schema`), checked by `tsc`
 /// over each dashboard written as an object literal: unknown keys and wrong value types are
 /// errors. A deliberately broken copy must fail, so the check itself is known to work.
+/// The packages are installed by `scripts/services.sh tools`, never by the test.
 #[test]
 fn dashboards_type_check_against_grafanas_schema() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grafana-schema");
-    std::fs::create_dir_all(&dir).expect("schema dir");
-    let tsc = dir.join("node_modules/.bin/tsc");
-    if !tsc.exists() {
-        let dir = dir.to_string_lossy().into_owned();
-        let args =
-            ["install", "--prefix", &dir, "--no-audit", "--no-fund", "@grafana/schema@13.2.3", "typescript@7.0.2"];
-        assert_success(&tool("npm", &args, &[]), "npm install @grafana/schema typescript");
+    let tools = tools_dir().join("grafana-schema");
+    let tsc = tools.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.exists(),
+        "{} is missing: scripts/services.sh tools installs @grafana/schema and typescript there",
+        tsc.display()
+    );
+    // The dashboards as TypeScript files beside the installed packages' node_modules.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grafana-schema-check");
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    let modules = dir.join("node_modules");
+    if !modules.exists() {
+        std::os::unix::fs::symlink(tools.join("node_modules"), &modules).expect("node_modules linked");
     }
     let check = |name: &str, json: &str| -> Output {
         let file = dir.join(format!("{name}.ts"));

@@ -373,7 +373,7 @@ impl Pipeline {
             .unwrap_or_else(|_| panic!("`gallop {args:?}` did not log {message:?} within 30 s"));
         }
         let label = args.join(" ");
-        let mut log = std::env::var("E2E_LOG_DIR").ok().and_then(|dir| {
+        let mut log = std::env::var("TEST_GALLOP_LOG_DIR").ok().and_then(|dir| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -447,6 +447,15 @@ impl Pipeline {
             self.table()
         );
         sql(&self.clickhouse_url, &sql_text).await.trim().parse().unwrap_or(0)
+    }
+
+    /// Waits until ClickHouse holds more than `before` events: a flush landed.
+    pub(crate) async fn wait_until_landed_above(&self, before: u64) {
+        let started = Instant::now();
+        while self.landed().await <= before {
+            assert!(started.elapsed() < Duration::from_secs(60), "no flush landed within 60 s (held {before} events)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until ClickHouse holds `n` events and nothing more arrives for 2 s.
@@ -657,13 +666,18 @@ impl Drop for Pipeline {
     }
 }
 
-const EVENTS: usize = 200_000;
+/// The one large run per broker: enough events that every minute of the hour holds many
+/// visits, pages and referrers. The other scenarios prove their point with fewer.
+const LARGE: usize = 200_000;
+/// Events of the scenarios that crash or split the processor: several flushes each, far
+/// less CPU than the large run.
+const SMALL: usize = 30_000;
 
-/// Events in the last 50 minutes, then a late batch 40 to 45 minutes old (inside the
-/// hour of allowed lateness): every one lands in its own minute.
-fn workload(seed: u64) -> (Vec<Sent>, Vec<Sent>) {
+/// `events` events in the last 50 minutes, the last 2 000 of them a late batch 40 to 45
+/// minutes old (inside the hour of allowed lateness): every one lands in its own minute.
+fn workload(seed: u64, events: usize) -> (Vec<Sent>, Vec<Sent>) {
     let now = now_ms();
-    let main = generate(seed, EVENTS - 2_000, now, 50);
+    let main = generate(seed, events - 2_000, now, 50);
     let mut late = generate(seed + 1, 2_000, now - 40 * 60_000, 5);
     for (i, e) in late.iter_mut().enumerate() {
         e.id = format!("late{seed}-{i}");
@@ -671,10 +685,10 @@ fn workload(seed: u64) -> (Vec<Sent>, Vec<Sent>) {
     (main, late)
 }
 
-/// Starts sending [`workload`]`(seed)` to the gateway of `pipeline` (the main events, then
-/// the late ones); returns every event sent and the sending task.
-fn send_workload(pipeline: &Pipeline, seed: u64) -> (Vec<Sent>, tokio::task::JoinHandle<()>) {
-    let (main, late) = workload(seed);
+/// Starts sending [`workload`]`(seed, events)` to the gateway of `pipeline` (the main events,
+/// then the late ones); returns every event sent and the sending task.
+fn send_workload(pipeline: &Pipeline, seed: u64, events: usize) -> (Vec<Sent>, tokio::task::JoinHandle<()>) {
+    let (main, late) = workload(seed, events);
     let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let address = pipeline.address.clone();
     let sender = tokio::spawn(async move {
@@ -747,7 +761,7 @@ async fn ndjson_and_block_messages_in_one_stream_count_exactly(kind: Kind) {
 async fn two_hundred_thousand_events_land_exactly(kind: Kind) {
     let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     pipeline.start_processor(&[]).await;
-    let (all, sender) = send_workload(&pipeline, 1);
+    let (all, sender) = send_workload(&pipeline, 1, LARGE);
     sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
@@ -757,44 +771,60 @@ async fn two_processors_on_disjoint_partitions_add_up(kind: Kind) {
     let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     pipeline.start_processor(&[0, 1, 2, 3]).await;
     pipeline.start_processor(&[4, 5, 6, 7]).await;
-    let (all, sender) = send_workload(&pipeline, 2);
+    let (all, sender) = send_workload(&pipeline, 2, SMALL);
     sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
 
+/// Six SIGKILLs, each while a slice of the events is on its way: once a flush of the running
+/// processor has landed, at a random moment of the next one (0 to 600 ms later), so kills
+/// fall between flushes and in the middle of them.
 async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
     let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
     let index = pipeline.start_processor(&[]).await;
-    let (all, sender) = send_workload(&pipeline, 3);
+    let (main, late) = workload(3, SMALL);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let mut rng = StdRng::seed_from_u64(3);
-    let mut kills = 0;
-    while kills < 6 {
-        // Long enough for flushes to land between kills, short enough to kill mid-flush too.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1200..3500))).await;
+    for slice in all.chunks(all.len().div_ceil(6)) {
+        let before = pipeline.landed().await;
+        let sending = {
+            let (address, slice) = (pipeline.address.clone(), slice.to_vec());
+            tokio::spawn(async move { send(&address, &slice).await })
+        };
+        pipeline.wait_until_landed_above(before).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
         pipeline.kill_processor(index).await;
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         pipeline.restart_processor(index, &[]).await;
+        sending.await.expect("sending finished");
     }
-    sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
 
+/// The private ClickHouse SIGKILLed twice, each time once a flush has landed and at a random
+/// moment of the next one, and down for 1 to 3 s while the processor retries.
 async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind) {
     let mut clickhouse = PrivateClickHouse::start();
     let mut pipeline = Pipeline::start(kind, clickhouse.url()).await;
     pipeline.start_processor(&[]).await;
-    let (all, sender) = send_workload(&pipeline, 4);
+    let (main, late) = workload(4, SMALL);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let mut rng = StdRng::seed_from_u64(4);
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+    for slice in all.chunks(all.len().div_ceil(2)) {
+        let before = pipeline.landed().await;
+        let sending = {
+            let (address, slice) = (pipeline.address.clone(), slice.to_vec());
+            tokio::spawn(async move { send(&address, &slice).await })
+        };
+        pipeline.wait_until_landed_above(before).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
         clickhouse.kill();
+        // The outage's length: the scenario's parameter, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         clickhouse.restart();
+        sending.await.expect("sending finished");
     }
-    sender.await.expect("sending finished");
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }

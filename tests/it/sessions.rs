@@ -176,8 +176,9 @@ async fn stored(pipeline: &Pipeline) -> Rows {
 async fn send_in_order(address: String, events: Vec<Event>) {
     let client = reqwest::Client::new();
     let url = format!("http://{address}/v1/events");
-    // About 20 s of sending in all, whatever the number of events.
-    let pause = Duration::from_millis(20_000 / events.len().div_ceil(100).max(1) as u64);
+    // About 10 s of sending in all, whatever the number of events: the five kills (each once
+    // a flush landed) fall inside it.
+    let pause = Duration::from_millis(10_000 / events.len().div_ceil(100).max(1) as u64);
     for chunk in events.chunks(100) {
         let batch = serde_json::Value::Array(chunk.iter().map(Event::json).collect());
         loop {
@@ -205,9 +206,11 @@ async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
     let sender = tokio::spawn(send_in_order(pipeline.address.clone(), order.clone()));
     let mut rng = StdRng::seed_from_u64(5);
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
+        // Once a flush of the running processor landed, at a random moment of the next one.
+        let before = pipeline.landed().await;
+        pipeline.wait_until_landed_above(before).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
         pipeline.kill_processor(index).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         pipeline.restart_processor(index, &[]).await;
     }
     assert!(!sender.is_finished(), "the kills fell while events were still being sent");

@@ -74,6 +74,38 @@ async fn a_retried_request_with_client_ids_is_stored_once() {
     assert!(ids.contains(&"order-7"), "client ids are kept");
 }
 
+/// An `id` names one event: a request holding the same (site, id) twice holds one event,
+/// counted once (the first copy kept), as a request sent twice is; the same id on two sites
+/// is two events. docs/security.md says so.
+#[tokio::test]
+async fn the_same_id_twice_in_one_request_is_one_event() {
+    let gateway = TestGateway::start(test_config()).await;
+    let event = |site: &str, id: &str, path: &str| {
+        format!(r#"{{"site":"{site}","name":"order","url":"https://{site}{path}","id":"{id}","visitor":"v"}}"#) + "\n"
+    };
+    let body = [
+        event("a.example", "order-1", "/first"),
+        event("a.example", "order-2", "/"),
+        event("a.example", "order-1", "/second"),
+        event("b.example", "order-1", "/"),
+        event("a.example", "order-1", "/third"),
+    ]
+    .concat();
+    let reply = gateway.post("/v1/events", Some("application/x-ndjson"), body.clone(), &[]).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body, r#"{"accepted":3,"dropped_bots":0,"dropped_duplicates":2}"#);
+    // Sent again (a client whose answer was lost): still those three.
+    let reply = gateway.post("/v1/events", Some("application/x-ndjson"), body, &[]).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let mut stored: Vec<(String, String, String)> =
+        gateway.records().await.into_iter().map(|r| (r.site, r.id, r.path)).collect();
+    stored.sort();
+    let expected = [("a.example", "order-1", "/first"), ("a.example", "order-2", "/"), ("b.example", "order-1", "/")];
+    assert_eq!(stored, expected.map(|(s, i, p)| (s.to_owned(), i.to_owned(), p.to_owned())));
+    let metrics = gateway.get("/metrics").await.body;
+    assert!(metrics.contains("gallop_events_duplicate_total 4"), "two per request:\n{metrics}");
+}
+
 #[tokio::test]
 async fn requests_without_client_ids_are_not_deduplicated() {
     let gateway = TestGateway::start(test_config()).await;

@@ -1,6 +1,6 @@
 //! Shared helpers for the tests that talk to a real ClickHouse server over HTTP.
 //!
-//! The server is `GALLOP_CLICKHOUSE_URL` (default `http://127.0.0.1:8123/`). A test that
+//! The server is `TEST_GALLOP_CLICKHOUSE_URL` (default `http://127.0.0.1:8123/`). A test that
 //! needs it fails with a clear message when it is not reachable; nothing is skipped.
 
 #![allow(dead_code)]
@@ -13,7 +13,7 @@ use gallop_processor::sketch::int_hash64;
 
 /// Base URL of the ClickHouse HTTP interface.
 pub(crate) fn clickhouse_url() -> String {
-    std::env::var("GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123/".into())
+    std::env::var("TEST_GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123/".into())
 }
 
 fn read_body(resp: ureq::Response, sql: &str) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! The sketches against a live ClickHouse server (`GALLOP_CLICKHOUSE_URL`, default
+//! The sketches against a live ClickHouse server (`TEST_GALLOP_CLICKHOUSE_URL`, default
 //! http://127.0.0.1:8123/): byte-identical states and equal results; plus property tests.
 
 mod common;

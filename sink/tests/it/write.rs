@@ -214,12 +214,17 @@ async fn an_outage_is_retried_until_the_insert_lands_once() {
         let writer = Arc::clone(&writer);
         async move { writer.write(&delta, &marks(&delta), T0 / 1000).await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    if task.is_finished() {
-        panic!("the write must wait for ClickHouse, it ended with {:?}", task.await);
+    // Until the writer has failed twice and is retrying: it waits for ClickHouse.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status.retries.load(Ordering::Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the write was not retried within 30 s");
+        if task.is_finished() {
+            panic!("the write must wait for ClickHouse, it ended with {:?}", task.await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(!task.is_finished(), "the write goes on retrying while ClickHouse is away");
     assert!(!status.healthy.load(Ordering::Relaxed));
-    assert!(status.retries.load(Ordering::Relaxed) >= 1);
     proxy.up.store(true, Ordering::SeqCst);
     let report =
         tokio::time::timeout(Duration::from_secs(30), task).await.expect("lands").expect("task").expect("write");
