@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::{
     outbound::Outbound,
     privacy::{visitor_from_key, visitor_from_request},
-    server::AppState,
+    state::AppState,
 };
 
 /// Where an event's visitor comes from.

@@ -14,7 +14,6 @@ use crate::{
     input::RawEvent,
     normalize::{normalize, Rules, Sender},
     privacy::identifier_hash,
-    server::broker_trouble,
     useragent::UaInfo,
     Gateway,
 };
@@ -56,7 +55,7 @@ impl Gateway {
         let state = self.state();
         let config = &state.config;
         let total = events.len() as u64;
-        if let Some(reason) = broker_trouble(state) {
+        if let Some(reason) = state.broker_trouble() {
             state.metrics.events_rejected.with_label_values(&["broker_unavailable"]).inc_by(total);
             return vec![Err(ForeignError::NotStored(reason)); events.len()];
         }

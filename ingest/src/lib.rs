@@ -28,6 +28,7 @@ mod privacy;
 mod referrer;
 mod serve;
 mod server;
+mod state;
 mod text;
 mod topic;
 mod useragent;

@@ -35,6 +35,7 @@ use crate::{
     normalize::{normalize, Rules, Sender},
     privacy::Visitors,
     serve::{read_body as read_bounded, serve, BodyLimits, BytesHeld, ConnectionMetrics, InflightBytes, Shedding},
+    state::AppState,
     useragent::UserAgents,
 };
 
@@ -43,30 +44,6 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Gateway {
     state: Arc<AppState>,
-}
-
-pub(crate) struct AppState {
-    pub(crate) config: Config,
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) batcher: Batcher,
-    pub(crate) user_agents: UserAgents,
-    pub(crate) geo: Geo,
-    pub(crate) visitors: Visitors,
-    pub(crate) metrics: Metrics,
-    inflight: InflightBytes,
-    event_keys: ApiKeys,
-    metrics_keys: ApiKeys,
-    pub(crate) run_id: String,
-    pub(crate) next_id: AtomicU64,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("partitions", &self.publisher.partitions())
-            .field("run_id", &self.run_id)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Which front door a request came through; they differ in framing and bot rules.
@@ -183,26 +160,17 @@ pub async fn run(
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match broker_trouble(&state) {
+    match state.broker_trouble() {
         None => (StatusCode::OK, "ready").into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
     }
-}
-
-/// Why the broker cannot take events now, if it cannot: not connected, stalled (a publish
-/// waiting `ingest.stall_after` with no acknowledgement meanwhile), or out of storage.
-pub(crate) fn broker_trouble(state: &AppState) -> Option<String> {
-    if !state.publisher.is_ready() {
-        return Some("broker not connected".to_owned());
-    }
-    state.batcher.trouble()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if !state.metrics_keys.allows(&headers) {
         return ApiError::Unauthorized.into_response();
     }
-    state.metrics.broker_up.set(i64::from(broker_trouble(&state).is_none()));
+    state.metrics.broker_up.set(i64::from(state.broker_trouble().is_none()));
     state.metrics.user_agent_cache_bytes.set(i64::try_from(state.user_agents.cached_bytes()).unwrap_or(i64::MAX));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
@@ -355,7 +323,7 @@ async fn accept(
 ) -> Result<Outcome, ApiError> {
     let config = &state.config;
     let unavailable = |reason: String| ApiError::Unavailable { reason, retry_after: config.ingest.retry_after_seconds };
-    if let Some(reason) = broker_trouble(state) {
+    if let Some(reason) = state.broker_trouble() {
         return Err(unavailable(reason));
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");

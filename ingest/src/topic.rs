@@ -22,7 +22,7 @@ use crate::{
     error::FieldError,
     input::{parse_record, RecordError, TopicRecord},
     normalize::{normalize, Rules, Sender},
-    server::AppState,
+    state::AppState,
     Gateway,
 };
 

@@ -451,6 +451,7 @@ impl Pipeline {
 
     /// Waits until ClickHouse holds more than `before` events: a flush landed.
     pub(crate) async fn wait_until_landed_above(&self, before: u64) {
+        self.wait_for_table().await;
         let started = Instant::now();
         while self.landed().await <= before {
             assert!(started.elapsed() < Duration::from_secs(60), "no flush landed within 60 s (held {before} events)");
@@ -786,6 +787,7 @@ async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
     let (main, late) = workload(3, SMALL);
     let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let mut rng = StdRng::seed_from_u64(3);
+    pipeline.wait_for_table().await;
     for slice in all.chunks(all.len().div_ceil(6)) {
         let before = pipeline.landed().await;
         let sending = {
@@ -811,6 +813,7 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind)
     let (main, late) = workload(4, SMALL);
     let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let mut rng = StdRng::seed_from_u64(4);
+    pipeline.wait_for_table().await;
     for slice in all.chunks(all.len().div_ceil(2)) {
         let before = pipeline.landed().await;
         let sending = {

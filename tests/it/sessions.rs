@@ -205,6 +205,7 @@ async fn visits_survive_five_sigkills_of_the_processor(kind: Kind) {
     assert!(visits.len() > 800, "many visits: {}", visits.len());
     let sender = tokio::spawn(send_in_order(pipeline.address.clone(), order.clone()));
     let mut rng = StdRng::seed_from_u64(5);
+    pipeline.wait_for_table().await;
     for _ in 0..5 {
         // Once a flush of the running processor landed, at a random moment of the next one.
         let before = pipeline.landed().await;
