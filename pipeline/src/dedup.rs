@@ -41,13 +41,15 @@ impl DedupWindow {
     /// Whether `id` was seen inside the window; records it when not.
     pub(crate) fn seen_before(&mut self, id: &str, timestamp_ms: i64) -> bool {
         let key = key(id);
-        if self.ids.contains(&key) {
-            return true;
-        }
+        // The window moves with the message's own stamp first: a copy stamped past the window
+        // of its first is not a copy any more (it once was, when no other message came between).
         self.newest_ms = self.newest_ms.max(timestamp_ms);
         let horizon = self.newest_ms.saturating_sub(self.window_ms);
         while self.order.front().is_some_and(|&(at, _)| at < horizon) {
             self.pop();
+        }
+        if self.ids.contains(&key) {
+            return true;
         }
         while self.order.len() >= self.max_ids {
             self.pop();
@@ -96,6 +98,15 @@ mod tests {
         assert!(!window.seen_before("a", 62_500), "a left the window");
         assert!(window.seen_before("b", 63_000));
         assert_eq!(window.take_evicted_early(), 0);
+    }
+
+    #[test]
+    fn a_copy_stamped_past_the_window_is_a_message_of_its_own() {
+        let mut window = DedupWindow::new(Duration::from_secs(60), 100);
+        assert!(!window.seen_before("a", 1_000));
+        assert!(window.seen_before("a", 61_000), "inside: 60 s after");
+        assert!(!window.seen_before("a", 61_001), "outside, with nothing between");
+        assert!(window.seen_before("a", 61_002), "and the new one is remembered");
     }
 
     #[test]

@@ -778,17 +778,18 @@ async fn two_processors_on_disjoint_partitions_add_up(kind: Kind) {
     pipeline.check(&all).await;
 }
 
-/// Six SIGKILLs, each while a slice of the events is on its way: once a flush of the running
-/// processor has landed, at a random moment of the next one (0 to 600 ms later), so kills
-/// fall between flushes and in the middle of them.
-async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
-    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
-    let index = pipeline.start_processor(&[]).await;
-    let (main, late) = workload(3, SMALL);
-    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
-    let mut rng = StdRng::seed_from_u64(3);
+/// Sends `events` in `crashes` slices; during each, once a flush has landed and at a random
+/// moment of the next one (0 to 600 ms later), runs `crash`: so crashes fall between flushes
+/// and in the middle of them, while events are still on their way.
+async fn crash_while_sending(
+    pipeline: &mut Pipeline,
+    events: &[Sent],
+    crashes: usize,
+    rng: &mut StdRng,
+    mut crash: impl AsyncFnMut(&mut Pipeline, &mut StdRng),
+) {
     pipeline.wait_for_table().await;
-    for slice in all.chunks(all.len().div_ceil(6)) {
+    for slice in events.chunks(events.len().div_ceil(crashes)) {
         let before = pipeline.landed().await;
         let sending = {
             let (address, slice) = (pipeline.address.clone(), slice.to_vec());
@@ -796,16 +797,28 @@ async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
         };
         pipeline.wait_until_landed_above(before).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
-        pipeline.kill_processor(index).await;
-        pipeline.restart_processor(index, &[]).await;
+        crash(pipeline, rng).await;
         sending.await.expect("sending finished");
     }
+}
+
+async fn sigkilled_processors_lose_nothing_and_count_nothing_twice(kind: Kind) {
+    let mut pipeline = Pipeline::start(kind, clickhouse_url()).await;
+    let index = pipeline.start_processor(&[]).await;
+    let (main, late) = workload(3, SMALL);
+    let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
+    let mut rng = StdRng::seed_from_u64(3);
+    crash_while_sending(&mut pipeline, &all, 6, &mut rng, async |pipeline, _| {
+        pipeline.kill_processor(index).await;
+        pipeline.restart_processor(index, &[]).await;
+    })
+    .await;
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
 
-/// The private ClickHouse SIGKILLed twice, each time once a flush has landed and at a random
-/// moment of the next one, and down for 1 to 3 s while the processor retries.
+/// The private ClickHouse SIGKILLed twice while events arrive, and down for 1 to 3 s each
+/// time while the processor retries.
 async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind) {
     let mut clickhouse = PrivateClickHouse::start();
     let mut pipeline = Pipeline::start(kind, clickhouse.url()).await;
@@ -813,21 +826,13 @@ async fn a_crashed_clickhouse_loses_nothing_and_counts_nothing_twice(kind: Kind)
     let (main, late) = workload(4, SMALL);
     let all: Vec<Sent> = main.iter().chain(&late).cloned().collect();
     let mut rng = StdRng::seed_from_u64(4);
-    pipeline.wait_for_table().await;
-    for slice in all.chunks(all.len().div_ceil(2)) {
-        let before = pipeline.landed().await;
-        let sending = {
-            let (address, slice) = (pipeline.address.clone(), slice.to_vec());
-            tokio::spawn(async move { send(&address, &slice).await })
-        };
-        pipeline.wait_until_landed_above(before).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
+    crash_while_sending(&mut pipeline, &all, 2, &mut rng, async |_, rng| {
         clickhouse.kill();
         // The outage's length: the scenario's parameter, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         clickhouse.restart();
-        sending.await.expect("sending finished");
-    }
+    })
+    .await;
     pipeline.wait_for(all.len()).await;
     pipeline.check(&all).await;
 }
