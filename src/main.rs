@@ -80,7 +80,7 @@ struct TraqqConfigArgs {
 /// other JSON decoders are in the separate `gallop-bench` binary.
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// The whole pipeline on this machine (gateway, NATS, processor, ClickHouse) end to end.
+    /// The whole pipeline on this machine (gateway, broker, processor, ClickHouse) end to end.
     Pipeline(gallop_bench::pipeline::PipelineBench),
 }
 
