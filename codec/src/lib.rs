@@ -1,6 +1,6 @@
 //! What Gallop's binary encodings share, so that each exists once.
 //!
-//! - [`write_varint`] / [`read_varint`]: unsigned LEB128 (7 bits a byte, low group first,
+//! - [`write_varint`] / [`read_varint`] (at a cursor): unsigned LEB128 (7 bits a byte, low group first,
 //!   high bit = more follows), the integers of the compact event block, the stored visits
 //!   and ClickHouse's `VarUInt` alike; [`read_clickhouse_varuint`] is the same read bounded
 //!   to ClickHouse's 9 groups; [`zigzag`] / [`unzigzag`] map signed onto unsigned integers.

@@ -39,27 +39,29 @@ pub fn write_varint(mut value: u64, out: &mut Vec<u8>) {
     out.push(value as u8);
 }
 
-/// Reads the varint at the start of `bytes`: its value and how many bytes it took. At most
-/// 10 bytes and 64 bits.
+/// Reads the varint at `bytes[*at..]` and moves `at` past it: at most 10 bytes and 64 bits.
+/// On an error `at` stays where it was.
 #[inline]
-pub fn read_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
-    match bytes.first() {
-        Some(&byte) if byte < 0x80 => Ok((u64::from(byte), 1)),
-        _ => read_groups(bytes, 10, 64),
-    }
+pub fn read_varint(bytes: &[u8], at: &mut usize) -> Result<u64, VarintError> {
+    read_groups(bytes, at, 10, 64)
 }
 
-/// Reads a ClickHouse `VarUInt` at the start of `bytes`: at most 9 bytes, so at most
-/// [`CLICKHOUSE_VARUINT_MAX`].
+/// Reads a ClickHouse `VarUInt` at `bytes[*at..]` and moves `at` past it: at most 9 bytes, so
+/// at most [`CLICKHOUSE_VARUINT_MAX`]. On an error `at` stays where it was.
 #[inline]
-pub fn read_clickhouse_varuint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
-    read_groups(bytes, 9, 63)
+pub fn read_clickhouse_varuint(bytes: &[u8], at: &mut usize) -> Result<u64, VarintError> {
+    read_groups(bytes, at, 9, 63)
 }
 
 /// The loop of both reads: at most `groups` bytes carrying at most `bits` bits.
-fn read_groups(bytes: &[u8], groups: usize, bits: u32) -> Result<(u64, usize), VarintError> {
+#[inline]
+fn read_groups(bytes: &[u8], at: &mut usize, groups: usize, bits: u32) -> Result<u64, VarintError> {
+    let start = *at;
     let mut value = 0u64;
-    for (i, &byte) in bytes.iter().take(groups).enumerate() {
+    for i in 0..groups {
+        let Some(&byte) = bytes.get(start + i) else {
+            return Err(VarintError::Truncated { read: i });
+        };
         let shift = 7 * i as u32;
         let group = u64::from(byte & 0x7f);
         // The last group may only carry the bits left below the bound.
@@ -68,14 +70,11 @@ fn read_groups(bytes: &[u8], groups: usize, bits: u32) -> Result<(u64, usize), V
         }
         value |= group << shift;
         if byte < 0x80 {
-            return Ok((value, i + 1));
+            *at = start + i + 1;
+            return Ok(value);
         }
     }
-    if bytes.len() < groups {
-        Err(VarintError::Truncated { read: bytes.len() })
-    } else {
-        Err(VarintError::TooLong { groups, bits })
-    }
+    Err(VarintError::TooLong { groups, bits })
 }
 
 /// A signed integer as an unsigned one that small magnitudes keep small: 0, -1, 1, -2 → 0,
@@ -130,6 +129,15 @@ mod tests {
         let too_long_64 = Err(VarintError::TooLong { groups: 10, bits: 64 });
         let too_long_ch = Err(VarintError::TooLong { groups: 9, bits: 63 });
         type Read = Result<(u64, usize), VarintError>;
+        // (value, bytes taken) of a read from the start, `at` unmoved on an error.
+        let from_start = |read: fn(&[u8], &mut usize) -> Result<u64, VarintError>, bytes: &[u8]| -> Read {
+            let mut at = 0;
+            let result = read(bytes, &mut at).map(|value| (value, at));
+            if result.is_err() {
+                assert_eq!(at, 0, "an error leaves the cursor");
+            }
+            result
+        };
         let cases: [(&[u8], Read, Read); 7] = [
             (&[], Err(VarintError::Truncated { read: 0 }), Err(VarintError::Truncated { read: 0 })),
             (&[0x80], Err(VarintError::Truncated { read: 1 }), Err(VarintError::Truncated { read: 1 })),
@@ -141,11 +149,18 @@ mod tests {
             (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], too_long_64, too_long_ch),
         ];
         for (bytes, plain, clickhouse) in cases {
-            assert_eq!(read_varint(bytes), plain, "{bytes:02x?}");
-            assert_eq!(read_clickhouse_varuint(bytes), clickhouse, "{bytes:02x?}");
+            assert_eq!(from_start(read_varint, bytes), plain, "{bytes:02x?}");
+            assert_eq!(from_start(read_clickhouse_varuint, bytes), clickhouse, "{bytes:02x?}");
         }
         let ch_max = written(CLICKHOUSE_VARUINT_MAX);
-        assert_eq!(read_clickhouse_varuint(&ch_max), Ok((CLICKHOUSE_VARUINT_MAX, 9)));
+        assert_eq!(from_start(read_clickhouse_varuint, &ch_max), Ok((CLICKHOUSE_VARUINT_MAX, 9)));
+        // Reads go on from where the cursor is; past the end is a truncation.
+        let (mut at, two) = (0, [0x05, 0xac, 0x02]);
+        assert_eq!((read_varint(&two, &mut at), at), (Ok(5), 1));
+        assert_eq!((read_varint(&two, &mut at), at), (Ok(300), 3));
+        assert_eq!((read_varint(&two, &mut at), at), (Err(VarintError::Truncated { read: 0 }), 3));
+        let mut past = 9;
+        assert_eq!(read_varint(&two, &mut past), Err(VarintError::Truncated { read: 0 }));
     }
 
     #[test]
@@ -158,13 +173,18 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_value_reads_back_with_its_length(value: u64, tail: Vec<u8>) {
-            let mut bytes = written(value);
-            let len = bytes.len();
+        fn every_value_reads_back_with_its_length(head: Vec<u8>, value: u64, tail: Vec<u8>) {
+            let mut bytes = head.clone();
+            write_varint(value, &mut bytes);
+            let end = bytes.len();
             bytes.extend_from_slice(&tail);
-            prop_assert_eq!(read_varint(&bytes), Ok((value, len)));
+            let mut at = head.len();
+            prop_assert_eq!(read_varint(&bytes, &mut at), Ok(value));
+            prop_assert_eq!(at, end);
             if value <= CLICKHOUSE_VARUINT_MAX {
-                prop_assert_eq!(read_clickhouse_varuint(&bytes), Ok((value, len)));
+                let mut at = head.len();
+                prop_assert_eq!(read_clickhouse_varuint(&bytes, &mut at), Ok(value));
+                prop_assert_eq!(at, end);
             }
         }
 

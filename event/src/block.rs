@@ -700,15 +700,10 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64, BlockError> {
-        // `at` never passes the end: every read moves it to at most `bytes.len()`.
-        match read_varint(&self.bytes[self.at..]) {
-            Ok((value, len)) => {
-                self.at += len;
-                Ok(value)
-            }
-            Err(VarintError::Truncated { .. }) => Err(self.truncated(what)),
-            Err(VarintError::TooLong { .. }) => Err(self.corrupt(self.at, format!("{what}: a varint past 64 bits"))),
-        }
+        read_varint(self.bytes, &mut self.at).map_err(|e| match e {
+            VarintError::Truncated { .. } => self.truncated(what),
+            VarintError::TooLong { .. } => self.corrupt(self.at, format!("{what}: a varint past 64 bits")),
+        })
     }
 
     /// A count of items of at least `min_bytes` each: never more than the bytes left can hold.

@@ -214,14 +214,12 @@ impl<'a> Reader<'a> {
 
     fn varint(&mut self, what: &str) -> Result<u64, String> {
         let at = self.at;
-        let (value, len) = read_varint(&self.bytes[at..]).map_err(|e| match e {
+        read_varint(self.bytes, &mut self.at).map_err(|e| match e {
             VarintError::Truncated { .. } => {
                 format!("byte {at}: {what} needs more bytes than the {} left", self.bytes.len() - at)
             }
             VarintError::TooLong { .. } => format!("byte {at}: {what} is not a varint of at most 64 bits"),
-        })?;
-        self.at += len;
-        Ok(value)
+        })
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, String> {

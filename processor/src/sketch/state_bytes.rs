@@ -76,16 +76,13 @@ impl<'a> Reader<'a> {
 
     /// Takes a ClickHouse `VarUInt` (at most 9 groups).
     pub(crate) fn varuint(&mut self) -> Result<u64, SketchError> {
-        match read_clickhouse_varuint(&self.bytes[self.pos..]) {
-            Ok((value, len)) => {
-                self.pos += len;
-                Ok(value)
+        let start = self.pos;
+        read_clickhouse_varuint(self.bytes, &mut self.pos).map_err(|e| match e {
+            VarintError::Truncated { read } => {
+                SketchError::Truncated { what: self.what, offset: start + read, needed: 1, available: 0 }
             }
-            Err(VarintError::Truncated { read }) => {
-                Err(SketchError::Truncated { what: self.what, offset: self.pos + read, needed: 1, available: 0 })
-            }
-            Err(VarintError::TooLong { .. }) => Err(SketchError::VarUIntTooLong { what: self.what, offset: self.pos }),
-        }
+            VarintError::TooLong { .. } => SketchError::VarUIntTooLong { what: self.what, offset: start },
+        })
     }
 
     /// Fails unless every byte has been consumed.
