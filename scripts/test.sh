@@ -27,7 +27,9 @@ else
   cargo test --workspace --locked "$@"
   # The integration test binary of `$1` (a folder) as `cargo test` just built it (no rebuild).
   it_binary() {
-    cargo test --workspace --locked --no-run --message-format=json 2>/dev/null | python3 -c '
+    local package="$1"
+    shift
+    cargo test --workspace --locked --no-run --message-format=json "$@" 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -35,9 +37,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == "it" \
             and "test" in t.get("kind", []) and m["package_id"].split("#")[0].endswith("/" + sys.argv[1]):
         print(m["executable"])
-' "$1"
+' "$package"
   }
-  sink_it="$(it_binary sink)" processor_it="$(it_binary processor)"
+  sink_it="$(it_binary sink "$@")" processor_it="$(it_binary processor "$@")"
   [ -x "$sink_it" ] && [ -x "$processor_it" ] || { echo "FATAL: the test binaries were not found" >&2; exit 1; }
   again() { (cd sink && "$sink_it") && (cd processor && "$processor_it" hll::); }
 fi

@@ -296,6 +296,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
 
 /// `gallop query`: the answer on stdout.
 pub(crate) fn query(config: &Config, args: &gallop_cli::QueryArgs) -> anyhow::Result<()> {
+    args.check()?;
     current_thread()?.block_on(async {
         let reader = Reader::new(ClickHouse::connect(&config.clickhouse).await?);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -306,6 +307,7 @@ pub(crate) fn query(config: &Config, args: &gallop_cli::QueryArgs) -> anyhow::Re
 
 /// `gallop export`: rows to stdout or files, a progress bar when stderr is a terminal.
 pub(crate) fn export(config: &Config, args: &gallop_cli::ExportArgs) -> anyhow::Result<()> {
+    args.check()?;
     current_thread()?.block_on(async {
         let reader = Reader::new(ClickHouse::connect(&config.clickhouse).await?);
         let progress = std::io::stderr().is_terminal();

@@ -56,6 +56,9 @@ pub enum CliError {
     /// ClickHouse failed or refused.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// An answer could not be written as JSON.
+    #[error("writing the answer as JSON: {0}")]
+    Json(#[from] serde_json::Error),
     /// Reading the input or writing the output failed.
     #[error("{what}: {source}")]
     Io {

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use gallop_sink::{ExportRow, Granularity, Reader};
 
 use crate::{
+    calendar::LocalTime,
     error::CliError,
     query::resolve_range,
     render::{csv_field, printable},
@@ -43,9 +44,19 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
     /// Directory to write one file per granularity into (`<site>-minute.csv`, …); without
-    /// it, every row goes to `out` as one stream.
+    /// it, every row goes to standard output as one stream.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// Checks `--from` and `--to` against the calendar, before anything is asked of
+    /// ClickHouse.
+    pub fn check(&self) -> Result<(), CliError> {
+        LocalTime::parse("--from", &self.from)?;
+        LocalTime::parse("--to", &self.to)?;
+        Ok(())
+    }
 }
 
 /// Writes every rollup row of the site whose bucket lies in the range, at minute, hour and
@@ -76,8 +87,7 @@ pub async fn export(reader: &Reader, args: &ExportArgs, out: &mut dyn Write, pro
         for dimension in &dimensions {
             let rows = reader.export_rows(&args.site, granularity, range.from, range.to, dimension).await?;
             for row in &rows {
-                write_row(&mut stream, args.format, row, &mut header_written)
-                    .map_err(CliError::io("writing the export"))?;
+                write_row(&mut stream, args.format, row, &mut header_written)?;
             }
             written += rows.len() as u64;
             bar.inc(rows.len() as u64);
@@ -106,13 +116,14 @@ fn write_row(
     format: ExportFormat,
     row: &ExportRow,
     header_written: &mut bool,
-) -> std::io::Result<()> {
+) -> Result<(), CliError> {
+    let written = CliError::io("writing the export");
     match format {
-        // Serializing plain numbers and strings cannot fail.
-        ExportFormat::Ndjson => writeln!(out, "{}", serde_json::to_string(row).unwrap_or_default()),
+        ExportFormat::Ndjson => writeln!(out, "{}", serde_json::to_string(row)?).map_err(written),
         ExportFormat::Csv => {
             if !*header_written {
-                writeln!(out, "granularity,bucket,dimension,value,events,visitors,value_sum,value_count")?;
+                writeln!(out, "granularity,bucket,dimension,value,events,visitors,value_sum,value_count")
+                    .map_err(CliError::io("writing the export"))?;
                 *header_written = true;
             }
             writeln!(
@@ -127,6 +138,7 @@ fn write_row(
                 row.value_sum,
                 row.value_count
             )
+            .map_err(written)
         }
     }
 }

@@ -61,6 +61,20 @@ pub struct QueryArgs {
     pub realtime: bool,
 }
 
+impl QueryArgs {
+    /// Checks `--from` and `--to` against the calendar, before anything is asked of
+    /// ClickHouse.
+    pub fn check(&self) -> Result<(), CliError> {
+        if let Some(from) = &self.from {
+            LocalTime::parse("--from", from)?;
+        }
+        if let Some(to) = &self.to {
+            LocalTime::parse("--to", to)?;
+        }
+        Ok(())
+    }
+}
+
 /// Answers `args` from `reader` (dimensions checked against `config`'s rollups and what is
 /// stored) and writes the answer to `out`; `now` (seconds since the epoch) places
 /// `--realtime`'s five minutes.
@@ -107,8 +121,7 @@ pub async fn query(
     };
     let answer = Answer { site: &args.site, tz: &args.tz, from, to, range, headline, breakdown, leaderboard };
     let text = match format {
-        // Serializing plain numbers and strings cannot fail.
-        Format::Json => serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n",
+        Format::Json => serde_json::to_string_pretty(&answer)? + "\n",
         Format::Csv => csv(&answer),
         Format::Table => table(&answer),
     };

@@ -37,6 +37,6 @@ mod weburl;
 pub use check::{BodyChecker, BodyFormat};
 pub use error::{ApiError, FieldError, IngestError};
 pub use foreign::{ForeignError, ForeignEvent};
-pub use metrics::Metrics;
+pub use metrics::{ListenerMetrics, Metrics};
 pub use server::{run, Gateway};
 pub use topic::{run_input, InputOutcome};

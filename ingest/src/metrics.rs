@@ -1,13 +1,30 @@
 //! The gateway's Prometheus metrics, registered in a registry of their own so several
 //! gateways can live in one process (tests).
 
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
 use gallop_support::{exponential_buckets, MetricsRegistry};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+
+/// The metrics of a listener of another protocol on the gateway (traqq's TCP protocol), on
+/// the gateway's `/metrics` page.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// `gallop_<protocol>_connections`: connections open now.
+    pub connections: IntGauge,
+    /// `gallop_<protocol>_commands_total{command, outcome}`: lines answered.
+    pub commands: IntCounterVec,
+}
 
 /// Every metric the gateway exports on `/metrics`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: MetricsRegistry,
+    /// The listeners' metrics by protocol, registered at the first listener of each.
+    listeners: Arc<Mutex<BTreeMap<String, ListenerMetrics>>>,
     /// HTTP requests by route and status code.
     pub(crate) requests: IntCounterVec,
     /// HTTP request latency by route.
@@ -122,6 +139,7 @@ impl Metrics {
             inflight_bytes: r.gauge("gallop_http_inflight_bytes", "Request-body bytes held by requests in flight"),
             user_agent_cache_bytes: r.gauge("gallop_user_agent_cache_bytes", "Bytes the User-Agent cache holds"),
             registry: r,
+            listeners: Arc::default(),
         };
         // Every reason exists from the start (at 0), so rates and alerts see a series.
         for reason in ["shed", "closed", "accept_error"] {
@@ -130,10 +148,25 @@ impl Metrics {
         metrics
     }
 
-    /// The registry, to add metrics of other components (the traqq listener) to the same
-    /// `/metrics` page.
-    pub fn registry(&self) -> &MetricsRegistry {
-        &self.registry
+    /// The metrics of `protocol`'s listener (a name of lower-case letters: `traqq`),
+    /// registered on this page by the first call and shared by every later one (a second
+    /// listener on the same gateway counts into the same metrics).
+    pub fn listener(&self, protocol: &str) -> ListenerMetrics {
+        // Inserting one entry cannot leave the map half-written if a holder panicked.
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = &self.registry;
+        listeners
+            .entry(protocol.to_owned())
+            .or_insert_with(|| ListenerMetrics {
+                connections: registry
+                    .gauge(&format!("gallop_{protocol}_connections"), &format!("Open {protocol} protocol connections")),
+                commands: registry.counter_vec(
+                    &format!("gallop_{protocol}_commands_total"),
+                    &format!("{protocol} protocol lines answered, by command and outcome"),
+                    &["command", "outcome"],
+                ),
+            })
+            .clone()
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -151,6 +184,20 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_protocols_listeners_share_its_metrics() {
+        let metrics = Metrics::new();
+        let first = metrics.listener("traqq");
+        let second = metrics.clone().listener("traqq");
+        first.connections.inc();
+        second.connections.inc();
+        second.commands.with_label_values(&["record", "ok"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("gallop_traqq_connections 2"), "{text}");
+        assert!(text.contains("gallop_traqq_commands_total{command=\"record\",outcome=\"ok\"} 1"), "{text}");
+        assert_eq!(text.matches("# TYPE gallop_traqq_connections gauge").count(), 1, "{text}");
+    }
 
     #[test]
     fn renders_every_family() {

@@ -389,7 +389,8 @@ async fn accept(
             unknown if unknown.may_be_stored() => ApiError::OutcomeUnknown { reason: unknown.to_string() },
             other => unavailable(other.to_string()),
         };
-        state.metrics.events_rejected.with_label_values(&[error.metric_reason()]).inc_by(accepted as u64);
+        // The whole request is refused, its repeated ids with it.
+        state.metrics.events_rejected.with_label_values(&[error.metric_reason()]).inc_by(total as u64);
         return Err(error);
     }
     state.metrics.events_accepted.inc_by(accepted as u64);

@@ -235,7 +235,7 @@ impl Publisher for KafkaBroker {
     }
 }
 
-fn publish_error(id: &str, error: &KafkaError) -> PublishError {
+pub(crate) fn publish_error(id: &str, error: &KafkaError) -> PublishError {
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout { id: id.to_owned() },
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {

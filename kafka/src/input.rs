@@ -29,7 +29,10 @@ use gallop_broker::{
     PublishError,
 };
 
-use crate::client::{client_config, create, ensure_topic, KafkaSetupError};
+use crate::{
+    broker::publish_error,
+    client::{client_config, create, ensure_topic, KafkaSetupError},
+};
 
 /// How long a dead letter may take to be acknowledged.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -275,11 +278,12 @@ impl InputPublisher for KafkaInputPublisher {
         let (producer, topic) = (self.producer.clone(), self.topic.clone());
         async move {
             let record = FutureRecord::<(), [u8]>::to(&topic).payload(&payload[..]);
+            // The broker's error named by the topic (the message has no id of its own).
             producer
                 .send(record, Timeout::After(DEAD_LETTER_TIMEOUT))
                 .await
                 .map(|_| ())
-                .map_err(|(e, _)| PublishError::Rejected { id: format!("a message to {topic}"), reason: e.to_string() })
+                .map_err(|(e, _)| publish_error(&format!("to {topic}"), &e))
         }
         .boxed()
     }

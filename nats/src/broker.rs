@@ -322,7 +322,7 @@ impl Publisher for NatsBroker {
     }
 }
 
-fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> PublishError {
+pub(crate) fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> PublishError {
     // JetStream 10023 "insufficient resources", 10047/10028 "insufficient storage/memory
     // resources available"; a stream at max_bytes / max_msgs with discard-new answers
     // "maximum bytes/messages exceeded".

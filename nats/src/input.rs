@@ -25,7 +25,7 @@ use gallop_broker::{
     PublishError,
 };
 
-use crate::broker::{NatsBroker, NatsError};
+use crate::broker::{publish_error, NatsBroker, NatsError};
 
 /// Reads the input subjects through the shared durable consumer.
 pub struct NatsInput {
@@ -237,9 +237,13 @@ impl InputPublisher for NatsInputPublisher {
     fn send(&self, payload: bytes::Bytes) -> BoxFuture<'static, Result<(), PublishError>> {
         let (jetstream, subject) = (self.jetstream.clone(), self.subject.clone());
         async move {
-            let rejected = |reason: String| PublishError::Rejected { id: format!("a message to {subject}"), reason };
-            let ack = jetstream.publish(subject.clone(), payload).await.map_err(|e| rejected(e.to_string()))?;
-            ack.await.map(|_| ()).map_err(|e| rejected(e.to_string()))
+            // The broker's error named by the subject (the message has no id of its own).
+            let failed = |e: jetstream::context::PublishError| {
+                let text = e.to_string();
+                publish_error(&format!("to {subject}"), e.kind(), text)
+            };
+            let ack = jetstream.publish(subject.clone(), payload).await.map_err(failed)?;
+            ack.await.map(|_| ()).map_err(failed)
         }
         .boxed()
     }

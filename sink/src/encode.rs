@@ -230,7 +230,7 @@ pub fn encode_flush(delta: &Delta, context: &FlushContext<'_>) -> EncodedFlush {
 }
 
 /// [`encode_flush`] into `buffer`, whose contents are dropped and whose allocation is used
-/// when [`gallop_processor::reuse`] keeps it. A processor hands each insert's buffer to the next one: a body
+/// when [`gallop_codec::reuse`] keeps it. A processor hands each insert's buffer to the next one: a body
 /// is tens of megabytes, and a fresh one every flush had the kernel fault in and zero its
 /// pages (a third of the encoding's time in a profile of `gallop process`).
 pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffer: Vec<u8>) -> EncodedFlush {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use gallop_codec::read_clickhouse_varuint;
 use gallop_processor::sketch::TopK;
 use serde::{Deserialize, Serialize};
 
@@ -515,8 +516,10 @@ impl Reader {
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             if as_string {
-                // A String column: varuint length, then the state bytes.
-                let (len, header) = read_varuint(rest).ok_or_else(|| corrupt("truncated length".to_owned()))?;
+                // A String column: a VarUInt length, then the state bytes.
+                let mut header = 0;
+                let len =
+                    read_clickhouse_varuint(rest, &mut header).map_err(|e| corrupt(format!("the length: {e}")))?;
                 let end = usize::try_from(len).ok().and_then(|l| header.checked_add(l)).filter(|&e| e <= rest.len());
                 let end = end.ok_or_else(|| corrupt(format!("state of {len} bytes past the end")))?;
                 let state = &rest[header..end];
@@ -552,18 +555,6 @@ fn export_filter(site: &str, granularity: Granularity, from: i64, to: i64, dimen
         escape(site),
         granularity.name()
     )
-}
-
-/// A varuint at the start of `bytes`: (value, bytes it took).
-fn read_varuint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

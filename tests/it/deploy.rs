@@ -247,9 +247,9 @@ fn dashboards_type_check_against_grafanas_schema() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grafana-schema-check");
     std::fs::create_dir_all(&dir).expect("a scratch dir");
     let modules = dir.join("node_modules");
-    if !modules.exists() {
-        std::os::unix::fs::symlink(tools.join("node_modules"), &modules).expect("node_modules linked");
-    }
+    // A link of an earlier run may point at another tools folder, or nowhere: made anew.
+    let _ = std::fs::remove_file(&modules);
+    std::os::unix::fs::symlink(tools.join("node_modules"), &modules).expect("node_modules linked");
     let check = |name: &str, json: &str| -> Output {
         let file = dir.join(format!("{name}.ts"));
         let source = format!(

@@ -176,9 +176,9 @@ async fn stored(pipeline: &Pipeline) -> Rows {
 async fn send_in_order(address: String, events: Vec<Event>) {
     let client = reqwest::Client::new();
     let url = format!("http://{address}/v1/events");
-    // About 10 s of sending in all, whatever the number of events: the five kills (each once
-    // a flush landed) fall inside it.
-    let pause = Duration::from_millis(10_000 / events.len().div_ceil(100).max(1) as u64);
+    // About 15 s of sending in all, whatever the number of events: the five kills (each once
+    // a flush of the restarted processor landed, 1 to 2 s apart) fall inside it.
+    let pause = Duration::from_millis(15_000 / events.len().div_ceil(100).max(1) as u64);
     for chunk in events.chunks(100) {
         let batch = serde_json::Value::Array(chunk.iter().map(Event::json).collect());
         loop {

@@ -18,7 +18,7 @@ use std::{
 
 use futures::{stream::FuturesOrdered, StreamExt};
 use gallop_config::{ClickHouseConfig, TraqqConfig};
-use gallop_ingest::{ForeignEvent, Gateway};
+use gallop_ingest::{ForeignEvent, Gateway, ListenerMetrics};
 use gallop_support::Backoff;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
@@ -51,18 +51,10 @@ struct TraqqMetrics {
 }
 
 impl TraqqMetrics {
-    /// Registers the listener's metrics on `gateway`'s `/metrics` page (one listener per
-    /// gateway: a second would be refused as a name registered twice).
+    /// The gateway's metrics of its traqq listener (shared by a second listener).
     fn register(gateway: &Gateway) -> Self {
-        let registry = gateway.metrics().registry();
-        Self {
-            connections: registry.gauge("gallop_traqq_connections", "Open traqq protocol connections"),
-            commands: registry.counter_vec(
-                "gallop_traqq_commands_total",
-                "traqq protocol lines answered, by command and outcome",
-                &["command", "outcome"],
-            ),
-        }
+        let ListenerMetrics { connections, commands } = gateway.metrics().listener("traqq");
+        Self { connections, commands }
     }
 
     fn count(&self, command: &str, response: &Response) {
