@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gallop_broker::{InputPublisher, Publisher, SaltStore};
+use futures::future::FutureExt as _;
+use gallop_broker::{InputPublisher, Publisher, SaltStore, StaticMembership};
 use gallop_config::{BrokerKind, Config};
 use gallop_kafka::{KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSource};
-use gallop_nats::{NatsBroker, NatsDeadLetters, NatsInput, NatsInputPublisher, NatsSource};
+use gallop_nats::{NatsBroker, NatsDeadLetters, NatsInput, NatsInputPublisher, NatsLeases, NatsSource};
 use gallop_sink::{ClickHouse, Reader};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -121,7 +122,7 @@ async fn serve_gateway(
     broker: &Broker,
     gateway: gallop_ingest::Gateway,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let when_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -232,20 +233,47 @@ async fn run_processor(
     config: Config,
     nats: Option<NatsBroker>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clickhouse = crate::process::open_clickhouse(&config, config.consumer.shutdown_timeout).await?;
-    let partitions = crate::process::owned_partitions(&config);
+    let pinned = crate::process::pinned_partitions(&config);
+    let member = crate::process::member_name(&config);
+    let total = config.broker.partitions;
     match (config.broker.kind, nats) {
         (BrokerKind::Nats, Some(broker)) => {
-            let source = NatsSource::open(&broker, &partitions, &config.consumer).await?;
-            crate::process::run(config, clickhouse, source, broker.stream(), listener, shutdown).await
+            let leases = NatsLeases::join(
+                broker.jetstream(),
+                &config.nats.lease_bucket,
+                broker.stream(),
+                config.consumer.lease_ttl,
+                total,
+                &member,
+                pinned,
+            )
+            .await?;
+            let consumer = config.consumer.clone();
+            let stream = broker.stream().to_owned();
+            let open = move |partitions: Vec<u32>| {
+                let (broker, consumer) = (broker.clone(), consumer.clone());
+                async move { Ok(NatsSource::open(&broker, &partitions, &consumer).await?) }.boxed()
+            };
+            crate::process::run(config, clickhouse, Arc::new(leases), open, &stream, listener, shutdown).await
         }
         (BrokerKind::Nats, None) => anyhow::bail!("broker.kind = \"nats\" needs a NATS connection"),
         (BrokerKind::Kafka, _) => {
-            let source = KafkaSource::open(&config.kafka, config.broker.partitions, &partitions).await?;
             let topic = config.kafka.topic.clone();
-            crate::process::run(config, clickhouse, source, &topic, listener, shutdown).await
+            let kafka = config.kafka.clone();
+            let open = move |partitions: Vec<u32>| {
+                let kafka = kafka.clone();
+                async move { Ok(KafkaSource::open(&kafka, total, &partitions).await?) }.boxed()
+            };
+            match pinned {
+                Some(pinned) => {
+                    let membership = Arc::new(StaticMembership::new(&member, &pinned));
+                    crate::process::run(config, clickhouse, membership, open, &topic, listener, shutdown).await
+                }
+                None => anyhow::bail!("consumer.assignment = \"auto\" on Kafka: not yet"),
+            }
         }
     }
 }

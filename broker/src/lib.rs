@@ -9,6 +9,9 @@
 //! shares. [`InputSource`], [`InputPublisher`] and [`DeadLetters`] are the public input
 //! applications publish to and where its unusable records go.
 //!
+//! [`Membership`] and [`Fence`] say which partitions a processor runs when several share
+//! them, and whether it may still write them.
+//!
 //! The adapters live in crates of their own (`gallop-nats`: JetStream, `gallop-kafka`:
 //! librdkafka), so what only needs the contract compiles neither client. [`MemoryBroker`]
 //! is an in-process log with fault switches, for the runtime's tests.
@@ -16,6 +19,7 @@
 
 mod input;
 mod memory;
+mod ownership;
 mod partition;
 mod publisher;
 mod salt;
@@ -23,6 +27,9 @@ mod source;
 
 pub use input::{dead_letter_headers, DeadLetter, DeadLetters, InputError, InputMessage, InputPublisher, InputSource};
 pub use memory::{MemoryBroker, MemoryFaults, MemorySource, StoredMessage};
+pub use ownership::{
+    default_member_name, fair_share, wall_ms, Assignment, Fence, Fenced, Membership, StaticMembership,
+};
 pub use partition::partition_for;
 pub use publisher::{OutboundMessage, Position, PublishError, Publisher};
 pub use salt::{salt_key, LocalSaltStore, Salt, SaltError, SaltStore};

@@ -15,10 +15,10 @@ mod validate;
 pub use error::{ConfigError, Problem};
 pub use load::{load, Sources, CONFIG_PATH_ENV};
 pub use model::{
-    redact_url, AuthConfig, BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config, ConsumerConfig,
-    DiscardKind, EmptyValues, IngestConfig, InputConfig, KafkaConfig, KafkaProperties, LateEvents, LeaderboardConfig,
-    LimitsConfig, LogConfig, LogFormat, MessageEncoding, NatsConfig, ProcessorConfig, RollupConfig, Secret,
-    ServerConfig, StorageKind, TimeConfig, MAX_ABS_VALUE,
+    redact_url, Assignment, AuthConfig, BatchingConfig, BrokerConfig, BrokerKind, ClickHouseConfig, Config,
+    ConsumerConfig, DiscardKind, EmptyValues, IngestConfig, InputConfig, KafkaConfig, KafkaProperties, LateEvents,
+    LeaderboardConfig, LimitsConfig, LogConfig, LogFormat, MessageEncoding, NatsConfig, ProcessorConfig, RollupConfig,
+    Secret, ServerConfig, StorageKind, TimeConfig, MAX_ABS_VALUE,
 };
 pub use traqq::{field_spec, TraqqAddValue, TraqqConfig, TraqqKind, TraqqMapping, TraqqMetric, EVENT, MAX_TOP_K};
 

@@ -271,6 +271,10 @@ pub struct NatsConfig {
     pub replicas: u32,
     /// Key-value bucket that holds the daily visitor salt shared by every gateway.
     pub salt_bucket: String,
+    /// Key-value bucket through which processors share the partitions: a heartbeat key
+    /// per live processor and a lease key per owned partition, expiring after
+    /// `consumer.lease_ttl` (the bucket's `max_age`) unless renewed.
+    pub lease_bucket: String,
 }
 
 impl Default for NatsConfig {
@@ -296,6 +300,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             salt_bucket: "gallop_salts".to_owned(),
+            lease_bucket: "gallop_leases".to_owned(),
         }
     }
 }
@@ -787,13 +792,39 @@ impl Default for InputConfig {
     }
 }
 
+/// How a processor learns which partitions it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    /// The processors share the partitions among themselves: NATS through leases in
+    /// `nats.lease_bucket`, Kafka through the consumer group `kafka.consumer_group`. A dead
+    /// processor's share is taken over, a new one gets a share.
+    Auto,
+    /// `consumer.partitions`, written by hand; nothing moves when a processor dies.
+    Static,
+}
+
 /// How a processor instance consumes the broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerConfig {
-    /// Partitions this instance owns. Empty owns all of `0..broker.partitions`. Two
-    /// instances must own disjoint sets.
+    /// How this processor learns which partitions it owns: `auto` (the processors share
+    /// them among themselves through the broker) or `static` (`partitions`, by hand).
+    pub assignment: Assignment,
+    /// With `assignment = "static"`: the partitions this instance owns; empty owns all of
+    /// `0..broker.partitions`. Two instances must own disjoint sets (on NATS a processor
+    /// whose list overlaps a live one's is refused at start). Must be empty with `auto`.
     pub partitions: Vec<u32>,
+    /// This processor's name among those sharing the partitions: in the lease bucket, in
+    /// the position markers it writes and in logs. Letters, digits, '-' and '_'; must be
+    /// unique among live processors. Empty: `<host>-<pid>`.
+    pub member: String,
+    /// How long a processor's claim on its partitions outlives its last renewal (NATS: the
+    /// lease bucket's `max_age`; Kafka: the group's `session.timeout.ms`). A dead
+    /// processor's partitions are taken over within about this long; a live one renews four
+    /// times per period and writes only while its claim holds for another quarter of it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// Durable consumer name prefix: partition `p` is read by `<durable_prefix>-<p>`.
     pub durable_prefix: String,
     /// Most messages asked for in one pull.
@@ -832,7 +863,10 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
+            assignment: Assignment::Auto,
             partitions: Vec::new(),
+            member: String::new(),
+            lease_ttl: Duration::from_secs(10),
             durable_prefix: "gallop-processor".to_owned(),
             fetch_batch: 512,
             fetch_max_bytes: 4 << 20,

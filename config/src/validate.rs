@@ -1,8 +1,10 @@
 //! Rules that types alone cannot express, checked once at start.
 
+use std::time::Duration;
+
 use crate::{
     error::{ConfigError, Problem},
-    model::{BrokerKind, Config, MAX_ABS_VALUE},
+    model::{Assignment, BrokerKind, Config, MAX_ABS_VALUE},
     traqq::{TraqqKind, MAX_TOP_K},
 };
 
@@ -26,6 +28,8 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         "dot-separated tokens without spaces, '*' or '>', not empty",
     );
     need(is_bucket_name(&nats.salt_bucket), "nats.salt_bucket", "letters, digits, '-' and '_' only, not empty");
+    need(is_bucket_name(&nats.lease_bucket), "nats.lease_bucket", "letters, digits, '-' and '_' only, not empty");
+    need(nats.lease_bucket != nats.salt_bucket, "nats.lease_bucket", "a bucket other than nats.salt_bucket");
     need(nats.replicas >= 1 && nats.replicas <= 5, "nats.replicas", "between 1 and 5");
     need(
         nats.duplicate_window.as_millis() >= 100,
@@ -262,6 +266,22 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 
     let consumer = &config.consumer;
+    need(
+        consumer.assignment == Assignment::Static || consumer.partitions.is_empty(),
+        "consumer.partitions",
+        "empty with consumer.assignment = \"auto\" (the processors share the partitions themselves); \
+         set consumer.assignment = \"static\" to pin partitions by hand",
+    );
+    need(
+        consumer.member.is_empty() || is_stream_name(&consumer.member),
+        "consumer.member",
+        "letters, digits, '-' and '_' only (or empty: <host>-<pid>)",
+    );
+    need(
+        consumer.lease_ttl >= Duration::from_secs(2) && consumer.lease_ttl <= Duration::from_secs(300),
+        "consumer.lease_ttl",
+        "between 2s and 5m",
+    );
     for (i, &partition) in consumer.partitions.iter().enumerate() {
         need(
             partition < config.broker.partitions,

@@ -29,8 +29,8 @@ mod status;
 mod store;
 
 pub use log_range::{GapKind, LogGap};
-pub use mark::Mark;
+pub use mark::{Claim, Mark};
 pub use metrics::ProcessMetrics;
-pub use runtime::{run, RunError, RunOptions};
-pub use status::{status_router, Health};
-pub use store::{Cell, Flush, MemoryStore, MemoryStoreFaults, Store, WriteReport};
+pub use runtime::{run, Ownership, RunError, RunOptions};
+pub use status::{status_router, Health, OwnershipStatus};
+pub use store::{Cell, Flush, MemoryStore, MemoryStoreFaults, Store, WriteFence, WriteReport};

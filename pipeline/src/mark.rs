@@ -22,3 +22,17 @@ impl Mark {
         Self { epoch: 0, position, time_ms: 0 }
     }
 }
+
+/// Who wrote a mark and what it continues, stored with it so that an operator (and a test)
+/// can show that no two owners' writes of one partition interleave: the marks of a
+/// partition account for disjoint ranges `(after, position]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// The member that wrote it (`consumer.member`).
+    pub member: std::sync::Arc<str>,
+    /// The generation of the member's claim on the partition (NATS: the lease's revision
+    /// when claimed; Kafka: when the group assigned it).
+    pub generation: u64,
+    /// The position of the partition's previous mark, which this one continues.
+    pub after: u64,
+}

@@ -55,6 +55,17 @@ pub struct ProcessMetrics {
     pub dedup_ids: IntGauge,
     /// Ids dropped from a dedup window by its size bound while still inside its time.
     pub dedup_evicted: IntCounter,
+    /// Partitions this processor runs now.
+    pub partitions_owned: IntGauge,
+    /// Partitions that moved to or from this processor, by reason: `claimed` (a free or
+    /// handed-over partition), `took_over` (a partition whose previous owner's claim
+    /// lapsed), `handed_over` (given up after its last flush, for balance), `lost` (its
+    /// claim lapsed or was taken: nothing more written), `shutdown`.
+    pub partition_handovers: IntCounterVec,
+    /// Partitions no live processor holds, as this one last saw them.
+    pub partitions_unowned: IntGauge,
+    /// Processors seen alive sharing the partitions, this one included.
+    pub partition_members: IntGauge,
 }
 
 impl ProcessMetrics {
@@ -127,6 +138,21 @@ impl ProcessMetrics {
                 "gallop_dedup_window_evicted_total",
                 "Message ids dropped from a dedup window by its size bound while still inside its time",
             ),
+            partitions_owned: r.gauge("gallop_partitions_owned", "Partitions this processor runs now"),
+            partition_handovers: r.counter_vec(
+                "gallop_partition_handovers_total",
+                "Partitions that moved to or from this processor, by reason (claimed, took_over, handed_over, lost, \
+                 shutdown)",
+                &["reason"],
+            ),
+            partitions_unowned: r.gauge(
+                "gallop_partitions_unowned",
+                "Partitions no live processor holds, as this processor last saw them",
+            ),
+            partition_members: r.gauge(
+                "gallop_partition_members",
+                "Processors seen alive sharing the partitions, this one included",
+            ),
             registry: r,
         }
     }
@@ -162,6 +188,8 @@ mod tests {
             "# TYPE gallop_insert_retries_total counter",
             "gallop_flushes_total 0",
             "gallop_dedup_window_ids 0",
+            "gallop_partitions_owned 0",
+            "gallop_partitions_unowned 0",
             "# TYPE gallop_consumer_lag_seconds gauge",
             "# TYPE gallop_watermark_timestamp_seconds gauge",
             "# TYPE process_cpu_seconds_total counter",

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use gallop_broker::{Ack, Delivery, LogRange, Source, SourceError, SourceEvent};
+use gallop_broker::{Ack, Delivery, Fence, Fenced, LogRange, Source, SourceError, SourceEvent};
 use gallop_config::Config;
 use gallop_processor::{Processor, ProcessorError};
 use gallop_support::Backoff;
@@ -24,10 +24,10 @@ use tracing::{error, info, warn};
 use crate::{
     dedup::DedupWindow,
     log_range::{check, LogGap},
-    mark::Mark,
+    mark::{Claim, Mark},
     metrics::ProcessMetrics,
     status::Health,
-    store::{Flush, Store, WriteReport},
+    store::{Flush, Store, WriteFence, WriteReport},
 };
 
 /// How often the loop looks at timers, paused partitions and gauges when nothing arrives.
@@ -47,6 +47,21 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
     /// Most message ids a partition's dedup window holds (when the source asks for one).
     pub dedup_max_ids: usize,
+    /// Where processors share the partitions: who this one is and how it is fenced.
+    pub ownership: Option<Ownership>,
+}
+
+/// This processor's claim on the partitions it runs, where several share them.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    /// The member's name, written into every mark's [`Claim`].
+    pub member: Arc<str>,
+    /// The generation of the claim on each partition run.
+    pub generations: BTreeMap<u32, u64>,
+    /// Asked before every write attempt and before acknowledging.
+    pub fence: Arc<dyn Fence>,
+    /// How long a write attempt may take: the claim must hold that much longer.
+    pub write_budget: Duration,
 }
 
 impl RunOptions {
@@ -57,6 +72,7 @@ impl RunOptions {
             accept_log_gaps: config.consumer.accept_log_gaps,
             shutdown_timeout: config.consumer.shutdown_timeout,
             dedup_max_ids: config.consumer.dedup_max_ids,
+            ownership: None,
         }
     }
 }
@@ -88,6 +104,10 @@ pub enum RunError {
          acknowledged, so the broker will deliver it again"
     )]
     ShutdownTimeout(Duration),
+    /// This processor no longer owns a partition it runs (its claim lapsed or was taken):
+    /// nothing more was written or acknowledged for it.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
     /// The processor refused a message although it had room (a bug).
     #[error("the processor refused a message it had room for: {0}")]
     Processor(#[from] ProcessorError),
@@ -274,6 +294,10 @@ impl<S: Source, T: Store> Runtime<S, T> {
                 },
             );
         }
+        // Per-partition gauges of an earlier assignment of this process must not linger.
+        for gauge in [&metrics.lag, &metrics.lag_seconds, &metrics.watermark] {
+            gauge.reset();
+        }
         // A setting: set once, not on every turn of the loop.
         metrics.live_keys_limit.set(i64::try_from(processor.max_live_keys()).unwrap_or(i64::MAX));
         Ok(Self { source, processor, store, options, metrics, health, partitions, retries_seen: 0 })
@@ -430,9 +454,28 @@ impl<S: Source, T: Store> Runtime<S, T> {
                 acks.push((partition, position, ack));
             }
         }
+        let (claims, fence) = match &self.options.ownership {
+            Some(ownership) => {
+                let claims = marks
+                    .keys()
+                    .map(|&partition| {
+                        let claim = Claim {
+                            member: Arc::clone(&ownership.member),
+                            generation: ownership.generations.get(&partition).copied().unwrap_or(0),
+                            after: self.partitions.get(&partition).map_or(0, |p| p.durable.position),
+                        };
+                        (partition, claim)
+                    })
+                    .collect();
+                // The rows mix every partition folded in: all of them must still be ours.
+                let partitions = self.partitions.keys().copied().collect();
+                (claims, Some(WriteFence::new(Arc::clone(&ownership.fence), partitions, ownership.write_budget)))
+            }
+            None => (BTreeMap::new(), None),
+        };
         let store = Arc::clone(&self.store);
         let started = Instant::now();
-        let flush = Flush { delta, marks: marks.clone(), now: now / 1000 };
+        let flush = Flush { delta, marks: marks.clone(), claims, fence, now: now / 1000 };
         InFlight(tokio::spawn(async move { (store.write(flush).await, acks, marks, started) }))
     }
 
@@ -443,10 +486,13 @@ impl<S: Source, T: Store> Runtime<S, T> {
         let report = match result {
             Ok(report) => report,
             Err(e) => {
+                self.fenced()?;
                 error!(error = %e, "the store rejected a flush; stopping without acknowledging it");
                 return Err(RunError::Rejected(Box::new(e)));
             }
         };
+        // A partition lost while the write was under way: the next owner acknowledges.
+        self.fenced()?;
         self.metrics.flushes.inc();
         self.metrics.flush_rows.inc_by(report.rows as u64);
         self.metrics.flush_bytes.inc_by(report.bytes as u64);
@@ -474,6 +520,16 @@ impl<S: Source, T: Store> Runtime<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// `Err` once this processor no longer owns one of its partitions.
+    fn fenced(&self) -> Result<(), RunError> {
+        let Some(ownership) = &self.options.ownership else { return Ok(()) };
+        let partitions: Vec<u32> = self.partitions.keys().copied().collect();
+        ownership.fence.check(&partitions, Duration::ZERO).map_err(|fenced| {
+            warn!(error = %fenced, "a partition was lost: nothing more is written or acknowledged for this assignment");
+            RunError::Fenced(fenced)
+        })
     }
 
     /// Brings gauges and `/ready` up to date.

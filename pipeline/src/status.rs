@@ -2,7 +2,7 @@
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
-    Arc,
+    Arc, Mutex,
 };
 
 use axum::{
@@ -21,24 +21,58 @@ use crate::metrics::ProcessMetrics;
 pub struct Health {
     broker: AtomicBool,
     store: AtomicBool,
+    /// What this processor owns, for `/ready` (set where partitions are shared).
+    ownership: Mutex<Option<OwnershipStatus>>,
+}
+
+/// What `/ready` says about the partitions a processor shares with others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnershipStatus {
+    /// This processor's name.
+    pub member: String,
+    /// The partitions it runs.
+    pub owned: Vec<u32>,
+    /// Processors seen alive.
+    pub members: u32,
+    /// Partitions no live processor holds.
+    pub unowned: u32,
+    /// What keeps the membership from working (the lease store unreachable).
+    pub trouble: Option<String>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { broker: AtomicBool::new(true), store: AtomicBool::new(true) }
+        Self { broker: AtomicBool::new(true), store: AtomicBool::new(true), ownership: Mutex::new(None) }
     }
 }
 
 impl Health {
-    /// `Ok` when both work, else what does not.
-    pub fn ready(&self) -> Result<(), &'static str> {
+    /// `Ok` with what the processor owns when everything works, else what does not.
+    pub fn ready(&self) -> Result<String, String> {
+        let ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !self.store.load(Ordering::Relaxed) {
-            Err("ClickHouse inserts are failing")
+            Err("ClickHouse inserts are failing".to_owned())
         } else if !self.broker.load(Ordering::Relaxed) {
-            Err("broker not connected")
+            Err("broker not connected".to_owned())
+        } else if let Some(trouble) = ownership.as_ref().and_then(|o| o.trouble.clone()) {
+            Err(trouble)
         } else {
-            Ok(())
+            Ok(ownership.map_or_else(String::new, |o| {
+                let owned: Vec<String> = o.owned.iter().map(u32::to_string).collect();
+                format!(
+                    "member {} owns partitions [{}] ({} members; {} partitions unowned)",
+                    o.member,
+                    owned.join(", "),
+                    o.members,
+                    o.unowned
+                )
+            }))
         }
+    }
+
+    /// Records what this processor owns, for `/ready`.
+    pub fn set_ownership(&self, status: OwnershipStatus) {
+        *self.ownership.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
 
     pub(crate) fn set(&self, broker: bool, store: bool) {
@@ -65,7 +99,8 @@ pub fn status_router(metrics: ProcessMetrics, health: Arc<Health>, metrics_keys:
 
 async fn readiness(State(status): State<Arc<Status>>) -> axum::response::Response {
     match status.health.ready() {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Ok(owned) if owned.is_empty() => (StatusCode::OK, "ready".to_owned()).into_response(),
+        Ok(owned) => (StatusCode::OK, format!("ready: {owned}")).into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
     }
 }

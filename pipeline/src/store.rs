@@ -6,13 +6,15 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
+    time::Duration,
 };
 
 use futures::future::{self, BoxFuture, FutureExt};
+use gallop_broker::{Fence, Fenced};
 use gallop_processor::{sketch::UniqHll12, Delta, OpenSessions, SessionState};
 use tokio::sync::Notify;
 
-use crate::mark::Mark;
+use crate::mark::{Claim, Mark};
 
 /// One flush: the aggregates since the last one and the positions they account for.
 #[derive(Debug, Clone)]
@@ -21,8 +23,35 @@ pub struct Flush {
     pub delta: Delta,
     /// Per partition, where the partition stands once this flush is stored.
     pub marks: BTreeMap<u32, Mark>,
+    /// Per partition of `marks`, who writes it and what it continues (empty where
+    /// partitions are not shared).
+    pub claims: BTreeMap<u32, Claim>,
+    /// Checked before every write attempt: a store makes no attempt once it fails.
+    pub fence: Option<WriteFence>,
     /// Wall-clock seconds at the flush.
     pub now: i64,
+}
+
+/// The ownership check a store makes before each attempt to write a flush: the member must
+/// still own every partition the flush touches, for longer than an attempt can take.
+#[derive(Debug, Clone)]
+pub struct WriteFence {
+    fence: Arc<dyn Fence>,
+    partitions: Vec<u32>,
+    budget: Duration,
+}
+
+impl WriteFence {
+    /// Checks `partitions` against `fence` with `budget` to spare.
+    pub fn new(fence: Arc<dyn Fence>, partitions: Vec<u32>, budget: Duration) -> Self {
+        Self { fence, partitions, budget }
+    }
+
+    /// `Ok` while an attempt started now ends before any other member may start these
+    /// partitions.
+    pub fn check(&self) -> Result<(), Fenced> {
+        self.fence.check(&self.partitions, self.budget)
+    }
 }
 
 /// What a landed write did.
@@ -245,7 +274,7 @@ impl Store for MemoryStore {
 
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Rejected>> {
         async move {
-            if self.faults.reject.load(Ordering::SeqCst) {
+            if self.faults.reject.load(Ordering::SeqCst) || flush.fence.as_ref().is_some_and(|f| f.check().is_err()) {
                 return Err(Rejected);
             }
             if self.faults.stall_before_landing.load(Ordering::SeqCst) {
@@ -289,6 +318,8 @@ mod tests {
         Flush {
             delta: Delta { rows: vec![row], ..Delta::default() },
             marks: marks.iter().map(|&(p, position)| (p, Mark::at(position))).collect(),
+            claims: BTreeMap::new(),
+            fence: None,
             now: 0,
         }
     }

@@ -9,7 +9,7 @@ use std::{
 use foldhash::fast::FixedState;
 
 use gallop_codec::write_varint;
-use gallop_pipeline::Mark;
+use gallop_pipeline::{Claim, Mark};
 use gallop_processor::{
     sketch::{SumF64, SumU64, TopK, UniqHll12},
     ChangedVisits, Delta, RollupRow, SessionState,
@@ -51,6 +51,8 @@ pub struct FlushContext<'a> {
     pub stream: &'a str,
     /// The position marks stored with the rows, per partition.
     pub marks: &'a BTreeMap<u32, Mark>,
+    /// Who writes each mark and what it continues, where partitions are shared.
+    pub claims: &'a BTreeMap<u32, Claim>,
     /// Unique id of this flush: the `value` of its leaderboard rows, the dedup token.
     pub flush_id: &'a str,
     /// Wall-clock seconds, for the markers' `bucket` and expiry.
@@ -78,20 +80,31 @@ pub struct EncodedFlush {
 }
 
 /// The `value` of the position marker of `partition` at `mark`: fixed-width so that
-/// the lexicographic maximum is the numeric one.
-pub fn marker_value(partition: u32, mark: &Mark) -> String {
-    format!("{partition:010}/e{:010}/{:020}/t{}", mark.epoch, mark.position, mark.time_ms)
+/// the lexicographic maximum is the numeric one; where partitions are shared, followed by
+/// the claim it was written under (`/a<after>/g<generation>/o<member>`).
+pub fn marker_value(partition: u32, mark: &Mark, claim: Option<&Claim>) -> String {
+    let mut value = format!("{partition:010}/e{:010}/{:020}/t{}", mark.epoch, mark.position, mark.time_ms);
+    if let Some(claim) = claim {
+        value.push_str(&format!("/a{}/g{}/o{}", claim.after, claim.generation, claim.member));
+    }
+    value
 }
 
 /// Parses a marker value back into `(partition, mark)`. Markers written before epochs
 /// existed (`<partition>/<position>`) read as epoch 0; they sort below every newer marker
 /// of their partition (`e` comes after the digits).
 pub fn parse_marker(value: &str) -> Option<(u32, Mark)> {
+    parse_marker_claim(value).map(|(partition, mark, _)| (partition, mark))
+}
+
+/// Parses a marker value into `(partition, mark, claim)`; the claim is `None` for markers
+/// written where partitions were not shared (and by versions before shared partitions).
+pub fn parse_marker_claim(value: &str) -> Option<(u32, Mark, Option<Claim>)> {
     let mut parts = value.split('/');
     let partition = parts.next()?.parse().ok()?;
     let second = parts.next()?;
     let mark = match (second.strip_prefix('e'), parts.next(), parts.next()) {
-        (None, None, None) => Mark::at(second.parse().ok()?),
+        (None, None, None) => return Some((partition, Mark::at(second.parse().ok()?), None)),
         (Some(epoch), Some(position), Some(time)) => Mark {
             epoch: epoch.parse().ok()?,
             position: position.parse().ok()?,
@@ -99,7 +112,16 @@ pub fn parse_marker(value: &str) -> Option<(u32, Mark)> {
         },
         _ => return None,
     };
-    parts.next().is_none().then_some((partition, mark))
+    let claim = match (parts.next(), parts.next(), parts.next()) {
+        (None, None, None) => None,
+        (Some(after), Some(generation), Some(member)) => Some(Claim {
+            after: after.strip_prefix('a')?.parse().ok()?,
+            generation: generation.strip_prefix('g')?.parse().ok()?,
+            member: member.strip_prefix('o').filter(|m| !m.is_empty())?.into(),
+        }),
+        _ => return None,
+    };
+    parts.next().is_none().then_some((partition, mark, claim))
 }
 
 /// The `dimension` of the open-visit rows of `stream` (kind `position`).
@@ -322,7 +344,7 @@ pub(crate) fn encode_flush_into(delta: &Delta, context: &FlushContext<'_>, buffe
 
     let mut markers = Vec::with_capacity(context.marks.len());
     for (&partition, mark) in context.marks {
-        let value = marker_value(partition, mark);
+        let value = marker_value(partition, mark, context.claims.get(&partition));
         write_key(&mut out, "", Kind::Position, Granularity::Minute, context.now, context.stream, &value);
         write_states(&mut out, 0, &UniqHll12::new(), 0.0, 0);
         write_empty_top(&mut out, context.top_as_string);
@@ -514,10 +536,13 @@ mod tests {
         }
     }
 
+    static NO_CLAIMS: BTreeMap<u32, Claim> = BTreeMap::new();
+
     fn context(marks: &BTreeMap<u32, Mark>) -> FlushContext<'_> {
         FlushContext {
             stream: "EVENTS",
             marks,
+            claims: &NO_CLAIMS,
             flush_id: "f1",
             now: 1_800_000_000,
             retention: Retention { minute: Some(60), hour: None, day: None },
@@ -573,7 +598,10 @@ mod tests {
         // minute: 4 rows; hour: (10h, /), (11h, /), (10h, /a); day: (/), (/a).
         assert_eq!(encoded.rollup_rows, [4, 3, 2]);
         assert_eq!(encoded.rows, 4 + 3 + 2 + 2);
-        assert_eq!(encoded.markers, vec![(3, marker_value(3, &marks[&3])), (5, marker_value(5, &marks[&5]))]);
+        assert_eq!(
+            encoded.markers,
+            vec![(3, marker_value(3, &marks[&3], None)), (5, marker_value(5, &marks[&5], None))]
+        );
     }
 
     /// The rollup rows `encode_flush` must write for `delta`, from sums computed here row by
@@ -739,11 +767,17 @@ mod tests {
     #[test]
     fn marker_values_sort_by_partition_epoch_position_and_parse_back() {
         let mark = |epoch, position| Mark { epoch, position, time_ms: 1_800_000_000_123 };
-        assert!(marker_value(2, &mark(0, 9)) < marker_value(2, &mark(0, 10)));
-        assert!(marker_value(2, &mark(0, u64::MAX)) < marker_value(2, &mark(1, 1)));
-        assert!(marker_value(2, &mark(u32::MAX, u64::MAX)) < marker_value(10, &mark(0, 0)));
-        assert_eq!(parse_marker(&marker_value(7, &mark(3, 12345))), Some((7, mark(3, 12345))));
-        for bad in ["x/1", "1/e2/3", "1/e2/3/4", "1/2/3", "1/e2/3/t4/5", ""] {
+        let claim = |after| Claim { member: "host-7".into(), generation: 42, after };
+        assert!(marker_value(2, &mark(0, 9), None) < marker_value(2, &mark(0, 10), None));
+        assert!(marker_value(2, &mark(0, 9), Some(&claim(9_999))) < marker_value(2, &mark(0, 10), Some(&claim(0))));
+        assert!(marker_value(2, &mark(0, u64::MAX), None) < marker_value(2, &mark(1, 1), None));
+        assert!(marker_value(2, &mark(u32::MAX, u64::MAX), None) < marker_value(10, &mark(0, 0), None));
+        assert_eq!(parse_marker(&marker_value(7, &mark(3, 12345), None)), Some((7, mark(3, 12345))));
+        let value = marker_value(7, &mark(3, 12345), Some(&claim(12000)));
+        assert_eq!(value, "0000000007/e0000000003/00000000000000012345/t1800000000123/a12000/g42/ohost-7");
+        assert_eq!(parse_marker(&value), Some((7, mark(3, 12345))));
+        assert_eq!(parse_marker_claim(&value), Some((7, mark(3, 12345), Some(claim(12000)))));
+        for bad in ["x/1", "1/e2/3", "1/e2/3/4", "1/2/3", "1/e2/3/t4/5", "", "1/e2/3/t4/a1/g2/o", "1/e2/3/t4/a1/g2"] {
             assert_eq!(parse_marker(bad), None, "{bad}");
         }
     }
@@ -752,7 +786,7 @@ mod tests {
     fn markers_from_before_epochs_read_as_epoch_zero_and_sort_below_new_ones() {
         let old = "0000000007/00000000000000012345";
         assert_eq!(parse_marker(old), Some((7, Mark::at(12345))));
-        assert!(old < marker_value(7, &Mark::at(1)).as_str(), "a new marker of the partition wins");
-        assert!(old > marker_value(6, &Mark::at(u64::MAX)).as_str(), "the partition still comes first");
+        assert!(old < marker_value(7, &Mark::at(1), None).as_str(), "a new marker of the partition wins");
+        assert!(old > marker_value(6, &Mark::at(u64::MAX), None).as_str(), "the partition still comes first");
     }
 }

@@ -45,6 +45,10 @@ pub enum SinkError {
         /// Why it failed.
         reason: String,
     },
+    /// The write was not attempted (again): this processor no longer owns a partition it
+    /// touches, for long enough.
+    #[error("insert not attempted: {0}")]
+    Fenced(String),
     /// A caller-supplied argument is invalid (a time zone, a range).
     #[error("invalid {what}: {reason}")]
     Invalid {

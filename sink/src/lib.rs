@@ -22,8 +22,8 @@ mod writer;
 
 pub use client::{ClickHouse, MigrationReport};
 pub use encode::{
-    encode_flush, marker_value, parse_marker, parse_session_value, parse_watermark_value, session_dimension,
-    watermark_dimension, EncodedFlush, FlushContext, Retention,
+    encode_flush, marker_value, parse_marker, parse_marker_claim, parse_session_value, parse_watermark_value,
+    session_dimension, watermark_dimension, EncodedFlush, FlushContext, Retention,
 };
 pub use error::SinkError;
 pub use reader::{Breakdown, BreakdownRow, DimensionRow, ExportRow, Headline, Leader, Reader, TimeRange};

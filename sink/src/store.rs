@@ -46,7 +46,10 @@ impl Store for ClickHouseStore {
 
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, SinkError>> {
         async move {
-            let report = self.writer.write(&flush.delta, &flush.marks, flush.now).await?;
+            let report = self
+                .writer
+                .write_claimed(&flush.delta, &flush.marks, &flush.claims, flush.fence.as_ref(), flush.now)
+                .await?;
             Ok(WriteReport { rows: report.rows, bytes: report.bytes })
         }
         .boxed()

@@ -19,7 +19,7 @@ use gallop_support::Backoff;
 use rand::Rng;
 use tracing::{info, warn};
 
-use gallop_pipeline::Mark;
+use gallop_pipeline::{Claim, Mark, WriteFence};
 
 use crate::{
     client::ClickHouse,
@@ -112,10 +112,26 @@ impl Writer {
     /// one insert, retrying transient failures until it lands. `now` is wall-clock seconds.
     /// A rejection (schema mismatch, bad data) is returned at once: retrying cannot fix it.
     pub async fn write(&self, delta: &Delta, marks: &BTreeMap<u32, Mark>, now: i64) -> Result<WriteReport, SinkError> {
+        self.write_claimed(delta, marks, &BTreeMap::new(), None, now).await
+    }
+
+    /// [`write`](Self::write) where partitions are shared among processors: each marker
+    /// names its writer (`claims`), and no attempt is started unless `fence` passes right
+    /// before it, so a processor whose claim lapsed stops retrying with
+    /// [`SinkError::Fenced`].
+    pub async fn write_claimed(
+        &self,
+        delta: &Delta,
+        marks: &BTreeMap<u32, Mark>,
+        claims: &BTreeMap<u32, Claim>,
+        fence: Option<&WriteFence>,
+        now: i64,
+    ) -> Result<WriteReport, SinkError> {
         let flush_id = format!("{}-{}", self.instance, self.sequence.fetch_add(1, Ordering::Relaxed));
         let context = FlushContext {
             stream: &self.stream,
             marks,
+            claims,
             flush_id: &flush_id,
             now,
             retention: self.retention,
@@ -130,6 +146,9 @@ impl Writer {
         let mut attempts = 0;
         'attempts: loop {
             attempts += 1;
+            if let Some(fenced) = fence.and_then(|fence| fence.check().err()) {
+                return Err(SinkError::Fenced(fenced.to_string()));
+            }
             let query_id = format!("gallop-{flush_id}-{attempts}");
             match self.clickhouse.insert(&encoded, data.clone(), &flush_id, &query_id).await {
                 Ok(()) => break,

@@ -59,6 +59,11 @@ impl Broker {
         format!("gallop_e2e_{}", self.tag)
     }
 
+    /// The processors' lease bucket (NATS).
+    pub(crate) fn lease_bucket(&self) -> String {
+        format!("gallop_e2e_lease_{}", self.tag)
+    }
+
     /// The input stream (topic ingestion).
     pub(crate) fn input_stream(&self) -> String {
         format!("GALLOP_E2E_IN_{}", self.tag)
@@ -159,6 +164,7 @@ impl Broker {
                 ("GALLOP_NATS__STREAM", self.stream()),
                 ("GALLOP_NATS__SUBJECT_PREFIX", format!("gallop-e2e-{}", self.tag)),
                 ("GALLOP_NATS__SALT_BUCKET", self.bucket()),
+                ("GALLOP_NATS__LEASE_BUCKET", self.lease_bucket()),
                 ("GALLOP_CONSUMER__DURABLE_PREFIX", self.durable_prefix()),
                 ("GALLOP_INPUT__NATS_STREAM", self.input_stream()),
                 ("GALLOP_INPUT__NATS_SUBJECT", format!("{}.>", self.input_subject())),
@@ -337,9 +343,13 @@ impl Broker {
             Kind::Nats => {
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let js = async_nats::jetstream::new(client);
-                    for stream in
-                        [self.stream(), format!("KV_{}", self.bucket()), self.input_stream(), self.dead_stream()]
-                    {
+                    for stream in [
+                        self.stream(),
+                        format!("KV_{}", self.bucket()),
+                        format!("KV_{}", self.lease_bucket()),
+                        self.input_stream(),
+                        self.dead_stream(),
+                    ] {
                         let _ = js.delete_stream(&stream).await;
                     }
                 }

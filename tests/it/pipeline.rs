@@ -408,7 +408,8 @@ impl Pipeline {
     /// `gallop process` owning `partitions` (all when empty).
     async fn spawn_processor(&self, partitions: &[u32]) -> Child {
         let list = format!("[{}]", partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-        self.spawn(&["process"], &[("GALLOP_CONSUMER__PARTITIONS", list)], None).await.0
+        let static_list = [("GALLOP_CONSUMER__ASSIGNMENT", "static".to_owned()), ("GALLOP_CONSUMER__PARTITIONS", list)];
+        self.spawn(&["process"], &static_list, None).await.0
     }
 
     /// SIGKILL.

@@ -115,6 +115,7 @@ impl Harness {
             accept_log_gaps: self.accept_log_gaps,
             shutdown_timeout: Duration::from_secs(5),
             dedup_max_ids: 10_000,
+            ownership: None,
         }
     }
 
@@ -174,7 +175,13 @@ impl Harness {
             processor.process_message(*partition, *position, payload, now).expect("room in the processor");
         }
         let truth = Arc::new(MemoryStore::new());
-        let flush = Flush { delta: processor.flush(now), marks: BTreeMap::new(), now: now / 1000 };
+        let flush = Flush {
+            delta: processor.flush(now),
+            marks: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            fence: None,
+            now: now / 1000,
+        };
         Arc::clone(&truth).write(flush).await.expect("memory store");
         truth.cells()
     }
