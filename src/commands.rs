@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use futures::future::FutureExt as _;
 use gallop_broker::{InputPublisher, Publisher, SaltStore, StaticMembership};
 use gallop_config::{BrokerKind, Config};
-use gallop_kafka::{KafkaBroker, KafkaDeadLetters, KafkaInput, KafkaInputPublisher, KafkaSource};
+use gallop_kafka::{KafkaBroker, KafkaDeadLetters, KafkaGroup, KafkaInput, KafkaInputPublisher, KafkaSource};
 use gallop_nats::{NatsBroker, NatsDeadLetters, NatsInput, NatsInputPublisher, NatsLeases, NatsSource};
 use gallop_sink::{ClickHouse, Reader};
 use tokio::net::TcpListener;
@@ -272,7 +272,25 @@ async fn run_processor(
                     let membership = Arc::new(StaticMembership::new(&member, &pinned));
                     crate::process::run(config, clickhouse, membership, open, &topic, listener, shutdown).await
                 }
-                None => anyhow::bail!("consumer.assignment = \"auto\" on Kafka: not yet"),
+                None => {
+                    let group = Arc::new(
+                        KafkaGroup::join(
+                            &config.kafka,
+                            total,
+                            &member,
+                            config.consumer.lease_ttl,
+                            config.consumer.shutdown_timeout,
+                        )
+                        .await?,
+                    );
+                    let (kafka, member_of) = (config.kafka.clone(), Arc::clone(&group));
+                    let open = move |partitions: Vec<u32>| {
+                        let (kafka, group) = (kafka.clone(), Arc::clone(&member_of));
+                        async move { Ok(KafkaSource::open(&kafka, total, &partitions).await?.commit_through(&group)) }
+                            .boxed()
+                    };
+                    crate::process::run(config, clickhouse, group, open, &topic, listener, shutdown).await
+                }
             }
         }
     }

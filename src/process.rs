@@ -88,7 +88,12 @@ where
         gallop_support::ApiKeys::new(&config.ingest.auth.metrics_keys),
     );
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let observer = Observer { metrics: metrics.clone(), health: Arc::clone(&health), seen: Default::default() };
+    let observer = Observer {
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        seen: Default::default(),
+        partitions: config.broker.partitions,
+    };
     let shutdown = shutdown.boxed().shared();
     let mut assignments = membership.watch();
     let result = loop {
@@ -179,14 +184,18 @@ struct Observer {
     health: Arc<Health>,
     /// The handover counts already added to the counter, by reason.
     seen: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    /// `broker.partitions`.
+    partitions: u32,
 }
 
 impl Observer {
     fn observe<M: Membership>(&self, membership: &M, assignment: &Assignment) {
         let metrics = &self.metrics;
         metrics.partitions_owned.set(assignment.owned.len() as i64);
-        metrics.partitions_unowned.set(i64::from(assignment.unowned));
-        metrics.partition_members.set(i64::from(assignment.members));
+        // -1: the broker does not tell (Tansu 0.6 describes no consumer group).
+        metrics.partitions_unowned.set(assignment.unowned.map_or(-1, i64::from));
+        metrics.partition_members.set(assignment.members.map_or(-1, i64::from));
+        metrics.partitions_total.set(i64::from(self.partitions));
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for (reason, &count) in &assignment.handovers {
             let before = seen.entry(reason.clone()).or_default();

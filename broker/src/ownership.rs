@@ -24,10 +24,11 @@ pub struct Assignment {
     /// the lease key's revision when it was claimed; Kafka: when the group assigned it). A
     /// partition lost and claimed again comes back with a new generation.
     pub owned: BTreeMap<u32, u64>,
-    /// Members seen alive, this one included.
-    pub members: u32,
-    /// Partitions no live member holds, as this member last saw them.
-    pub unowned: u32,
+    /// Members seen alive, this one included (`None`: the broker does not tell).
+    pub members: Option<u32>,
+    /// Partitions no live member holds, as this member last saw them (`None`: the broker
+    /// does not tell).
+    pub unowned: Option<u32>,
     /// Partitions that moved to or from this member so far, by reason (`claimed`,
     /// `handed_over`, `lost`, `shutdown`): cumulative, for the handover counter.
     pub handovers: BTreeMap<String, u64>,
@@ -101,8 +102,8 @@ impl StaticMembership {
     pub fn new(member: &str, partitions: &[u32]) -> Self {
         let assignment = Assignment {
             owned: partitions.iter().map(|&p| (p, 0)).collect(),
-            members: 1,
-            unowned: 0,
+            members: Some(1),
+            unowned: Some(0),
             handovers: BTreeMap::new(),
         };
         Self { member: member.to_owned(), sender: watch::Sender::new(assignment) }

@@ -31,6 +31,7 @@ use gallop_broker::{Ack, AckError, Acknowledge, Delivery, LogRange, Source, Sour
 use crate::{
     broker::MESSAGE_ID_HEADER,
     client::{blocking, client_config, create, KafkaSetupError, REQUEST_TIMEOUT},
+    group::{GroupContext, KafkaGroup},
 };
 
 /// How often the partitions' end offsets are read for the lag figures and `/ready`.
@@ -59,6 +60,8 @@ pub struct KafkaSource {
     watermarks: JoinHandle<()>,
     /// Held by every blocking librdkafka call under way.
     calls: Arc<()>,
+    /// Where acknowledged positions are committed.
+    committer: Committer,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -114,7 +117,6 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "error");
         Ok(Self {
-            consumer,
             lookup,
             topic: config.topic.clone(),
             owned: partitions.to_vec(),
@@ -127,7 +129,16 @@ impl KafkaSource {
             receive_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             watermarks,
             calls,
+            committer: Committer::Own(Arc::clone(&consumer)),
+            consumer,
         })
+    }
+
+    /// Commits acknowledged positions through `group`'s member instead of this source's
+    /// own client: the broker refuses commits from outside a group that has members.
+    pub fn commit_through(mut self, group: &KafkaGroup) -> Self {
+        self.committer = Committer::Group(group.consumer());
+        self
     }
 
     /// Stops the source and waits until no librdkafka call of it is under way, so that its
@@ -311,8 +322,7 @@ impl Source for KafkaSource {
                         .map(str::to_owned)
                 });
                 let position = u64::try_from(offset).unwrap_or(0) + 1;
-                let ack =
-                    KafkaAck { consumer: Arc::clone(&self.consumer), topic: self.topic.clone(), partition, position };
+                let ack = KafkaAck { consumer: self.committer.clone(), topic: self.topic.clone(), partition, position };
                 return Some(SourceEvent::Message(Delivery {
                     partition,
                     position,
@@ -382,9 +392,26 @@ async fn watch_watermarks(
     }
 }
 
+/// The client positions are committed through: the source's own, or the group member's
+/// where processors share the partitions through the group.
+#[derive(Clone)]
+enum Committer {
+    Own(Arc<StreamConsumer>),
+    Group(Arc<BaseConsumer<GroupContext>>),
+}
+
+impl Committer {
+    fn commit(&self, list: &TopicPartitionList) -> Result<(), KafkaError> {
+        match self {
+            Self::Own(consumer) => consumer.commit(list, CommitMode::Sync),
+            Self::Group(consumer) => consumer.commit(list, CommitMode::Sync),
+        }
+    }
+}
+
 /// Commits a position to the consumer group, for the lag Kafka's tools show.
 struct KafkaAck {
-    consumer: Arc<StreamConsumer>,
+    consumer: Committer,
     topic: String,
     partition: u32,
     position: u64,
@@ -398,12 +425,9 @@ impl Acknowledge for KafkaAck {
             // The committed offset is the next one to read: the offset after this message's.
             list.add_partition_offset(&self.topic, self.partition as i32, Offset::Offset(self.position as i64))
                 .map_err(|e| fail(e.to_string()))?;
-            let consumer = Arc::clone(&self.consumer);
+            let consumer = self.consumer.clone();
             // Synchronous, so the commit is confirmed (and not lost at shutdown).
-            blocking(move || consumer.commit(&list, CommitMode::Sync))
-                .await
-                .map_err(fail)?
-                .map_err(|e| fail(e.to_string()))
+            blocking(move || consumer.commit(&list)).await.map_err(fail)?.map_err(|e| fail(e.to_string()))
         }
         .boxed()
     }

@@ -390,8 +390,8 @@ impl Inner {
                 .filter(|(p, _)| !state.giving_up.contains(p))
                 .map(|(&p, h)| (p, h.generation))
                 .collect(),
-            members: state.members,
-            unowned: state.unowned,
+            members: Some(state.members),
+            unowned: Some(state.unowned),
             handovers: state.handovers.clone(),
         };
         self.sender.send_if_modified(|current| {

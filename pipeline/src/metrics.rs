@@ -62,8 +62,12 @@ pub struct ProcessMetrics {
     /// lapsed), `handed_over` (given up after its last flush, for balance), `lost` (its
     /// claim lapsed or was taken: nothing more written), `shutdown`.
     pub partition_handovers: IntCounterVec,
-    /// Partitions no live processor holds, as this one last saw them.
+    /// Partitions no live processor holds, as this one last saw them; -1 where the broker
+    /// does not tell (Tansu 0.6 describes no consumer group).
     pub partitions_unowned: IntGauge,
+    /// `broker.partitions`: with the sum of `gallop_partitions_owned` over all processors,
+    /// what Prometheus itself counts as unowned.
+    pub partitions_total: IntGauge,
     /// Processors seen alive sharing the partitions, this one included.
     pub partition_members: IntGauge,
 }
@@ -147,11 +151,12 @@ impl ProcessMetrics {
             ),
             partitions_unowned: r.gauge(
                 "gallop_partitions_unowned",
-                "Partitions no live processor holds, as this processor last saw them",
+                "Partitions no live processor holds, as this processor last saw them (-1: the broker does not tell)",
             ),
+            partitions_total: r.gauge("gallop_partitions_total", "Partitions of the events stream (broker.partitions)"),
             partition_members: r.gauge(
                 "gallop_partition_members",
-                "Processors seen alive sharing the partitions, this one included",
+                "Processors seen alive sharing the partitions, this one included (-1: the broker does not tell)",
             ),
             registry: r,
         }

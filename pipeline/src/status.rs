@@ -32,10 +32,10 @@ pub struct OwnershipStatus {
     pub member: String,
     /// The partitions it runs.
     pub owned: Vec<u32>,
-    /// Processors seen alive.
-    pub members: u32,
-    /// Partitions no live processor holds.
-    pub unowned: u32,
+    /// Processors seen alive (`None`: the broker does not tell).
+    pub members: Option<u32>,
+    /// Partitions no live processor holds (`None`: the broker does not tell).
+    pub unowned: Option<u32>,
     /// What keeps the membership from working (the lease store unreachable).
     pub trouble: Option<String>,
 }
@@ -59,12 +59,13 @@ impl Health {
         } else {
             Ok(ownership.map_or_else(String::new, |o| {
                 let owned: Vec<String> = o.owned.iter().map(u32::to_string).collect();
+                let count = |n: Option<u32>| n.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
                 format!(
                     "member {} owns partitions [{}] ({} members; {} partitions unowned)",
                     o.member,
                     owned.join(", "),
-                    o.members,
-                    o.unowned
+                    count(o.members),
+                    count(o.unowned)
                 )
             }))
         }
