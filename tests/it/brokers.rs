@@ -37,6 +37,11 @@ pub(crate) enum Kind {
     Kafka,
 }
 
+/// `consumer.lease_ttl` on NATS in these tests (whole seconds).
+const LEASE_TTL_NATS: &str = "2s";
+/// `consumer.lease_ttl` on Kafka in these tests (whole seconds).
+const LEASE_TTL_KAFKA: &str = "6s";
+
 /// A broker with stream, topic, bucket and consumer names of one test.
 #[derive(Debug, Clone)]
 pub(crate) struct Broker {
@@ -155,6 +160,23 @@ impl Broker {
         format!("gallop-e2e-{}", self.tag)
     }
 
+    /// The events stream's name as the markers in ClickHouse carry it.
+    pub(crate) fn events(&self) -> String {
+        match self.kind {
+            Kind::Nats => self.stream(),
+            Kind::Kafka => self.topic(),
+        }
+    }
+
+    /// `consumer.lease_ttl` of the pipelines on this broker.
+    pub(crate) fn lease_ttl(&self) -> std::time::Duration {
+        let ttl = match self.kind {
+            Kind::Nats => LEASE_TTL_NATS,
+            Kind::Kafka => LEASE_TTL_KAFKA,
+        };
+        std::time::Duration::from_secs(ttl.trim_end_matches('s').parse().unwrap_or(10))
+    }
+
     /// The `GALLOP_*` variables that put `gallop` on this broker.
     pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         match self.kind {
@@ -171,6 +193,8 @@ impl Broker {
                 ("GALLOP_INPUT__NATS_DEAD_STREAM", self.dead_stream()),
                 ("GALLOP_INPUT__NATS_DEAD_SUBJECT", self.dead_subject()),
                 ("GALLOP_INPUT__NATS_CONSUMER", format!("e2e-in-{}", self.tag)),
+                // A restarted processor waits for the leases of its dead self to lapse.
+                ("GALLOP_CONSUMER__LEASE_TTL", LEASE_TTL_NATS.to_owned()),
             ],
             Kind::Kafka => vec![
                 ("GALLOP_BROKER__KIND", "kafka".to_owned()),
@@ -181,6 +205,8 @@ impl Broker {
                 ("GALLOP_INPUT__KAFKA_TOPIC", self.input_topic()),
                 ("GALLOP_INPUT__KAFKA_DEAD_TOPIC", self.dead_topic()),
                 ("GALLOP_INPUT__KAFKA_GROUP", format!("gallop-e2e-in-{}", self.tag)),
+                // Kafka's own floor for session.timeout.ms is 6 s (group.min.session.timeout.ms).
+                ("GALLOP_CONSUMER__LEASE_TTL", LEASE_TTL_KAFKA.to_owned()),
             ],
         }
     }

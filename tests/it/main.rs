@@ -8,6 +8,7 @@ mod ingest_cmd;
 mod pipeline;
 mod prometheus;
 mod sessions;
+mod sharing;
 mod topics;
 mod traqq;
 
