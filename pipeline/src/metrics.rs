@@ -65,7 +65,7 @@ pub struct ProcessMetrics {
     /// Partitions no live processor holds, as this one last saw them; -1 where the broker
     /// does not tell (Tansu 0.6 describes no consumer group).
     pub partitions_unowned: IntGauge,
-    /// `broker.partitions`: with the sum of `gallop_partitions_owned` over all processors,
+    /// `broker.partitions` (`gallop_partitions`): with the sum of `gallop_partitions_owned` over all processors,
     /// what Prometheus itself counts as unowned.
     pub partitions_total: IntGauge,
     /// Processors seen alive sharing the partitions, this one included.
@@ -153,7 +153,7 @@ impl ProcessMetrics {
                 "gallop_partitions_unowned",
                 "Partitions no live processor holds, as this processor last saw them (-1: the broker does not tell)",
             ),
-            partitions_total: r.gauge("gallop_partitions_total", "Partitions of the events stream (broker.partitions)"),
+            partitions_total: r.gauge("gallop_partitions", "Partitions of the events stream (broker.partitions)"),
             partition_members: r.gauge(
                 "gallop_partition_members",
                 "Processors seen alive sharing the partitions, this one included (-1: the broker does not tell)",
