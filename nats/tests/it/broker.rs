@@ -6,11 +6,9 @@ use bytes::Bytes;
 use gallop_broker::{OutboundMessage, PublishError, Publisher, SaltStore};
 use gallop_config::{NatsConfig, StorageKind};
 use gallop_nats::NatsBroker;
-use time::macros::date;
 
-fn nats_url() -> String {
-    std::env::var("TEST_GALLOP_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+use crate::nats_url;
+use time::macros::date;
 
 /// A config with unique names, and a guard deleting its stream and bucket.
 fn unique() -> (NatsConfig, Cleanup) {

@@ -8,10 +8,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use gallop_broker::{MemoryBroker, OutboundMessage, Publisher};
+use gallop_broker::{Fence, MemoryBroker, OutboundMessage, Publisher};
 use gallop_config::{ProcessorConfig, TimeConfig};
 use gallop_event::{encode_into, EventRecord};
-use gallop_pipeline::{run, Cell, Flush, Health, MemoryStore, ProcessMetrics, RunError, RunOptions, Store};
+use gallop_pipeline::{run, Cell, Flush, Health, MemoryStore, Ownership, ProcessMetrics, RunError, RunOptions, Store};
 use gallop_processor::Processor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -121,6 +121,21 @@ impl Harness {
 
     /// Starts a runtime (a fresh process) on every partition.
     pub(crate) fn start(&self) -> Running {
+        self.start_with(self.options())
+    }
+
+    /// Starts a runtime that shares the partitions as `member`, fenced by `fence`.
+    pub(crate) fn start_fenced(&self, member: &str, fence: Arc<dyn Fence>) -> Running {
+        let ownership = Ownership {
+            member: member.into(),
+            generations: (0..self.partitions()).map(|p| (p, 1)).collect(),
+            fence,
+            write_budget: Duration::from_millis(10),
+        };
+        self.start_with(RunOptions { ownership: Some(ownership), ..self.options() })
+    }
+
+    fn start_with(&self, options: RunOptions) -> Running {
         let processor = Processor::new(&processor_config(), &TimeConfig::default()).expect("valid processor config");
         let source = self.broker.source(&[], self.dedup_window);
         let metrics = ProcessMetrics::new();
@@ -129,7 +144,7 @@ impl Harness {
             source,
             processor,
             Arc::clone(&self.store),
-            self.options(),
+            options,
             metrics.clone(),
             Arc::new(Health::default()),
             async move {

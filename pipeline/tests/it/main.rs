@@ -3,5 +3,6 @@
 //! timing is asserted; every wait is on a condition.
 
 mod exactly_once;
+mod fencing;
 mod harness;
 mod log_range;
