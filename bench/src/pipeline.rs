@@ -141,6 +141,14 @@ pub struct PipelineBench {
     /// subject or topic, which the gateway consumes: topic ingestion).
     #[arg(long, value_enum, default_value = "http")]
     input: InputArg,
+    /// `gallop process` instances sharing the partitions (`consumer.assignment = "auto"`);
+    /// the load starts once they share them.
+    #[arg(long, default_value_t = 1)]
+    processors: usize,
+    /// Once half the events landed, SIGKILL the first processor and print how long until
+    /// another one wrote a row of its partitions (needs `--processors` 2 or more).
+    #[arg(long)]
+    kill_one: bool,
 }
 
 /// `--input`.
@@ -186,6 +194,11 @@ struct Request {
 pub fn pipeline(options: &PipelineBench, config: &Config, config_path: Option<PathBuf>) -> Result<(), PipelineError> {
     if options.events == 0 || options.batch == 0 || options.concurrency == 0 {
         return Err(PipelineError::Options("--events, --batch and --concurrency must be at least 1".to_owned()));
+    }
+    if options.processors == 0 || (options.kill_one && options.processors < 2) {
+        return Err(PipelineError::Options(
+            "--processors must be at least 1, and at least 2 with --kill-one (someone must take over)".to_owned(),
+        ));
     }
     let span = Duration::from_secs(u64::try_from(options.span_minutes).unwrap_or(0) * 60);
     if span.is_zero() || span >= config.time.allowed_lateness {
@@ -329,7 +342,7 @@ impl Bench {
 
     /// `gallop <command>` on this bench's stream and database; returns the child and the
     /// address it logged as listening.
-    async fn spawn(&self, command: &str) -> Result<(Child, String), PipelineError> {
+    async fn spawn(&self, command: &str, extra: &[(&str, String)]) -> Result<(Child, String), PipelineError> {
         let child_error = |reason: String| PipelineError::Child { command: command.to_owned(), reason };
         let exe = std::env::current_exe().map_err(|e| child_error(format!("finding the gallop binary: {e}")))?;
         let mut cmd = Command::new(exe);
@@ -362,6 +375,8 @@ impl Bench {
             .env("GALLOP_INPUT__KAFKA_TOPIC", &self.input.kafka_topic)
             .env("GALLOP_INPUT__KAFKA_DEAD_TOPIC", &self.input.kafka_dead_topic)
             .env("GALLOP_INPUT__KAFKA_GROUP", &self.input.kafka_group)
+            .env("GALLOP_NATS__LEASE_BUCKET", self.lease_bucket())
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -401,8 +416,14 @@ impl Bench {
         requests: Vec<Request>,
     ) -> Result<(), PipelineError> {
         let ticks = clock_ticks_per_second();
-        let (mut processor, _) = self.spawn("process").await?;
-        let (mut gateway, address) = self.spawn("ingest").await?;
+        let mut processors = Vec::new();
+        for i in 0..options.processors {
+            let member = [("GALLOP_CONSUMER__MEMBER", format!("bench-{i}"))];
+            processors.push(self.spawn("process", &member).await?);
+        }
+        let shares = shared(&processors, self.partitions).await?;
+        println!("processors: {} sharing {} partitions: {shares:?}", options.processors, self.partitions);
+        let (mut gateway, address) = self.spawn("ingest", &[]).await?;
         let gateway_address = address.clone();
         let clickhouse = ClickHouse::connect(&self.clickhouse).await?;
         let table = clickhouse.schema().table(AGGREGATES_TABLE);
@@ -412,7 +433,10 @@ impl Bench {
 
         let pids = Pids {
             gateway: gateway.id().ok_or_else(|| exited("ingest"))?,
-            processor: processor.id().ok_or_else(|| exited("process"))?,
+            processors: processors
+                .iter()
+                .map(|(p, _)| p.id().ok_or_else(|| exited("process")))
+                .collect::<Result<_, _>>()?,
             broker: match self.kind {
                 BrokerKind::Nats => find_process("nats-server"),
                 // Tansu's binary is named after its version; /proc shows 15 bytes of it.
@@ -434,10 +458,40 @@ impl Bench {
         let mut sender = Some(tokio::spawn(sender));
         let mut sent_at = None;
         let deadline = Duration::from_secs(options.timeout_secs);
+        let mut killed: Option<Killed> = None;
+        let mut killed_cpu = 0.0;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let landed = landed(&clickhouse, &landed_sql).await;
             samples.push((started.elapsed().as_secs_f64(), landed));
+            if options.kill_one && killed.is_none() && landed >= options.events as u64 / 2 {
+                let (victim, address) = &mut processors[0];
+                let partitions = owned(address).await.unwrap_or_default();
+                let before = self.markers(&clickhouse).await?.into_iter().map(|(_, value)| value).collect();
+                killed_cpu = pids.processors.first().and_then(|&p| cpu_seconds(p, ticks)).unwrap_or(0.0);
+                victim.kill().await.map_err(failed("SIGKILL of a processor"))?;
+                println!("SIGKILLed processor bench-0 (partitions {partitions:?}) with {landed} events landed");
+                killed = Some(Killed { at: Instant::now(), partitions, before, taken_over: None });
+            }
+            if let Some(kill) = killed.as_mut().filter(|k| k.taken_over.is_none()) {
+                let new: Vec<(u32, String)> = self
+                    .markers(&clickhouse)
+                    .await?
+                    .into_iter()
+                    .filter(|(p, value)| {
+                        kill.partitions.contains(p) && !kill.before.contains(value) && !value.ends_with("/obench-0")
+                    })
+                    .collect();
+                if let Some((partition, value)) = new.first() {
+                    let took = kill.at.elapsed();
+                    println!(
+                        "takeover: {took:.2?} from the SIGKILL to the first row of its partitions written by another processor \
+                         (partition {partition}, marker {value}); consumer.lease_ttl {:?}",
+                        config.consumer.lease_ttl
+                    );
+                    kill.taken_over = Some(took);
+                }
+            }
             if sender.as_ref().is_some_and(|s| s.is_finished()) {
                 if let Some(finished) = sender.take() {
                     finished.await.map_err(failed("the sender task"))??;
@@ -450,7 +504,8 @@ impl Bench {
             if started.elapsed() > deadline {
                 return Err(PipelineError::TimedOut { landed, sent: options.events, seconds: options.timeout_secs });
             }
-            for (command, child) in [("process", &mut processor), ("ingest", &mut gateway)] {
+            let alive = processors.iter_mut().skip(usize::from(killed.is_some())).map(|(child, _)| ("process", child));
+            for (command, child) in alive.chain([("ingest", &mut gateway)]) {
                 if let Some(status) = child.try_wait().map_err(failed("waiting for a child"))? {
                     return Err(PipelineError::Child {
                         command: command.to_owned(),
@@ -540,7 +595,7 @@ impl Bench {
                 },
                 used(|c| c.broker),
             ),
-            ("processor (gallop process)", used(|c| c.processor)),
+            ("processors (gallop process)", used(|c| c.processors).map(|s| s + killed_cpu)),
             ("ClickHouse (clickhouse-server)", used(|c| c.clickhouse)),
             ("load generator (this process)", used(|c| c.this)),
         ];
@@ -561,8 +616,22 @@ impl Bench {
         let published = scrape(&gateway_address, "gallop_published_bytes_total").await;
         self.storage(&clickhouse, n, published).await?;
 
+        if options.processors > 1 {
+            let each: Vec<String> = pids
+                .processors
+                .iter()
+                .zip(&cpu_before.each)
+                .map(|(&pid, before)| match (cpu_seconds(pid, ticks), before) {
+                    (Some(after), Some(before)) => format!("{:.2} s", after - before),
+                    _ => "killed".to_owned(),
+                })
+                .collect();
+            println!("  per processor: {}", each.join(", "));
+        }
         let _ = terminate(&mut gateway).await;
-        let _ = terminate(&mut processor).await;
+        for (processor, _) in processors.iter_mut().skip(usize::from(killed.is_some())) {
+            let _ = terminate(processor).await;
+        }
         Ok(())
     }
 
@@ -645,6 +714,32 @@ impl Bench {
         })
     }
 
+    /// The processors' lease bucket of this run (NATS).
+    fn lease_bucket(&self) -> String {
+        format!("gallop_bench_lease_{}", self.tag)
+    }
+
+    /// Every position marker of this run's stream: (partition, value).
+    async fn markers(&self, clickhouse: &ClickHouse) -> Result<Vec<(u32, String)>, PipelineError> {
+        #[derive(Deserialize)]
+        struct Marker {
+            value: String,
+        }
+        let stream = match self.kind {
+            BrokerKind::Nats => &self.nats.stream,
+            BrokerKind::Kafka => &self.kafka.topic,
+        };
+        let sql = format!(
+            "SELECT value FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' AND dimension = '{stream}'",
+            clickhouse.schema().table(AGGREGATES_TABLE)
+        );
+        let rows: Vec<Marker> = clickhouse.fetch(&sql).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| gallop_sink::parse_marker(&m.value).map(|(partition, _)| (partition, m.value)))
+            .collect())
+    }
+
     async fn clean_up(&self, keep: bool) {
         if keep {
             println!("kept: stream {} / topic {} and database {}", self.nats.stream, self.kafka.topic, self.database);
@@ -666,8 +761,9 @@ impl Bench {
             BrokerKind::Nats => match self.nats().await {
                 Ok(nats) => {
                     let bucket = format!("KV_{}", self.nats.salt_bucket);
+                    let leases = format!("KV_{}", self.lease_bucket());
                     let input = &self.input;
-                    for stream in [&self.nats.stream, &bucket, &input.nats_stream, &input.nats_dead_stream] {
+                    for stream in [&self.nats.stream, &bucket, &leases, &input.nats_stream, &input.nats_dead_stream] {
                         report(stream, nats.delete_stream(stream).await.map(|_| ()).map_err(|e| e.to_string()));
                     }
                 }
@@ -842,7 +938,7 @@ fn accepted_at(accepted: &[(f64, u64)], events: u64) -> f64 {
 /// Processes whose CPU time is measured.
 struct Pids {
     gateway: u32,
-    processor: u32,
+    processors: Vec<u32>,
     broker: Option<u32>,
     clickhouse: Option<u32>,
     this: u32,
@@ -851,7 +947,10 @@ struct Pids {
 /// CPU seconds (user + system) of each measured process.
 struct Cpu {
     gateway: Option<f64>,
-    processor: Option<f64>,
+    /// All processors together (those still alive).
+    processors: Option<f64>,
+    /// Each processor.
+    each: Vec<Option<f64>>,
     broker: Option<f64>,
     clickhouse: Option<f64>,
     this: Option<f64>,
@@ -862,7 +961,11 @@ impl Pids {
         let of = |pid: Option<u32>| pid.and_then(|p| cpu_seconds(p, ticks));
         Cpu {
             gateway: of(Some(self.gateway)),
-            processor: of(Some(self.processor)),
+            processors: {
+                let alive: Vec<f64> = self.processors.iter().filter_map(|&p| cpu_seconds(p, ticks)).collect();
+                (!alive.is_empty()).then(|| alive.iter().sum())
+            },
+            each: self.processors.iter().map(|&p| cpu_seconds(p, ticks)).collect(),
             broker: of(self.broker),
             clickhouse: of(self.clickhouse),
             this: of(Some(self.this)),
@@ -907,6 +1010,50 @@ fn clock_ticks_per_second() -> f64 {
 async fn scrape(address: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{address}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A processor SIGKILLed by `--kill-one`.
+struct Killed {
+    at: Instant,
+    partitions: Vec<u32>,
+    /// The values of the markers stored before the kill.
+    before: std::collections::HashSet<String>,
+    /// How long until another processor wrote a row of its partitions.
+    taken_over: Option<Duration>,
+}
+
+/// The partitions a processor says it owns (`/ready`).
+async fn owned(address: &str) -> Option<Vec<u32>> {
+    let body = reqwest::get(format!("http://{address}/ready")).await.ok()?.text().await.ok()?;
+    let list = body.split("owns partitions [").nth(1)?.split(']').next()?;
+    list.split(", ").filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect()
+}
+
+/// Waits (up to a minute) until `processors` own every one of `partitions` once, in shares
+/// that differ by at most one; returns the shares.
+async fn shared(processors: &[(Child, String)], partitions: u32) -> Result<Vec<Vec<u32>>, PipelineError> {
+    let started = Instant::now();
+    loop {
+        let mut shares = Vec::new();
+        for (_, address) in processors {
+            shares.push(owned(address).await.unwrap_or_default());
+        }
+        let mut all: Vec<u32> = shares.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
+        let even = sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1;
+        if all.len() == partitions as usize && sizes.iter().sum::<usize>() == all.len() && even {
+            return Ok(shares);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(PipelineError::Run {
+                what: "sharing the partitions".to_owned(),
+                reason: format!("not shared fairly within 60 s: {shares:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// SIGTERM, then wait up to 30 s.
