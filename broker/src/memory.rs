@@ -454,6 +454,21 @@ impl Source for MemorySource {
         future::ready(result).boxed()
     }
 
+    fn add(&mut self, partition: u32) -> Result<(), SourceError> {
+        if partition >= self.broker.partitions() {
+            return Err(SourceError::NotOwned { partition, owned: self.owned.clone() });
+        }
+        if !self.owned.contains(&partition) {
+            self.owned.push(partition);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, partition: u32) {
+        self.owned.retain(|&p| p != partition);
+        self.cursors.remove(&partition);
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Option<SourceEvent>> {
         async move {
             let broker = Arc::clone(&self.broker);

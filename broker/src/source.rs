@@ -168,6 +168,14 @@ pub trait Source: Send + 'static {
     /// out afterwards.
     fn resume(&mut self, partition: u32, from: u64) -> BoxFuture<'_, Result<(), SourceError>>;
 
+    /// Reads `partition` too, from now on (the processor's assignment grew); nothing of it
+    /// is delivered until it is [resumed](Self::resume).
+    fn add(&mut self, partition: u32) -> Result<(), SourceError>;
+
+    /// Stops reading `partition` (handed over to another processor): nothing of it is
+    /// delivered afterwards.
+    fn remove(&mut self, partition: u32);
+
     /// The next event of any resumed partition; `None` once the source cannot go on.
     fn next(&mut self) -> BoxFuture<'_, Option<SourceEvent>>;
 

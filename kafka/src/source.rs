@@ -62,6 +62,8 @@ pub struct KafkaSource {
     calls: Arc<()>,
     /// Where acknowledged positions are committed.
     committer: Committer,
+    /// The partitions whose end offsets are watched (the owned ones).
+    watched: Arc<Mutex<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -102,11 +104,12 @@ impl KafkaSource {
         let offsets = Offsets::default();
         let ready = Arc::new(AtomicBool::new(true));
         let calls = Arc::new(());
+        let watched = Arc::new(Mutex::new(partitions.to_vec()));
         let watermarks = tokio::spawn(watch_watermarks(
             Arc::clone(&calls),
             Arc::clone(&consumer),
             config.topic.clone(),
-            partitions.to_vec(),
+            Arc::clone(&watched),
             Arc::clone(&offsets),
             Arc::clone(&ready),
         ));
@@ -130,6 +133,7 @@ impl KafkaSource {
             watermarks,
             calls,
             committer: Committer::Own(Arc::clone(&consumer)),
+            watched,
             consumer,
         })
     }
@@ -269,6 +273,27 @@ impl Source for KafkaSource {
         .boxed()
     }
 
+    fn add(&mut self, partition: u32) -> Result<(), SourceError> {
+        if !self.owned.contains(&partition) {
+            self.owned.push(partition);
+            self.watched.lock().unwrap_or_else(|p| p.into_inner()).push(partition);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, partition: u32) {
+        if self.assigned.remove(&partition) {
+            if let Ok(list) = self.one(partition, Offset::Invalid) {
+                if let Err(e) = self.consumer.incremental_unassign(&list) {
+                    warn!(partition, error = %e, "unassigning a handed-over partition failed");
+                }
+            }
+        }
+        self.owned.retain(|&p| p != partition);
+        self.watched.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != partition);
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Option<SourceEvent>> {
         async move {
             loop {
@@ -372,13 +397,14 @@ async fn watch_watermarks(
     calls: Arc<()>,
     consumer: Arc<StreamConsumer>,
     topic: String,
-    partitions: Vec<u32>,
+    partitions: Arc<Mutex<Vec<u32>>>,
     offsets: Offsets,
     ready: Arc<AtomicBool>,
 ) {
     loop {
         let mut answered = true;
-        for &partition in &partitions {
+        let now: Vec<u32> = partitions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for partition in now {
             let (consumer, name) = (Arc::clone(&consumer), topic.clone());
             match tracked(&calls, move || consumer.fetch_watermarks(&name, partition as i32, WATERMARKS_EVERY)).await {
                 Ok(Ok((_, high))) => {

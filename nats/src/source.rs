@@ -198,6 +198,24 @@ impl Source for NatsSource {
         .boxed()
     }
 
+    fn add(&mut self, partition: u32) -> Result<(), SourceError> {
+        if self.broker.subject(partition).is_none() {
+            return Err(self.error("add", partition, "not one of the stream's partitions"));
+        }
+        if !self.owned.contains(&partition) {
+            self.owned.push(partition);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, partition: u32) {
+        if let Some((_, task)) = self.tasks.remove(&partition) {
+            task.abort();
+        }
+        self.owned.retain(|&p| p != partition);
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Option<SourceEvent>> {
         async move {
             loop {

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use gallop_broker::{Ack, Delivery, Fence, Fenced, LogRange, Source, SourceError, SourceEvent};
+use gallop_broker::{Ack, Assignment, Delivery, Fenced, LogRange, Membership, Source, SourceError, SourceEvent};
 use gallop_config::Config;
 use gallop_processor::{Processor, ProcessorError};
 use gallop_support::Backoff;
@@ -26,7 +26,7 @@ use crate::{
     log_range::{check, LogGap},
     mark::{Claim, Mark},
     metrics::ProcessMetrics,
-    status::Health,
+    status::{Health, OwnershipStatus},
     store::{Flush, Store, WriteFence, WriteReport},
 };
 
@@ -51,17 +51,31 @@ pub struct RunOptions {
     pub ownership: Option<Ownership>,
 }
 
-/// This processor's claim on the partitions it runs, where several share them.
-#[derive(Debug, Clone)]
+/// This processor's place among those sharing the partitions.
+///
+/// The runtime runs the partitions of the membership's assignment and follows it: a
+/// partition that leaves is written (everything folded so far, one write), forgotten and
+/// handed over; a partition that joins is read back from the store (mark, open visits,
+/// watermark) and resumed — the other partitions go on meanwhile. A partition lost (its
+/// claim lapsed, or claimed again under a new generation) stops the runtime with
+/// [`RunError::Fenced`]: what it held in memory is mixed with the other partitions' and is
+/// dropped, unacknowledged, for a fresh start from the store.
+#[derive(Clone)]
 pub struct Ownership {
-    /// The member's name, written into every mark's [`Claim`].
-    pub member: Arc<str>,
-    /// The generation of the claim on each partition run.
+    /// The membership: its assignment, its fence (asked before every write attempt and
+    /// before acknowledging), and where partitions are handed over.
+    pub membership: Arc<dyn Membership>,
+    /// The generation of the claim on each partition run, as the assignment said at start.
     pub generations: BTreeMap<u32, u64>,
-    /// Asked before every write attempt and before acknowledging.
-    pub fence: Arc<dyn Fence>,
-    /// How long a write attempt may take: the claim must hold that much longer.
-    pub write_budget: Duration,
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ownership")
+            .field("member", &self.membership.member())
+            .field("generations", &self.generations)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunOptions {
@@ -129,6 +143,12 @@ pub async fn run<S: Source, T: Store>(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Watched from before the start: a change while the partitions are read back is
+    // followed on the first turn of the loop (the runtime compares, so no change is none).
+    let mut assignments = options.ownership.as_ref().map(|o| o.membership.watch());
+    if let Some(assignments) = assignments.as_mut() {
+        assignments.mark_changed();
+    }
     let mut runtime = Runtime::start(source, processor, store, options, metrics, health).await?;
     let mut in_flight: Option<InFlight<T::Error>> = None;
     let mut tick = tokio::time::interval(TICK);
@@ -148,6 +168,20 @@ pub async fn run<S: Source, T: Store>(
             event = runtime.source.next(), if can_take => {
                 let event = event.ok_or_else(|| RunError::SourceEnded(runtime.source.describe()))?;
                 runtime.take(event).await?;
+            }
+            // Polled only where partitions are shared; a closed channel: the membership is gone.
+            changed = async { assignments.as_mut().expect("guarded by is_some").changed().await }, if assignments.is_some() => {
+                match changed {
+                    Ok(()) => {
+                        let assignment = assignments.as_mut().map(|a| a.borrow_and_update().clone()).unwrap_or_default();
+                        if let Some(task) = in_flight.take() {
+                            runtime.landed(task.await).await?;
+                        }
+                        runtime.reassign(assignment).await?;
+                        last_flush = Instant::now();
+                    }
+                    Err(_) => assignments = None,
+                }
             }
             _ = tick.tick() => {}
         }
@@ -242,31 +276,46 @@ struct Runtime<S, T> {
 impl<S: Source, T: Store> Runtime<S, T> {
     /// Reads the stored marks, checks them against the log and resumes every partition.
     async fn start(
-        mut source: S,
+        source: S,
         processor: Processor,
         store: Arc<T>,
         options: RunOptions,
         metrics: ProcessMetrics,
         health: Arc<Health>,
     ) -> Result<Self, RunError> {
+        // Per-partition gauges of an earlier runtime of this process must not linger.
+        for gauge in [&metrics.lag, &metrics.lag_seconds, &metrics.watermark] {
+            gauge.reset();
+        }
+        // A setting: set once, not on every turn of the loop.
+        metrics.live_keys_limit.set(i64::try_from(processor.max_live_keys()).unwrap_or(i64::MAX));
         let owned = source.partitions().to_vec();
-        let stored = store.positions(&owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
-        let mut processor = processor;
+        let mut runtime =
+            Self { source, processor, store, options, metrics, health, partitions: BTreeMap::new(), retries_seen: 0 };
+        runtime.open(&owned).await?;
+        Ok(runtime)
+    }
+
+    /// Reads `partitions`' marks, open visits and watermarks back from the store, checks
+    /// each mark against the log and resumes each partition after it (further back where a
+    /// dedup window must be rebuilt).
+    async fn open(&mut self, owned: &[u32]) -> Result<(), RunError> {
+        let Self { source, processor, store, options, metrics, partitions, .. } = self;
+        let stored = store.positions(owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
         let open = store
-            .open_sessions(&owned, processor.session_horizon_ms())
+            .open_sessions(owned, processor.session_horizon_ms())
             .await
             .map_err(|e| RunError::Positions(Box::new(e)))?;
-        info!(sessions = open.sessions.len(), watermarks = ?open.watermarks, "open visits read back");
+        info!(?owned, sessions = open.sessions.len(), watermarks = ?open.watermarks, "open visits read back");
         processor.restore(open);
         let name = source.describe();
         let window = source.dedup_window();
-        let mut partitions = BTreeMap::new();
-        for &partition in &owned {
-            let range = log_range(&source, partition, stored.get(&partition).map(|m| m.position)).await?;
+        for &partition in owned {
+            let range = log_range(source, partition, stored.get(&partition).map(|m| m.position)).await?;
             let (resume, gap) =
                 check(&name, partition, stored.get(&partition).copied(), range, options.accept_log_gaps)?;
             if let Some(gap) = gap {
-                report_gap(&metrics, &gap);
+                report_gap(metrics, &gap);
             }
             let after = resume.after;
             let mut from = after.position + 1;
@@ -294,13 +343,56 @@ impl<S: Source, T: Store> Runtime<S, T> {
                 },
             );
         }
-        // Per-partition gauges of an earlier assignment of this process must not linger.
-        for gauge in [&metrics.lag, &metrics.lag_seconds, &metrics.watermark] {
-            gauge.reset();
+        Ok(())
+    }
+
+    /// Follows a new assignment: partitions that left are written, forgotten and handed
+    /// over; partitions that joined are read back and resumed. A partition claimed again
+    /// under a new generation was lost in between: [`RunError::Fenced`].
+    async fn reassign(&mut self, assignment: Assignment) -> Result<(), RunError> {
+        let Some(ownership) = self.options.ownership.clone() else { return Ok(()) };
+        let member = ownership.membership.member().to_owned();
+        for (&partition, generation) in &ownership.generations {
+            if assignment.owned.get(&partition).is_some_and(|now| now != generation) {
+                let reason = format!("claimed again under generation {generation} → a new one: lost in between");
+                return Err(RunError::Fenced(Fenced { member, partition, reason }));
+            }
         }
-        // A setting: set once, not on every turn of the loop.
-        metrics.live_keys_limit.set(i64::try_from(processor.max_live_keys()).unwrap_or(i64::MAX));
-        Ok(Self { source, processor, store, options, metrics, health, partitions, retries_seen: 0 })
+        let leaving: Vec<u32> =
+            ownership.generations.keys().filter(|p| !assignment.owned.contains_key(p)).copied().collect();
+        let joining: Vec<u32> =
+            assignment.owned.keys().filter(|p| !ownership.generations.contains_key(p)).copied().collect();
+        if leaving.is_empty() && joining.is_empty() {
+            return Ok(());
+        }
+        info!(?leaving, ?joining, "assignment changed");
+        if !leaving.is_empty() {
+            // The rows mix every partition: everything folded so far is written, fenced.
+            if self.processor.live_keys() > 0 || self.has_unwritten_positions() {
+                let task = self.start_write();
+                self.landed(task.await).await?;
+            }
+            self.processor.release(&leaving);
+            for &partition in &leaving {
+                self.source.remove(partition);
+                self.partitions.remove(&partition);
+                let label = partition.to_string();
+                for gauge in [&self.metrics.lag, &self.metrics.lag_seconds, &self.metrics.watermark] {
+                    let _ = gauge.remove_label_values(&[&label]);
+                }
+            }
+            ownership.membership.hand_over(leaving.clone()).await;
+            info!(partitions = ?leaving, "partitions written and handed over");
+        }
+        for &partition in &joining {
+            self.source.add(partition)?;
+        }
+        self.open(&joining).await?;
+        if let Some(current) = self.options.ownership.as_mut() {
+            current.generations.retain(|p, _| !leaving.contains(p));
+            current.generations.extend(joining.iter().filter_map(|p| assignment.owned.get(p).map(|&g| (*p, g))));
+        }
+        Ok(())
     }
 
     async fn take(&mut self, event: SourceEvent) -> Result<(), RunError> {
@@ -460,7 +552,7 @@ impl<S: Source, T: Store> Runtime<S, T> {
                     .keys()
                     .map(|&partition| {
                         let claim = Claim {
-                            member: Arc::clone(&ownership.member),
+                            member: Arc::from(ownership.membership.member()),
                             generation: ownership.generations.get(&partition).copied().unwrap_or(0),
                             after: self.partitions.get(&partition).map_or(0, |p| p.durable.position),
                         };
@@ -469,7 +561,9 @@ impl<S: Source, T: Store> Runtime<S, T> {
                     .collect();
                 // The rows mix every partition folded in: all of them must still be ours.
                 let partitions = self.partitions.keys().copied().collect();
-                (claims, Some(WriteFence::new(Arc::clone(&ownership.fence), partitions, ownership.write_budget)))
+                let budget = ownership.membership.write_budget();
+                let fence: Arc<dyn gallop_broker::Fence> = Arc::new(MembershipFence(Arc::clone(&ownership.membership)));
+                (claims, Some(WriteFence::new(fence, partitions, budget)))
             }
             None => (BTreeMap::new(), None),
         };
@@ -526,7 +620,7 @@ impl<S: Source, T: Store> Runtime<S, T> {
     fn fenced(&self) -> Result<(), RunError> {
         let Some(ownership) = &self.options.ownership else { return Ok(()) };
         let partitions: Vec<u32> = self.partitions.keys().copied().collect();
-        ownership.fence.check(&partitions, Duration::ZERO).map_err(|fenced| {
+        ownership.membership.check(&partitions, Duration::ZERO).map_err(|fenced| {
             warn!(error = %fenced, "a partition was lost: nothing more is written or acknowledged for this assignment");
             RunError::Fenced(fenced)
         })
@@ -567,10 +661,39 @@ impl<S: Source, T: Store> Runtime<S, T> {
             metrics.dedup_evicted.inc_by(window.take_evicted_early());
         }
         metrics.dedup_ids.set(ids as i64);
+        if let Some(ownership) = &self.options.ownership {
+            let membership = &ownership.membership;
+            let assignment = membership.watch().borrow().clone();
+            metrics.partitions_owned.set(self.partitions.len() as i64);
+            // -1: the broker does not tell (Tansu 0.6 describes no consumer group).
+            metrics.partitions_unowned.set(assignment.unowned.map_or(-1, i64::from));
+            metrics.partition_members.set(assignment.members.map_or(-1, i64::from));
+            for (reason, &count) in &assignment.handovers {
+                let counter = metrics.partition_handovers.with_label_values(&[reason]);
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+            self.health.set_ownership(OwnershipStatus {
+                member: membership.member().to_owned(),
+                owned: self.partitions.keys().copied().collect(),
+                members: assignment.members,
+                unowned: assignment.unowned,
+                trouble: membership.trouble(),
+            });
+        }
         let (broker_up, store_up) = (self.source.is_ready(), self.store.is_healthy());
         metrics.broker_up.set(i64::from(broker_up));
         metrics.store_up.set(i64::from(store_up));
         self.health.set(broker_up, store_up);
+    }
+}
+
+/// A membership as the fence of a write.
+#[derive(Debug)]
+struct MembershipFence(Arc<dyn Membership>);
+
+impl gallop_broker::Fence for MembershipFence {
+    fn check(&self, partitions: &[u32], budget: Duration) -> Result<(), Fenced> {
+        self.0.check(partitions, budget)
     }
 }
 

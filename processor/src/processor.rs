@@ -252,6 +252,17 @@ impl Processor {
         self.sessions.restore(stored.sessions, &self.watermarks);
     }
 
+    /// Forgets what this processor holds of `partitions` — their open visits, watermarks
+    /// and positions — once a flush stored it and the partitions go to another processor.
+    /// Aggregated rows are not per partition: flush first.
+    pub fn release(&mut self, partitions: &[u32]) {
+        self.sessions.release(partitions);
+        for partition in partitions {
+            self.watermarks.remove(partition);
+            self.positions.remove(partition);
+        }
+    }
+
     /// The event-time watermark of `partition`: the newest event time seen there (ms).
     pub fn watermark(&self, partition: u32) -> Option<i64> {
         self.watermarks.get(&partition).copied()
@@ -799,6 +810,25 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn release_forgets_what_a_handed_over_partition_held_and_nothing_else() {
+        let mut p = processor(ProcessorConfig::default());
+        for (partition, visitor) in [(0, 1), (0, 2), (1, 3)] {
+            assert_eq!(p.process(partition, &event("pageview", "/", visitor, T0), T0), Ok(Outcome::Counted));
+        }
+        let delta = p.flush(T0 + 1_000);
+        assert_eq!(delta.sessions.len(), 3, "every visit stored once");
+        assert_eq!(p.open_sessions(), 3);
+        p.release(&[0]);
+        assert_eq!(p.open_sessions(), 1, "partition 1's visit stays open");
+        assert_eq!((p.watermark(0), p.watermark(1)), (None, Some(T0)));
+        // Partition 1's visit goes on; partition 0 is read back elsewhere.
+        assert_eq!(p.process(1, &event("pageview", "/b", 3, T0 + 5_000), T0 + 5_000), Ok(Outcome::Counted));
+        assert_eq!(p.open_sessions(), 1, "no new visit: the old one goes on");
+        let delta = p.flush(T0 + 6_000);
+        assert_eq!(delta.sessions.visits().iter().map(|v| v.partition).collect::<Vec<_>>(), [1]);
     }
 
     #[test]

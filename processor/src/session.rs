@@ -522,6 +522,13 @@ impl Sessions {
         }
     }
 
+    /// Forgets the open visits of `partitions` (handed over to another processor after a
+    /// flush that stored them).
+    pub(crate) fn release(&mut self, partitions: &[u32]) {
+        self.open.retain(|_, open| !partitions.contains(&open.partition));
+        self.tombstones.retain(|visit| !partitions.contains(&visit.partition));
+    }
+
     /// Takes back stored visits: the newest version of each, unless ended or expired under
     /// the restored `watermarks`.
     pub(crate) fn restore(&mut self, stored: Vec<SessionState>, watermarks: &HashMap<u32, i64, FixedState>) {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use gallop_broker::{Fence, MemoryBroker, OutboundMessage, Publisher};
+use gallop_broker::{Membership, MemoryBroker, MemorySource, OutboundMessage, Publisher};
 use gallop_config::{ProcessorConfig, TimeConfig};
 use gallop_event::{encode_into, EventRecord};
 use gallop_pipeline::{run, Cell, Flush, Health, MemoryStore, Ownership, ProcessMetrics, RunError, RunOptions, Store};
@@ -121,23 +121,20 @@ impl Harness {
 
     /// Starts a runtime (a fresh process) on every partition.
     pub(crate) fn start(&self) -> Running {
-        self.start_with(self.options())
-    }
-
-    /// Starts a runtime that shares the partitions as `member`, fenced by `fence`.
-    pub(crate) fn start_fenced(&self, member: &str, fence: Arc<dyn Fence>) -> Running {
-        let ownership = Ownership {
-            member: member.into(),
-            generations: (0..self.partitions()).map(|p| (p, 1)).collect(),
-            fence,
-            write_budget: Duration::from_millis(10),
-        };
-        self.start_with(RunOptions { ownership: Some(ownership), ..self.options() })
-    }
-
-    fn start_with(&self, options: RunOptions) -> Running {
         let processor = Processor::new(&processor_config(), &TimeConfig::default()).expect("valid processor config");
-        let source = self.broker.source(&[], self.dedup_window);
+        self.start_on(self.broker.source(&[], self.dedup_window), processor, self.options())
+    }
+
+    /// Starts a runtime that runs what `membership` assigns it, and follows it.
+    pub(crate) fn start_member(&self, membership: Arc<dyn Membership>) -> Running {
+        let assignment = membership.watch().borrow().clone();
+        let processor = Processor::new(&processor_config(), &TimeConfig::default()).expect("valid processor config");
+        let source = self.broker.source(&assignment.partitions(), self.dedup_window);
+        let ownership = Ownership { membership, generations: assignment.owned };
+        self.start_on(source, processor, RunOptions { ownership: Some(ownership), ..self.options() })
+    }
+
+    fn start_on(&self, source: MemorySource, processor: Processor, options: RunOptions) -> Running {
         let metrics = ProcessMetrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(run(
