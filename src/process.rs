@@ -90,6 +90,8 @@ where
     );
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let shutdown = shutdown.boxed().shared();
+    // Paces fresh starts after lost partitions (a claim that keeps failing its fence).
+    let mut again = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let result = loop {
         let assignment = membership.watch().borrow().clone();
         info!(member = membership.member(), partitions = ?assignment.partitions(), "running partitions");
@@ -115,11 +117,21 @@ where
         .await;
         match outcome {
             Ok(()) => break Ok(()),
-            Err(RunError::Fenced(fenced)) => warn!(
-                error = %fenced,
-                "a partition was lost: what was held in memory is dropped (unacknowledged, so it is read again) and \
-                 the processor starts again from what ClickHouse holds"
-            ),
+            Err(RunError::Fenced(fenced)) => {
+                warn!(
+                    error = %fenced,
+                    "a partition was lost: what was held in memory is dropped (unacknowledged, so it is read again) \
+                     and the processor starts again from what ClickHouse holds"
+                );
+                // Partitions the runtime was giving up when it stopped are no longer in the
+                // assignment; nothing of them is in flight now, so they go.
+                let now = membership.watch().borrow().owned.clone();
+                membership.hand_over((0..config.broker.partitions).filter(|p| !now.contains_key(p)).collect()).await;
+                tokio::select! {
+                    () = shutdown.clone() => break Ok(()),
+                    () = again.wait() => {}
+                }
+            }
             Err(e) => break Err(anyhow::Error::new(e).context(format!("processing the events of {stream}"))),
         }
     };

@@ -63,10 +63,10 @@ pub trait Fence: Send + Sync + Debug + 'static {
 
 /// A processor's place among those sharing the partitions.
 ///
-/// The process runs the partitions of [`watch`](Self::watch)'s current [`Assignment`]; when
-/// it changes, the process writes what it folded (fenced by [`Fence::check`]), then calls
-/// [`hand_over`](Self::hand_over) with the partitions it no longer runs, and starts again
-/// on the new assignment.
+/// The process runs the partitions of [`watch`](Self::watch)'s current [`Assignment`] and
+/// follows it: before a partition leaves, it writes what it folded (fenced by
+/// [`Fence::check`]) and then calls [`hand_over`](Self::hand_over); a partition that joins is
+/// read back from the store and resumed.
 pub trait Membership: Fence {
     /// This member's name (in markers and logs).
     fn member(&self) -> &str;

@@ -823,6 +823,8 @@ pub struct ConsumerConfig {
     /// lease bucket's `max_age`; Kafka: the group's `session.timeout.ms`). A dead
     /// processor's partitions are taken over within about this long; a live one renews four
     /// times per period and writes only while its claim holds for another quarter of it.
+    /// Kafka brokers refuse sessions below their `group.min.session.timeout.ms` (6 s by
+    /// default).
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Durable consumer name prefix: partition `p` is read by `<durable_prefix>-<p>`.

@@ -1,5 +1,6 @@
 //! [`KafkaGroup`]: processors share the events topic's partitions through the broker's
-//! consumer group (`kafka.consumer_group`, the cooperative-sticky assignor).
+//! consumer group (`kafka.consumer_group`; librdkafka's round-robin assignor by default,
+//! see [`ASSIGNOR`]).
 //!
 //! The group member is a consumer of its own that never reads a message: it subscribes,
 //! pauses every partition the group assigns it, and is polled on a thread of its own, where
@@ -154,7 +155,11 @@ impl ConsumerContext for GroupContext {
                     consumer.shutdown_timeout: released unwritten (the next owner reads them again)");
                 break;
             }
-            state = shared.handed.wait_timeout(state, left).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
+            // Waiting here is not a pause (librdkafka heartbeats from its own threads
+            // meanwhile), but a SIGSTOP during the wait is.
+            note_poll(&mut state, shared.ttl);
+            let slice = left.min(POLL);
+            state = shared.handed.wait_timeout(state, slice).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
         }
         for partition in &waiting {
             if state.revoking.remove(partition) {
@@ -356,21 +361,25 @@ fn assigned(bytes: &[u8], topic: &str) -> Vec<u32> {
     read().unwrap_or_default()
 }
 
+/// Notes that the poll thread runs now; a gap since the last time longer than a quarter of
+/// the TTL (the process was paused) suspends writes for half a TTL, time for librdkafka to
+/// heartbeat and learn whether the group still counts this member in.
+fn note_poll(state: &mut State, ttl: Duration) {
+    let now = Instant::now();
+    if let Some(last) = state.last_poll {
+        let gap = now.saturating_duration_since(last);
+        if gap > ttl / 4 {
+            warn!(?gap, "the group member was not polled for a while (a pause?): writes wait for a heartbeat");
+            state.suspect_until = Some(now + ttl / 2);
+        }
+    }
+    state.last_poll = Some(now);
+}
+
 /// Polls the group member until `stop`: rebalance hooks run here.
 fn poll(consumer: &BaseConsumer<GroupContext>, shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        {
-            let now = Instant::now();
-            let mut state = shared.state();
-            if let Some(last) = state.last_poll {
-                let gap = now.saturating_duration_since(last);
-                if gap > shared.ttl / 4 {
-                    warn!(?gap, "the group member was not polled for a while (a pause?): writes wait for a heartbeat");
-                    state.suspect_until = Some(now + shared.ttl / 2);
-                }
-            }
-            state.last_poll = Some(now);
-        }
+        note_poll(&mut shared.state(), shared.ttl);
         match consumer.poll(POLL) {
             Some(Err(e)) => {
                 warn!(error = %e, "consumer group member error");
@@ -406,7 +415,7 @@ impl Fence for KafkaGroup {
                 return Err(fenced("not assigned to this member".to_owned()));
             }
             let polled = state.last_poll.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
-            if polled + budget > self.shared.ttl / 2 {
+            if polled.saturating_add(budget) > self.shared.ttl / 2 {
                 return Err(fenced(format!("the group member was last polled {polled:?} ago (a pause?)")));
             }
             if state.suspect_until.is_some_and(|until| now < until) {
@@ -454,16 +463,22 @@ impl Membership for KafkaGroup {
                 self.shared.publish(&state);
             }
             self.shared.handed.notify_all();
+            self.census.abort();
             self.stop.store(true, Ordering::Relaxed);
             let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
             let consumer = Arc::clone(&self.consumer);
-            // Leaves the group (librdkafka's close) off the async threads.
+            // Unsubscribes off the async threads, polling until the revocation it causes ran
+            // (it does not wait: `leaving`), so the group rebalances at once rather than after
+            // the session times out; librdkafka's close follows when the group is dropped.
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(thread) = thread {
                     let _ = thread.join();
                 }
                 consumer.unsubscribe();
-                drop(consumer);
+                let until = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < until && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    let _ = consumer.poll(POLL);
+                }
             })
             .await;
         }

@@ -79,6 +79,8 @@ struct Inner {
     pinned: Option<Vec<u32>>,
     state: Mutex<State>,
     sender: watch::Sender<Assignment>,
+    /// Held by a round and by a release: a release never races a renewal of the same key.
+    operations: tokio::sync::Mutex<()>,
 }
 
 /// A processor's membership through leases in a JetStream key-value bucket.
@@ -169,6 +171,7 @@ impl NatsLeases {
             pinned,
             state: Mutex::new(State::default()),
             sender: watch::Sender::new(Assignment::default()),
+            operations: tokio::sync::Mutex::new(()),
         });
         inner.wait_for_free(&inner.member_key(member), "the member name (consumer.member)").await?;
         if let Some(pinned) = &inner.pinned {
@@ -248,6 +251,7 @@ impl Inner {
 
     /// One round: heartbeat, renew, look at the others, give up or claim, publish.
     async fn round(&self) {
+        let _operations = self.operations.lock().await;
         if self.state().left {
             return;
         }
@@ -379,7 +383,7 @@ impl Inner {
         let live: BTreeSet<u32> = holders.keys().copied().chain(self.state().held.keys().copied()).collect();
         let mut state = self.state();
         state.members = members.len() as u32;
-        state.unowned = self.partitions - live.len() as u32;
+        state.unowned = self.partitions.saturating_sub(live.len() as u32);
     }
 
     fn publish(&self, state: &State) {
@@ -403,6 +407,12 @@ impl Inner {
 
     /// Deletes the leases of `partitions` (compare-and-set: only those still ours).
     async fn release(&self, partitions: &[u32], reason: &str) {
+        let _operations = self.operations.lock().await;
+        self.release_held(partitions, reason).await;
+    }
+
+    /// [`release`](Self::release), with the operations lock already held.
+    async fn release_held(&self, partitions: &[u32], reason: &str) {
         for &partition in partitions {
             let Some(lease) = self.state().held.get(&partition).copied() else { continue };
             if let Err(e) = self.store.delete_expect_revision(self.lease_key(partition), Some(lease.revision)).await {
@@ -468,12 +478,14 @@ impl Membership for NatsLeases {
 
     fn leave(&self) -> BoxFuture<'_, ()> {
         async move {
+            // A round under way finishes first (a claim it sent is then known and released).
+            let _operations = self.inner.operations.lock().await;
             if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 task.abort();
             }
             self.inner.state().left = true;
             let held: Vec<u32> = self.inner.state().held.keys().copied().collect();
-            self.inner.release(&held, "shutdown").await;
+            self.inner.release_held(&held, "shutdown").await;
             if let Err(e) = self.inner.store.delete(self.inner.member_key(&self.inner.member)).await {
                 warn!(error = %e, "removing this member's heartbeat failed; it lapses after consumer.lease_ttl");
             }

@@ -54,12 +54,14 @@ pub struct RunOptions {
 /// This processor's place among those sharing the partitions.
 ///
 /// The runtime runs the partitions of the membership's assignment and follows it: a
-/// partition that leaves is written (everything folded so far, one write), forgotten and
-/// handed over; a partition that joins is read back from the store (mark, open visits,
-/// watermark) and resumed — the other partitions go on meanwhile. A partition lost (its
-/// claim lapsed, or claimed again under a new generation) stops the runtime with
+/// partition that leaves is written (everything folded so far, one write, fenced), forgotten
+/// and handed over; a partition that joins is read back from the store (mark, open visits,
+/// watermark) once no other processor's insert is under way, and resumed — the other
+/// partitions go on meanwhile. A partition lost with something unwritten (the fence refuses
+/// the write), or claimed again under a new generation, stops the runtime with
 /// [`RunError::Fenced`]: what it held in memory is mixed with the other partitions' and is
-/// dropped, unacknowledged, for a fresh start from the store.
+/// dropped, unacknowledged, for a fresh start from the store. A partition lost while
+/// nothing of it was unwritten leaves like any other (its hand-over is then a no-op).
 #[derive(Clone)]
 pub struct Ownership {
     /// The membership: its assignment, its fence (asked before every write attempt and
@@ -165,11 +167,9 @@ pub async fn run<S: Source, T: Store>(
                 in_flight = None;
                 runtime.landed(done).await?;
             }
-            event = runtime.source.next(), if can_take => {
-                let event = event.ok_or_else(|| RunError::SourceEnded(runtime.source.describe()))?;
-                runtime.take(event).await?;
-            }
-            // Polled only where partitions are shared; a closed channel: the membership is gone.
+            // Polled only where partitions are shared, and before the source: under a
+            // backlog a change would otherwise wait until the source runs dry (and a Kafka
+            // revocation waits for this runtime). A closed channel: the membership is gone.
             changed = async { assignments.as_mut().expect("guarded by is_some").changed().await }, if assignments.is_some() => {
                 match changed {
                     Ok(()) => {
@@ -182,6 +182,10 @@ pub async fn run<S: Source, T: Store>(
                     }
                     Err(_) => assignments = None,
                 }
+            }
+            event = runtime.source.next(), if can_take => {
+                let event = event.ok_or_else(|| RunError::SourceEnded(runtime.source.describe()))?;
+                runtime.take(event).await?;
             }
             _ = tick.tick() => {}
         }
@@ -301,6 +305,10 @@ impl<S: Source, T: Store> Runtime<S, T> {
     /// dedup window must be rebuilt).
     async fn open(&mut self, owned: &[u32]) -> Result<(), RunError> {
         let Self { source, processor, store, options, metrics, partitions, .. } = self;
+        if options.ownership.is_some() && !owned.is_empty() {
+            // A previous owner's insert still under way would land after the marks are read.
+            store.settle_others().await.map_err(|e| RunError::Positions(Box::new(e)))?;
+        }
         let stored = store.positions(owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
         let open = store
             .open_sessions(owned, processor.session_horizon_ms())
@@ -579,6 +587,13 @@ impl<S: Source, T: Store> Runtime<S, T> {
         let (result, acks, marks, started) = done.map_err(|e| RunError::WriteTask(e.to_string()))?;
         let report = match result {
             Ok(report) => report,
+            Err(e) if T::is_fenced(&e) => {
+                warn!(error = %e, "a write was not attempted: this processor's claim no longer holds long enough");
+                let member =
+                    self.options.ownership.as_ref().map_or_else(String::new, |o| o.membership.member().to_owned());
+                let partition = self.partitions.keys().next().copied().unwrap_or(0);
+                return Err(RunError::Fenced(Fenced { member, partition, reason: e.to_string() }));
+            }
             Err(e) => {
                 self.fenced()?;
                 error!(error = %e, "the store rejected a flush; stopping without acknowledging it");

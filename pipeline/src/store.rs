@@ -83,6 +83,17 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `flush`, waiting until it landed.
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Self::Error>>;
 
+    /// Waits until no write that another writer (another processor) had under way is
+    /// still running, so that what is read next includes it: a processor about to read a
+    /// partition another one wrote calls this first. Where writes cannot outlive their
+    /// writer, there is nothing to wait for.
+    fn settle_others(&self) -> BoxFuture<'_, Result<(), Self::Error>> {
+        future::ready(Ok(())).boxed()
+    }
+
+    /// Whether `error` is a write not attempted because the flush's fence refused it.
+    fn is_fenced(error: &Self::Error) -> bool;
+
     /// False while writes are failing and being retried (drives `/ready`).
     fn is_healthy(&self) -> bool;
 
@@ -177,10 +188,16 @@ pub struct MemoryStore {
     retries: AtomicU64,
 }
 
-/// The store's error: a rejected write.
+/// The store's error: a rejected write, or one its fence refused.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("memory store rejected the write")]
-pub struct Rejected;
+pub enum Rejected {
+    /// Rejected (the test switched it on).
+    #[error("memory store rejected the write")]
+    Write,
+    /// Not attempted: the flush's fence refused it.
+    #[error("memory store did not write: {0}")]
+    Fenced(Fenced),
+}
 
 impl MemoryStore {
     /// An empty store.
@@ -274,8 +291,11 @@ impl Store for MemoryStore {
 
     fn write(self: Arc<Self>, flush: Flush) -> BoxFuture<'static, Result<WriteReport, Rejected>> {
         async move {
-            if self.faults.reject.load(Ordering::SeqCst) || flush.fence.as_ref().is_some_and(|f| f.check().is_err()) {
-                return Err(Rejected);
+            if self.faults.reject.load(Ordering::SeqCst) {
+                return Err(Rejected::Write);
+            }
+            if let Some(fenced) = flush.fence.as_ref().and_then(|f| f.check().err()) {
+                return Err(Rejected::Fenced(fenced));
             }
             if self.faults.stall_before_landing.load(Ordering::SeqCst) {
                 self.faults.stall().await;
@@ -287,6 +307,10 @@ impl Store for MemoryStore {
             Ok(WriteReport { rows: flush.delta.rows.len() + flush.marks.len(), bytes: 0 })
         }
         .boxed()
+    }
+
+    fn is_fenced(error: &Rejected) -> bool {
+        matches!(error, Rejected::Fenced(_))
     }
 
     fn is_healthy(&self) -> bool {

@@ -242,8 +242,9 @@ impl Processor {
         self.sessions.len()
     }
 
-    /// Takes back what a previous run stored with its last flush: the watermarks and
-    /// the open visits of the partitions this processor folds. Call before any event.
+    /// Takes back what a previous run (or the partitions' previous owner) stored with its
+    /// last flush: the watermarks and the open visits of partitions this processor is about
+    /// to fold — before any event of those partitions.
     pub fn restore(&mut self, stored: OpenSessions) {
         for (partition, watermark) in stored.watermarks {
             let known = self.watermarks.entry(partition).or_insert(watermark);

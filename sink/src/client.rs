@@ -374,6 +374,27 @@ impl ClickHouse {
         Ok(self.count(&sql).await? > 0)
     }
 
+    /// The query ids of Gallop inserts into the aggregates table that the server runs now,
+    /// other than those of writer `instance` (`gallop-<instance>-…`).
+    pub async fn inserts_running(&self, instance: &str) -> Result<Vec<String>, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            query_id: String,
+        }
+        let sql = format!(
+            "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'gallop-') \
+             AND NOT startsWith(query_id, '{}') AND position(query, '{}') > 0",
+            escape(&format!("gallop-{instance}-")),
+            escape(&format!("INSERT INTO {}", self.schema.table(AGGREGATES_TABLE)))
+        );
+        Ok(self.fetch::<Row>(&sql).await?.into_iter().map(|r| r.query_id).collect())
+    }
+
+    /// The time one request may take (`clickhouse.request_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// One insert attempt of a whole flush, as one block (one data part).
     pub async fn insert(
         &self,

@@ -55,6 +55,14 @@ impl Store for ClickHouseStore {
         .boxed()
     }
 
+    fn settle_others(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        async move { self.writer.settle_others().await }.boxed()
+    }
+
+    fn is_fenced(error: &SinkError) -> bool {
+        matches!(error, SinkError::Fenced(_))
+    }
+
     fn is_healthy(&self) -> bool {
         self.status.healthy.load(Ordering::Relaxed)
     }

@@ -98,6 +98,33 @@ impl Writer {
         self.clickhouse.landed(&self.stream, encoded).await.map(Some)
     }
 
+    /// Waits (up to twice `clickhouse.request_timeout`) until no insert of another writer
+    /// into the table that was running when called still runs: a processor taking over a
+    /// partition reads its mark only after an insert the previous owner had under way
+    /// landed or failed. Gallop's inserts carry query ids `gallop-<writer>-…`.
+    pub async fn settle_others(&self) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut waited_for: Option<Vec<String>> = None;
+        loop {
+            let running = self.clickhouse.inserts_running(&self.instance).await?;
+            let pending: Vec<String> = match &waited_for {
+                None => running,
+                Some(before) => running.into_iter().filter(|q| before.contains(q)).collect(),
+            };
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > self.clickhouse.timeout() * 2 {
+                warn!(inserts = ?pending, "other processors' inserts still run after twice clickhouse.request_timeout; \
+                    going on");
+                return Ok(());
+            }
+            waited_for = Some(pending);
+            backoff.wait().await;
+        }
+    }
+
     /// Shared status for metrics and readiness.
     pub fn status(&self) -> Arc<WriterStatus> {
         Arc::clone(&self.status)
