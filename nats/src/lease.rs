@@ -212,7 +212,7 @@ impl Inner {
 
     /// The live value of `key`: `(member, revision)`, or `None` when nobody holds it.
     async fn holder(&self, key: &str) -> Result<Option<(String, u64)>, String> {
-        match self.store.entry(key).await {
+        match bounded(self.ttl, self.store.entry(key)).await {
             Ok(Some(entry)) if entry.operation == Operation::Put => {
                 Ok(Some((String::from_utf8_lossy(&entry.value).into_owned(), entry.revision)))
             }
@@ -256,7 +256,9 @@ impl Inner {
             return;
         }
         let mut trouble = None;
-        if let Err(e) = self.store.put(self.member_key(&self.member), self.member.clone().into()).await {
+        if let Err(e) =
+            bounded(self.ttl, self.store.put(self.member_key(&self.member), self.member.clone().into())).await
+        {
             trouble = Some(format!("lease bucket {} unreachable: {e}", self.bucket));
         }
         self.renew().await;
@@ -286,14 +288,19 @@ impl Inner {
         let held: Vec<(u32, Held)> = self.state().held.iter().map(|(&p, &h)| (p, h)).collect();
         for (partition, lease) in held {
             let sent = Instant::now();
-            match self.store.update(self.lease_key(partition), self.member.clone().into(), lease.revision).await {
+            match bounded(
+                self.ttl,
+                self.store.update(self.lease_key(partition), self.member.clone().into(), lease.revision),
+            )
+            .await
+            {
                 Ok(revision) => {
                     if let Some(held) = self.state().held.get_mut(&partition) {
                         held.revision = revision;
                         held.valid_until = sent + self.ttl * 3 / 4;
                     }
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(Bounded::Failed(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     error!(partition, member = %self.member, "the lease lapsed and was claimed by another member: \
                         partition lost");
                     let mut state = self.state();
@@ -309,14 +316,18 @@ impl Inner {
     /// The live members (sorted) and the live holder of each partition's lease.
     async fn look(&self) -> Result<(Vec<String>, BTreeMap<u32, String>), String> {
         let prefix = format!("$KV.{}.{}.m.", self.bucket, self.events);
-        let subjects: Vec<(String, usize)> = self
-            .stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(|e| e.to_string())?
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let listing = async {
+            let subjects: Vec<(String, usize)> = self
+                .stream
+                .info_with_subjects(format!("{prefix}>"))
+                .await
+                .map_err(|e| e.to_string())?
+                .try_collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(subjects)
+        };
+        let subjects = bounded(self.ttl, listing).await.map_err(|e| e.to_string())?;
         let mut members = Vec::new();
         for (subject, _) in &subjects {
             let Some(name) = subject.strip_prefix(&prefix) else { continue };
@@ -366,7 +377,7 @@ impl Inner {
                 continue;
             }
             let sent = Instant::now();
-            match self.store.create(self.lease_key(partition), self.member.clone().into()).await {
+            match bounded(self.ttl, self.store.create(self.lease_key(partition), self.member.clone().into())).await {
                 Ok(revision) => {
                     info!(partition, generation = revision, "partition claimed");
                     let mut state = self.state();
@@ -376,7 +387,7 @@ impl Inner {
                     );
                     *state.handovers.entry("claimed".to_owned()).or_default() += 1;
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(Bounded::Failed(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => warn!(partition, error = %e, "claiming a partition failed; retrying next round"),
             }
         }
@@ -415,7 +426,10 @@ impl Inner {
     async fn release_held(&self, partitions: &[u32], reason: &str) {
         for &partition in partitions {
             let Some(lease) = self.state().held.get(&partition).copied() else { continue };
-            if let Err(e) = self.store.delete_expect_revision(self.lease_key(partition), Some(lease.revision)).await {
+            if let Err(e) =
+                bounded(self.ttl, self.store.delete_expect_revision(self.lease_key(partition), Some(lease.revision)))
+                    .await
+            {
                 warn!(partition, error = %e, "releasing a lease failed; it lapses after consumer.lease_ttl");
             }
             let mut state = self.state();
@@ -424,6 +438,34 @@ impl Inner {
             *state.handovers.entry(reason.to_owned()).or_default() += 1;
         }
         info!(partitions = ?partitions, reason, "partitions released");
+    }
+}
+
+/// A key-value operation that failed, or did not answer within a quarter of the TTL.
+#[derive(Debug)]
+enum Bounded<E> {
+    Failed(E),
+    TimedOut(Duration),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Bounded<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => e.fmt(f),
+            Self::TimedOut(after) => write!(f, "no answer within {after:?}"),
+        }
+    }
+}
+
+/// `operation`, given up after a quarter of `ttl`: a frozen server must not stall a round,
+/// or losses would go unnoticed (the fence refuses writes by the clock regardless).
+async fn bounded<T, E>(
+    ttl: Duration,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Bounded<E>> {
+    match tokio::time::timeout(ttl / 4, operation).await {
+        Ok(result) => result.map_err(Bounded::Failed),
+        Err(_) => Err(Bounded::TimedOut(ttl / 4)),
     }
 }
 
@@ -486,7 +528,9 @@ impl Membership for NatsLeases {
             self.inner.state().left = true;
             let held: Vec<u32> = self.inner.state().held.keys().copied().collect();
             self.inner.release_held(&held, "shutdown").await;
-            if let Err(e) = self.inner.store.delete(self.inner.member_key(&self.inner.member)).await {
+            if let Err(e) =
+                bounded(self.inner.ttl, self.inner.store.delete(self.inner.member_key(&self.inner.member))).await
+            {
                 warn!(error = %e, "removing this member's heartbeat failed; it lapses after consumer.lease_ttl");
             }
             let state = self.inner.state();

@@ -159,3 +159,90 @@ async fn a_member_name_in_use_and_an_overlapping_static_list_are_refused() {
     let disjoint = bucket.join("right", TTL, Some(vec![4, 5])).await.expect("a disjoint list joins");
     assert_eq!(disjoint.watch().borrow().partitions(), [4, 5]);
 }
+
+/// A `nats-server` of the test's own (JetStream in a directory of its own), to freeze.
+struct PrivateNats {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateNats {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let dir = std::env::temp_dir().join(format!("gallop-lease-nats-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let conf = dir.join("nats.conf");
+        let store = dir.join("js");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n}}\n", store.display()),
+        )
+        .expect("write nats.conf");
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/services.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").arg(signal).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} nats-server");
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits up to 30 s for `done`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what} not within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_lease_store_fences_writes_then_loses_the_partitions_and_they_are_claimed_again() {
+    let nats = PrivateNats::start();
+    let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await.expect("connects");
+    let jetstream = async_nats::jetstream::new(client);
+    let leases = NatsLeases::join(&jetstream, "leases", "EVENTS", TTL, PARTITIONS, "solo", None).await.expect("joins");
+    let all: Vec<u32> = (0..PARTITIONS).collect();
+    until("all partitions owned", || leases.watch().borrow().partitions() == all).await;
+    let generations = leases.watch().borrow().owned.clone();
+    assert!(leases.check(&all, leases.write_budget()).is_ok());
+
+    // The store stops answering: renewals hang. Writes are refused within the TTL, by the
+    // clock alone; then the partitions are lost and /ready says why.
+    nats.signal("-STOP");
+    let frozen = Instant::now();
+    until("writes fenced", || leases.check(&all, leases.write_budget()).is_err()).await;
+    assert!(frozen.elapsed() < TTL, "fenced within the TTL ({:?})", frozen.elapsed());
+    until("partitions lost", || leases.watch().borrow().owned.is_empty()).await;
+    until("trouble reported", || leases.trouble().is_some()).await;
+    assert!(leases.trouble().is_some_and(|t| t.contains("lease bucket leases unreachable")), "{:?}", leases.trouble());
+
+    // Back: the lapsed leases are claimed again, under new generations.
+    nats.signal("-CONT");
+    until("claimed again", || leases.watch().borrow().partitions() == all).await;
+    let again = leases.watch().borrow().owned.clone();
+    assert!(again.iter().all(|(p, g)| generations[p] < *g), "new generations: {generations:?} → {again:?}");
+    until("trouble cleared", || leases.trouble().is_none()).await;
+}
