@@ -12,6 +12,8 @@
 #   - with `chdb` (the tests only): chDB (PyPI `chdb-core`, a current ClickHouse as a Python
 #     library) and `lz4`, which sink/tests/chdb_server.py needs to serve ClickHouse's HTTP
 #     interface from it
+#   - with `cluster`: ZooKeeper and a 2 × 2 ClickHouse 18.16 cluster on loopback
+#     (scripts/cluster.sh; for the cluster sink, which the tests do not use yet)
 # Idempotent: a service that already answers is left alone. Fails loudly when one cannot start.
 set -euo pipefail
 
@@ -139,5 +141,6 @@ case "${1:-up}" in
   clickhouse) start_clickhouse ;;
   chdb) install_chdb ;;
   tools) install_tools ;;
-  *) echo "usage: $0 [up|nats|kafka|clickhouse|chdb|tools]" >&2; exit 2 ;;
+  cluster) exec "$(dirname "$0")/cluster.sh" up ;;
+  *) echo "usage: $0 [up|nats|kafka|clickhouse|chdb|tools|cluster]" >&2; exit 2 ;;
 esac
