@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
-    client::{blocking, client_config, create, ensure_topic, lookup_client, KafkaSetupError},
+    client::{blocking, client_config, create, ensure_events_topic, lookup_client, KafkaSetupError},
     salt::KafkaSaltStore,
 };
 
@@ -110,9 +110,7 @@ impl KafkaBroker {
         partitions: u32,
         publish_timeout: Duration,
     ) -> Result<Self, KafkaSetupError> {
-        let topic_partitions = config.partitions.unwrap_or(partitions).max(partitions);
-        let retention = config.retention.as_millis().to_string();
-        ensure_topic(config, &config.topic, topic_partitions, &[("retention.ms", retention)]).await?;
+        ensure_events_topic(config, partitions).await?;
         let settle_bound = publish_timeout * 3 / 4;
         let timeout_ms =
             settle_bound.saturating_sub(TIMEOUT_SCAN_SLACK).max(Duration::from_millis(100)).as_millis().to_string();

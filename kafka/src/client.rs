@@ -86,6 +86,18 @@ pub(crate) async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send 
     tokio::task::spawn_blocking(call).await.map_err(|e| format!("librdkafka call panicked: {e}"))
 }
 
+/// Makes the events topic (`config.topic`) exist with at least `partitions` partitions (more
+/// when `kafka.partitions` says so), with `kafka.retention` when created.
+pub(crate) async fn ensure_events_topic(config: &KafkaConfig, partitions: u32) -> Result<(), KafkaSetupError> {
+    ensure_topic(
+        config,
+        &config.topic,
+        config.partitions.unwrap_or(partitions).max(partitions),
+        &[("retention.ms", config.retention.as_millis().to_string())],
+    )
+    .await
+}
+
 /// Makes `topic` exist with at least `partitions` partitions (creating or growing it when
 /// `config.create_topics`), with the topic settings `settings` when created.
 pub(crate) async fn ensure_topic(

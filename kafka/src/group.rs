@@ -224,13 +224,7 @@ impl KafkaGroup {
         ttl: Duration,
         handover_timeout: Duration,
     ) -> Result<Self, KafkaSetupError> {
-        crate::client::ensure_topic(
-            config,
-            &config.topic,
-            config.partitions.unwrap_or(partitions).max(partitions),
-            &[("retention.ms", config.retention.as_millis().to_string())],
-        )
-        .await?;
+        crate::client::ensure_events_topic(config, partitions).await?;
         let session = ttl.as_millis().to_string();
         let heartbeat = (ttl / 4).as_millis().max(100).to_string();
         let mut settings = client_config(

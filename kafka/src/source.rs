@@ -84,13 +84,7 @@ impl KafkaSource {
     /// `kafka.create_topics`. Nothing is delivered until a partition is resumed.
     pub async fn open(config: &KafkaConfig, total: u32, partitions: &[u32]) -> Result<Self, KafkaSetupError> {
         let want = partitions.iter().max().map_or(total, |p| p + 1).max(total);
-        crate::client::ensure_topic(
-            config,
-            &config.topic,
-            config.partitions.unwrap_or(want).max(want),
-            &[("retention.ms", config.retention.as_millis().to_string())],
-        )
-        .await?;
+        crate::client::ensure_events_topic(config, want).await?;
         let mut client = client_config(config, &[("fetch.wait.max.ms", "100")]);
         client
             .set("group.id", &config.consumer_group)

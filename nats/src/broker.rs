@@ -338,6 +338,36 @@ pub(crate) fn publish_error(id: &str, kind: PublishErrorKind, text: String) -> P
     }
 }
 
+/// The backing stream of key-value bucket `bucket`, made directly with the key-value
+/// conventions (ADR-8: stream `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key,
+/// rollups allowed, deletes denied, direct get): `create_key_value` first asks for account
+/// info, which async-nats cannot parse from NATS 2.9 servers (Debian's). Values expire
+/// `max_age` after their last write.
+pub(crate) fn kv_bucket_stream(
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    storage: StorageType,
+) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        max_bytes: -1,
+        max_message_size: -1,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        num_replicas: 1,
+        storage,
+        ..Default::default()
+    }
+}
+
 /// Daily salts in a JetStream key-value bucket shared by every gateway.
 ///
 /// The first gateway to need a day's salt creates it with a create-if-absent write, so
@@ -356,12 +386,7 @@ impl std::fmt::Debug for NatsSaltStore {
 }
 
 impl NatsSaltStore {
-    /// Opens the bucket, creating it when missing.
-    ///
-    /// The bucket's backing stream is created directly with the key-value conventions
-    /// (ADR-8: stream `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key, rollups
-    /// allowed, deletes denied, direct get): `create_key_value` first asks for account
-    /// info, which async-nats cannot parse from NATS 2.9 servers (Debian's).
+    /// Opens the bucket, creating it when missing ([`kv_bucket_stream`]).
     ///
     /// Salts live in memory storage only, whatever `nats.storage` says: a salt must never
     /// reach a disk where it would outlive its day (purged file-store messages stay
@@ -370,24 +395,8 @@ impl NatsSaltStore {
     /// on file storage (made by an older Gallop) is deleted and made again in memory.
     pub async fn open(jetstream: &jetstream::Context, bucket: &str) -> Result<Self, NatsError> {
         let fail = |e: &dyn std::fmt::Display| NatsError::Bucket { bucket: bucket.to_owned(), reason: e.to_string() };
-        let max_age = Duration::from_secs(24 * 3600);
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Gallop daily visitor salts".to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            max_bytes: -1,
-            max_message_size: -1,
-            discard: DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: Duration::from_secs(120),
-            num_replicas: 1,
-            storage: StorageType::Memory,
-            ..Default::default()
-        };
+        let config =
+            kv_bucket_stream(bucket, "Gallop daily visitor salts", Duration::from_secs(24 * 3600), StorageType::Memory);
         let stream = jetstream.get_or_create_stream(config.clone()).await.map_err(|e| fail(&e))?;
         if stream.cached_info().config.storage != StorageType::Memory {
             warn!(bucket, "salt bucket found on file storage; making it again in memory (today's salt is replaced)");

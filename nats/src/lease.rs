@@ -29,7 +29,7 @@ use std::{
 use async_nats::jetstream::{
     self,
     kv::{self, Operation},
-    stream::{self, DiscardPolicy, StorageType},
+    stream::StorageType,
 };
 use futures::{
     future::{BoxFuture, FutureExt},
@@ -39,7 +39,7 @@ use gallop_broker::{fair_share, Assignment, Fence, Fenced, Membership};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, info, warn};
 
-use crate::broker::NatsError;
+use crate::broker::{kv_bucket_stream, NatsError};
 
 /// One lease this member holds.
 #[derive(Debug, Clone, Copy)]
@@ -133,23 +133,7 @@ impl NatsLeases {
         pinned: Option<Vec<u32>>,
     ) -> Result<Self, NatsError> {
         let fail = |reason: String| NatsError::Bucket { bucket: bucket.to_owned(), reason };
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Gallop processors' partition leases".to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            max_bytes: -1,
-            max_message_size: -1,
-            discard: DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: ttl.min(Duration::from_secs(120)),
-            num_replicas: 1,
-            storage: StorageType::File,
-            ..Default::default()
-        };
+        let config = kv_bucket_stream(bucket, "Gallop processors' partition leases", ttl, StorageType::File);
         let stream = jetstream.get_or_create_stream(config).await.map_err(|e| fail(e.to_string()))?;
         let found = stream.cached_info().config.clone();
         if found.max_age != ttl || found.max_messages_per_subject != 1 {
