@@ -183,6 +183,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_takes_its_shards_from_file_or_environment_and_bad_ones_are_named() {
+        let shards = r#"[["http://a:8123", "http://b:8123"], ["http://c:8123"]]"#;
+        let config = load_with(&format!("[clickhouse]\ncluster = \"gallop\"\nshards = {shards}\n"), &[])
+            .expect("a cluster of two shards");
+        assert_eq!(config.clickhouse.cluster.as_deref(), Some("gallop"));
+        assert_eq!(config.clickhouse.shards, [vec!["http://a:8123", "http://b:8123"], vec!["http://c:8123"]]);
+        let from_env =
+            load_with("", &[("GALLOP_CLICKHOUSE__CLUSTER", "gallop"), ("GALLOP_CLICKHOUSE__SHARDS", shards)])
+                .expect("the same from the environment");
+        assert_eq!(from_env.clickhouse, config.clickhouse);
+
+        check_err("[clickhouse]\nshards = [[\"http://a:8123\"]]\n", &[], &["clickhouse.shards: only together with"]);
+        check_err("[clickhouse]\ncluster = \"gallop\"\n", &[], &["clickhouse.shards: with clickhouse.cluster"]);
+        check_err("[clickhouse]\ncluster = \"gallop\"\nshards = [[]]\n", &[], &["clickhouse.shards"]);
+        check_err("[clickhouse]\ncluster = \"a b\"\nshards = [[\"http://a\"]]\n", &[], &["clickhouse.cluster"]);
+        check_err("[clickhouse]\ncluster = \"g\"\nshards = [[\"a:8123\"]]\n", &[], &["clickhouse.shards: HTTP URLs"]);
+        check_err(
+            "[clickhouse]\ncluster = \"g\"\nshards = [[\"http://a\"], [\"http://a\"]]\n",
+            &[],
+            &["clickhouse.shards: every replica once"],
+        );
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = load(&Sources { file: Some("/nonexistent/gallop.toml".into()), env_prefix: "GALLOP_".into() })
             .expect_err("missing file");

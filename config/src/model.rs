@@ -918,6 +918,17 @@ pub struct ClickHouseConfig {
     /// How long day rows are kept (servers with TTL only); 0 keeps them forever.
     #[serde(with = "humantime_serde")]
     pub retention_day: Duration,
+    /// Name of a ClickHouse cluster (`remote_servers` in the servers' config) to write to
+    /// instead of one server; unset: the server at `url` alone. With a cluster, `gallop
+    /// migrate` creates replicated local tables on every server (`ON CLUSTER`) and a
+    /// `Distributed` table under each of today's names, so readers run the same SQL.
+    pub cluster: Option<String>,
+    /// With `cluster`: the HTTP URL of every replica, one list per shard, in the order of the
+    /// cluster's shard numbers (each server is checked to be that shard at start). Partition
+    /// `p` is written to shard `p % shards.len()`, on the first replica of the list that
+    /// answers. `url` stays the address for migrations and readers (any server of the
+    /// cluster, or a balancer in front of them).
+    pub shards: Vec<Vec<String>>,
 }
 
 impl Default for ClickHouseConfig {
@@ -935,6 +946,8 @@ impl Default for ClickHouseConfig {
             retention_minute: Duration::from_secs(30 * 86_400),
             retention_hour: Duration::from_secs(400 * 86_400),
             retention_day: Duration::ZERO,
+            cluster: None,
+            shards: Vec::new(),
         }
     }
 }

@@ -324,6 +324,32 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         "clickhouse.retry_max_backoff",
         "at least clickhouse.retry_initial_backoff",
     );
+    match &clickhouse.cluster {
+        None => need(clickhouse.shards.is_empty(), "clickhouse.shards", "only together with clickhouse.cluster"),
+        Some(cluster) => {
+            need(
+                !cluster.is_empty() && cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "clickhouse.cluster",
+                "a cluster name of the servers' remote_servers: letters, digits, '-' and '_' only, not empty",
+            );
+            need(
+                !clickhouse.shards.is_empty() && clickhouse.shards.iter().all(|replicas| !replicas.is_empty()),
+                "clickhouse.shards",
+                "with clickhouse.cluster, the replicas' HTTP URLs of every shard: a non-empty list of non-empty lists",
+            );
+            let urls: Vec<&String> = clickhouse.shards.iter().flatten().collect();
+            need(
+                urls.iter().all(|url| url.starts_with("http://") || url.starts_with("https://")),
+                "clickhouse.shards",
+                "HTTP URLs such as http://127.0.0.1:8123",
+            );
+            need(
+                urls.iter().enumerate().all(|(i, url)| !urls[..i].contains(url)),
+                "clickhouse.shards",
+                "every replica once: a URL is listed twice",
+            );
+        }
+    }
 
     let traqq = &config.traqq;
     if traqq.enabled {
