@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod dedup;
+mod folds;
 mod log_range;
 mod mark;
 mod metrics;

@@ -16,13 +16,14 @@ use std::{
 
 use gallop_broker::{Ack, Assignment, Delivery, Fenced, LogRange, Membership, Source, SourceError, SourceEvent};
 use gallop_config::Config;
-use gallop_processor::{Processor, ProcessorError};
+use gallop_processor::{Delta, Processor, ProcessorError};
 use gallop_support::Backoff;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::{
     dedup::DedupWindow,
+    folds::Folds,
     log_range::{check, LogGap},
     mark::{Claim, Mark},
     metrics::ProcessMetrics,
@@ -151,14 +152,23 @@ pub async fn run<S: Source, T: Store>(
     if let Some(assignments) = assignments.as_mut() {
         assignments.mark_changed();
     }
-    let mut runtime = Runtime::start(source, processor, store, options, metrics, health).await?;
+    tokio::pin!(shutdown);
+    // Reading back may wait for the store (a shard with no replica up to date): a shutdown
+    // meanwhile stops it, with nothing taken and nothing to write.
+    let mut runtime = tokio::select! {
+        biased;
+        () = &mut shutdown => {
+            info!("shut down while reading the stored positions back");
+            return Ok(());
+        }
+        started = Runtime::start(source, processor, store, options, metrics, health) => started?,
+    };
     let mut in_flight: Option<InFlight<T::Error>> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
-    tokio::pin!(shutdown);
     loop {
-        let can_take = !runtime.processor.is_full();
+        let can_take = !runtime.folds.is_full();
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -192,7 +202,7 @@ pub async fn run<S: Source, T: Store>(
         runtime.resume_paused().await?;
         runtime.observe();
         let marks_due = runtime.has_unwritten_positions() && last_flush.elapsed() >= runtime.options.flush_interval;
-        if in_flight.is_none() && (runtime.processor.should_flush(now_ms()) || marks_due) {
+        if in_flight.is_none() && (runtime.folds.should_flush(now_ms()) || marks_due) {
             in_flight = Some(runtime.start_write());
             last_flush = Instant::now();
         }
@@ -204,7 +214,7 @@ pub async fn run<S: Source, T: Store>(
         if let Some(task) = in_flight.take() {
             runtime.landed(task.await).await?;
         }
-        if runtime.processor.live_keys() > 0 || runtime.has_unwritten_positions() {
+        if runtime.folds.live_keys() > 0 || runtime.has_unwritten_positions() {
             let task = runtime.start_write();
             runtime.landed(task.await).await?;
         }
@@ -221,9 +231,12 @@ pub async fn run<S: Source, T: Store>(
 /// An acknowledgement waiting for the write that holds its message.
 type PendingAck = (u32, u64, Ack);
 
-/// What a background write ends with: its result, the acknowledgements and marks waiting
-/// for it, and when it started.
-type Written<E> = (Result<WriteReport, E>, Vec<PendingAck>, BTreeMap<u32, Mark>, Instant);
+/// What one group's write ends with: its result, and the acknowledgements and marks waiting
+/// for it.
+type GroupWritten<E> = (Result<WriteReport, E>, Vec<PendingAck>, BTreeMap<u32, Mark>);
+
+/// What a background write ends with: each group's outcome, and when it started.
+type Written<E> = (Vec<GroupWritten<E>>, Instant);
 
 /// A write in the background. Dropping it (the runtime killed mid-flight) aborts the write
 /// as a process's death would; awaiting it gives its outcome.
@@ -268,7 +281,7 @@ struct Partition {
 
 struct Runtime<S, T> {
     source: S,
-    processor: Processor,
+    folds: Folds,
     store: Arc<T>,
     options: RunOptions,
     metrics: ProcessMetrics,
@@ -292,10 +305,11 @@ impl<S: Source, T: Store> Runtime<S, T> {
             gauge.reset();
         }
         // A setting: set once, not on every turn of the loop.
-        metrics.live_keys_limit.set(i64::try_from(processor.max_live_keys()).unwrap_or(i64::MAX));
+        let folds = Folds::new(processor, store.groups());
+        metrics.live_keys_limit.set(i64::try_from(folds.max_live_keys()).unwrap_or(i64::MAX));
         let owned = source.partitions().to_vec();
         let mut runtime =
-            Self { source, processor, store, options, metrics, health, partitions: BTreeMap::new(), retries_seen: 0 };
+            Self { source, folds, store, options, metrics, health, partitions: BTreeMap::new(), retries_seen: 0 };
         runtime.open(&owned).await?;
         Ok(runtime)
     }
@@ -304,18 +318,18 @@ impl<S: Source, T: Store> Runtime<S, T> {
     /// each mark against the log and resumes each partition after it (further back where a
     /// dedup window must be rebuilt).
     async fn open(&mut self, owned: &[u32]) -> Result<(), RunError> {
-        let Self { source, processor, store, options, metrics, partitions, .. } = self;
+        let Self { source, folds, store, options, metrics, partitions, .. } = self;
         if options.ownership.is_some() && !owned.is_empty() {
             // A previous owner's insert still under way would land after the marks are read.
             store.settle_others().await.map_err(|e| RunError::Positions(Box::new(e)))?;
         }
         let stored = store.positions(owned).await.map_err(|e| RunError::Positions(Box::new(e)))?;
         let open = store
-            .open_sessions(owned, processor.session_horizon_ms())
+            .open_sessions(owned, folds.session_horizon_ms())
             .await
             .map_err(|e| RunError::Positions(Box::new(e)))?;
         info!(?owned, sessions = open.sessions.len(), watermarks = ?open.watermarks, "open visits read back");
-        processor.restore(open);
+        folds.restore(open, |partition| store.group_of(partition));
         let name = source.describe();
         let window = source.dedup_window();
         for &partition in owned {
@@ -376,11 +390,11 @@ impl<S: Source, T: Store> Runtime<S, T> {
         info!(?leaving, ?joining, "assignment changed");
         if !leaving.is_empty() {
             // The rows mix every partition: everything folded so far is written, fenced.
-            if self.processor.live_keys() > 0 || self.has_unwritten_positions() {
+            if self.folds.live_keys() > 0 || self.has_unwritten_positions() {
                 let task = self.start_write();
                 self.landed(task.await).await?;
             }
-            self.processor.release(&leaving);
+            self.folds.release(&leaving);
             for &partition in &leaving {
                 self.source.remove(partition);
                 self.partitions.remove(&partition);
@@ -469,7 +483,8 @@ impl<S: Source, T: Store> Runtime<S, T> {
             // The broker's stamp, not the clock: the same on every replay, and never before the
             // gateway accepted the events.
             let arrival_ms = if timestamp_ms > 0 { timestamp_ms } else { now_ms() };
-            let report = self.processor.process_message(partition, position, &payload, arrival_ms)?;
+            let group = self.store.group_of(partition);
+            let report = self.folds.process_message(group, partition, position, &payload, arrival_ms)?;
             for record in &report.invalid {
                 warn!(partition, position, index = record.index, reason = record.reason, detail = %record.detail,
                     "unusable record skipped");
@@ -540,20 +555,49 @@ impl<S: Source, T: Store> Runtime<S, T> {
         self.partitions.values().any(|p| p.dirty || p.unacked.is_some())
     }
 
-    /// Takes the delta and the moved positions and writes them in the background.
+    /// Takes the deltas and the moved positions and writes them in the background: one
+    /// write per group of partitions the store keeps apart (see [`Folds`]), side by side.
     fn start_write(&mut self) -> InFlight<T::Error> {
         let now = now_ms();
-        let delta = self.processor.flush(now);
-        let mut marks = BTreeMap::new();
-        let mut acks = Vec::new();
+        let deltas = self.folds.flush(now);
+        let groups = deltas.len();
+        let mut writes: Vec<(Delta, BTreeMap<u32, Mark>, Vec<PendingAck>)> =
+            deltas.into_iter().map(|delta| (delta, BTreeMap::new(), Vec::new())).collect();
         for (&partition, part) in &mut self.partitions {
+            let group = self.store.group_of(partition).min(groups - 1);
             if std::mem::take(&mut part.dirty) {
-                marks.insert(partition, Mark { epoch: part.epoch, position: part.seen, time_ms: part.seen_time_ms });
+                let mark = Mark { epoch: part.epoch, position: part.seen, time_ms: part.seen_time_ms };
+                writes[group].1.insert(partition, mark);
             }
             if let Some((position, ack)) = part.unacked.take() {
-                acks.push((partition, position, ack));
+                writes[group].2.push((partition, position, ack));
             }
         }
+        let flushes: Vec<(Flush, Vec<PendingAck>)> = writes
+            .into_iter()
+            .enumerate()
+            // With groups, one with nothing new is not written; alone, the flush always is.
+            .filter(|(_, (delta, marks, acks))| {
+                groups == 1 || !(delta.is_empty() && delta.sessions.is_empty() && marks.is_empty() && acks.is_empty())
+            })
+            .map(|(group, (delta, marks, acks))| (self.flush_of(group, delta, marks, now), acks))
+            .collect();
+        let store = Arc::clone(&self.store);
+        let started = Instant::now();
+        InFlight(tokio::spawn(async move {
+            let outcomes = futures::future::join_all(flushes.into_iter().map(|(flush, acks)| {
+                let store = Arc::clone(&store);
+                let marks = flush.marks.clone();
+                async move { (store.write(flush).await, acks, marks) }
+            }))
+            .await;
+            (outcomes, started)
+        }))
+    }
+
+    /// The flush of `group`: its delta, its partitions' marks, and where partitions are
+    /// shared, their claims and the fence of every partition of the group.
+    fn flush_of(&self, group: usize, delta: Delta, marks: BTreeMap<u32, Mark>, now: i64) -> Flush {
         let (claims, fence) = match &self.options.ownership {
             Some(ownership) => {
                 let claims = marks
@@ -567,55 +611,65 @@ impl<S: Source, T: Store> Runtime<S, T> {
                         (partition, claim)
                     })
                     .collect();
-                // The rows mix every partition folded in: all of them must still be ours.
-                let partitions = self.partitions.keys().copied().collect();
+                // The rows mix every partition of the group folded in: all must still be ours.
+                let groups = self.folds.len();
+                let partitions = self
+                    .partitions
+                    .keys()
+                    .copied()
+                    .filter(|&p| self.store.group_of(p).min(groups - 1) == group)
+                    .collect();
                 let budget = ownership.membership.write_budget();
                 let fence: Arc<dyn gallop_broker::Fence> = Arc::new(MembershipFence(Arc::clone(&ownership.membership)));
                 (claims, Some(WriteFence::new(fence, partitions, budget)))
             }
             None => (BTreeMap::new(), None),
         };
-        let store = Arc::clone(&self.store);
-        let started = Instant::now();
-        let flush = Flush { delta, marks: marks.clone(), claims, fence, now: now / 1000 };
-        InFlight(tokio::spawn(async move { (store.write(flush).await, acks, marks, started) }))
+        Flush { delta, marks, claims, fence, now: now / 1000, group }
     }
 
-    /// Books a finished write: on success the marks are durable and the acknowledgements
-    /// waiting for it go out; a rejection stops the runtime.
+    /// Books a finished write: each group that landed makes its marks durable and sends
+    /// the acknowledgements waiting for it; a rejection (once the landed groups are booked)
+    /// stops the runtime.
     async fn landed(&mut self, done: Result<Written<T::Error>, tokio::task::JoinError>) -> Result<(), RunError> {
-        let (result, acks, marks, started) = done.map_err(|e| RunError::WriteTask(e.to_string()))?;
-        let report = match result {
-            Ok(report) => report,
-            Err(e) if T::is_fenced(&e) => {
+        let (outcomes, started) = done.map_err(|e| RunError::WriteTask(e.to_string()))?;
+        let mut failure = None;
+        let mut due: Vec<PendingAck> = Vec::new();
+        for (result, acks, marks) in outcomes {
+            let report = match result {
+                Ok(report) => report,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            self.metrics.flushes.inc();
+            self.metrics.flush_rows.inc_by(report.rows as u64);
+            self.metrics.flush_bytes.inc_by(report.bytes as u64);
+            for (partition, mark) in marks {
+                if let Some(part) = self.partitions.get_mut(&partition) {
+                    part.durable = part.durable.max(mark);
+                }
+            }
+            due.extend(acks);
+        }
+        if let Some(e) = failure {
+            if T::is_fenced(&e) {
                 warn!(error = %e, "a write was not attempted: this processor's claim no longer holds long enough");
                 let member =
                     self.options.ownership.as_ref().map_or_else(String::new, |o| o.membership.member().to_owned());
                 let partition = self.partitions.keys().next().copied().unwrap_or(0);
                 return Err(RunError::Fenced(Fenced { member, partition, reason: e.to_string() }));
             }
-            Err(e) => {
-                self.fenced()?;
-                error!(error = %e, "the store rejected a flush; stopping without acknowledging it");
-                return Err(RunError::Rejected(Box::new(e)));
-            }
-        };
+            self.fenced()?;
+            error!(error = %e, "the store rejected a flush; stopping without acknowledging it");
+            return Err(RunError::Rejected(Box::new(e)));
+        }
         // A partition lost while the write was under way: the next owner acknowledges.
         self.fenced()?;
-        self.metrics.flushes.inc();
-        self.metrics.flush_rows.inc_by(report.rows as u64);
-        self.metrics.flush_bytes.inc_by(report.bytes as u64);
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
-        for (partition, mark) in marks {
-            if let Some(part) = self.partitions.get_mut(&partition) {
-                part.durable = part.durable.max(mark);
-            }
-        }
         // All partitions at once: one broker round trip for the flush, not one per partition.
-        let due: Vec<PendingAck> = acks
-            .into_iter()
-            .filter(|(partition, position, _)| self.partitions.get(partition).is_some_and(|p| *position > p.acked))
-            .collect();
+        due.retain(|(partition, position, _)| self.partitions.get(partition).is_some_and(|p| *position > p.acked));
         let results = futures::future::join_all(due.iter().map(|(_, _, ack)| ack.ack())).await;
         for ((partition, position, _), result) in due.iter().zip(results) {
             match result {
@@ -644,9 +698,9 @@ impl<S: Source, T: Store> Runtime<S, T> {
     /// Brings gauges and `/ready` up to date.
     fn observe(&mut self) {
         let metrics = &self.metrics;
-        metrics.live_keys.set(self.processor.live_keys() as i64);
-        metrics.sessions_open.set(i64::try_from(self.processor.open_sessions()).unwrap_or(i64::MAX));
-        let evicted = self.processor.stats().sessions_evicted;
+        metrics.live_keys.set(self.folds.live_keys() as i64);
+        metrics.sessions_open.set(i64::try_from(self.folds.open_sessions()).unwrap_or(i64::MAX));
+        let evicted = self.folds.sessions_evicted();
         metrics.sessions_evicted.inc_by(evicted.saturating_sub(metrics.sessions_evicted.get()));
         let retries = self.store.retries();
         metrics.insert_retries.inc_by(retries.saturating_sub(self.retries_seen));
@@ -662,7 +716,7 @@ impl<S: Source, T: Store> Runtime<S, T> {
         metrics.pending.set(i64::try_from(lag.iter().map(|(_, n)| n).sum::<u64>()).unwrap_or(i64::MAX));
         let mut oldest = None::<i64>;
         for &partition in self.partitions.keys() {
-            if let Some(watermark) = self.processor.watermark(partition) {
+            if let Some(watermark) = self.folds.watermark(self.store.group_of(partition), partition) {
                 metrics.watermark.with_label_values(&[&partition.to_string()]).set(watermark.div_euclid(1000));
                 oldest = Some(oldest.map_or(watermark, |o| o.min(watermark)));
             }

@@ -30,6 +30,8 @@ pub struct Flush {
     pub fence: Option<WriteFence>,
     /// Wall-clock seconds at the flush.
     pub now: i64,
+    /// The place it goes to ([`Store::group_of`] of its partitions); 0 where there is one.
+    pub group: usize,
 }
 
 /// The ownership check a store makes before each attempt to write a flush: the member must
@@ -89,6 +91,18 @@ pub trait Store: Send + Sync + 'static {
     /// writer, there is nothing to wait for.
     fn settle_others(&self) -> BoxFuture<'_, Result<(), Self::Error>> {
         future::ready(Ok(())).boxed()
+    }
+
+    /// How many places the store writes partitions to, each written on its own (the shards
+    /// of a ClickHouse cluster); 1 where everything goes to one place.
+    fn groups(&self) -> usize {
+        1
+    }
+
+    /// The place (`0..groups()`) `partition`'s rows and marks are written to: a flush holds
+    /// one write per place, each with only that place's partitions.
+    fn group_of(&self, _partition: u32) -> usize {
+        0
     }
 
     /// Whether `error` is a write not attempted because the flush's fence refused it.
@@ -186,6 +200,10 @@ pub struct MemoryStore {
     landed: Notify,
     faults: MemoryStoreFaults,
     retries: AtomicU64,
+    /// Places partitions are kept apart in (`partition % groups`), as a cluster's shards.
+    groups: usize,
+    /// What went to another place than its partition's: (flush group, partition).
+    misplaced: Mutex<Vec<(usize, u32)>>,
 }
 
 /// The store's error: a rejected write, or one its fence refused.
@@ -202,7 +220,20 @@ pub enum Rejected {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::default()
+        Self { groups: 1, ..Self::default() }
+    }
+
+    /// An empty store keeping partition `p` apart in group `p % groups`, as a ClickHouse
+    /// cluster keeps it on its shard; every write must hold only its group's partitions
+    /// (see [`misplaced`](Self::misplaced)).
+    pub fn with_groups(groups: usize) -> Self {
+        Self { groups: groups.max(1), ..Self::default() }
+    }
+
+    /// Every (flush group, partition) written to a group that is not the partition's: a
+    /// mark, a watermark or a visit. Empty where the runtime keeps groups apart.
+    pub fn misplaced(&self) -> Vec<(usize, u32)> {
+        self.misplaced.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// The fault switches.
@@ -243,6 +274,17 @@ impl MemoryStore {
     }
 
     fn land(&self, flush: &Flush) {
+        let partitions = flush
+            .marks
+            .keys()
+            .chain(flush.delta.watermarks.keys())
+            .copied()
+            .chain(flush.delta.sessions.visits().iter().map(|v| v.partition));
+        let wrong: Vec<(usize, u32)> =
+            partitions.filter(|&p| self.group_of(p) != flush.group).map(|p| (flush.group, p)).collect();
+        if let Ok(mut misplaced) = self.misplaced.lock() {
+            misplaced.extend(wrong);
+        }
         let mut stored = self.lock();
         for row in &flush.delta.rows {
             let key = (row.site.clone(), row.bucket, row.dimension.clone(), row.value.clone());
@@ -313,6 +355,14 @@ impl Store for MemoryStore {
         matches!(error, Rejected::Fenced(_))
     }
 
+    fn groups(&self) -> usize {
+        self.groups.max(1)
+    }
+
+    fn group_of(&self, partition: u32) -> usize {
+        partition as usize % self.groups.max(1)
+    }
+
     fn is_healthy(&self) -> bool {
         true
     }
@@ -345,6 +395,7 @@ mod tests {
             claims: BTreeMap::new(),
             fence: None,
             now: 0,
+            group: 0,
         }
     }
 

@@ -181,7 +181,16 @@ impl std::fmt::Debug for Processor {
 impl Processor {
     /// Builds a processor from `processor` and `time` config; errors name the bad key.
     pub fn new(processor: &ProcessorConfig, time: &TimeConfig) -> Result<Self, ProcessorError> {
-        let rules = Rules::compile(processor, time)?;
+        Ok(Self::with_rules(Rules::compile(processor, time)?))
+    }
+
+    /// Another processor with the same rules and nothing folded in: where one process keeps
+    /// apart what goes to different places (a cluster's shards), one per place.
+    pub fn fresh(&self) -> Self {
+        Self::with_rules(self.rules.clone())
+    }
+
+    fn with_rules(rules: Rules) -> Self {
         let mut dimensions = Interner::default();
         let rollup_ids = rules.rollups.iter().map(|r| dimensions.id(&r.dimension.spec)).collect();
         let board_ids = rules.leaderboards.iter().map(|l| dimensions.id(&l.dimension.spec)).collect();
@@ -208,7 +217,7 @@ impl Processor {
             scratch: String::with_capacity(256),
             name_scratch: String::with_capacity(64),
         };
-        Ok(Self {
+        Self {
             rules,
             rollup_ids,
             board_ids,
@@ -218,7 +227,7 @@ impl Processor {
             watermarks: HashMap::default(),
             positions: BTreeMap::new(),
             last_flush_ms: None,
-        })
+        }
     }
 
     /// Keys (rows and leaderboards) held since the last flush.

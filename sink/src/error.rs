@@ -49,6 +49,15 @@ pub enum SinkError {
     /// touches, for long enough.
     #[error("insert not attempted: {0}")]
     Fenced(String),
+    /// The servers do not form the cluster the config names (an unknown cluster name, a
+    /// shard whose replicas do not replicate each other).
+    #[error("ClickHouse cluster {cluster}: {problem}")]
+    Cluster {
+        /// `clickhouse.cluster`.
+        cluster: String,
+        /// What does not match, naming the server.
+        problem: String,
+    },
     /// A caller-supplied argument is invalid (a time zone, a range).
     #[error("invalid {what}: {reason}")]
     Invalid {
@@ -78,6 +87,7 @@ const TRANSIENT_CODES: &[u32] = &[
     210, // NETWORK_ERROR
     241, // MEMORY_LIMIT_EXCEEDED
     242, // TABLE_IS_READ_ONLY
+    225, // NO_ZOOKEEPER (a replicated table whose ZooKeeper is gone)
     252, // TOO_MANY_PARTS
     319, // UNKNOWN_STATUS_OF_INSERT
     425, // SYSTEM_ERROR

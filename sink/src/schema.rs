@@ -13,6 +13,12 @@
 //! - `kind = 'position'`: one marker per partition and flush, `dimension` = stream,
 //!   `value` = `<partition:010>/<position:020>`: the consumed stream position.
 //!
+//! On a cluster (`clickhouse.cluster`) the table of that name is a `Distributed` table over
+//! every shard's `aggregates_local`, a `ReplicatedAggregatingMergeTree` of the same columns:
+//! readers run the same SQL on a cluster and on one server, and writers insert into the
+//! local table of a partition's shard (see ARCHITECTURE.md "A ClickHouse cluster"). Every
+//! statement then runs `ON CLUSTER`, and the migrations table is replicated to every server.
+//!
 //! One table, one insert per flush, no partition key: the whole flush is one data part, so
 //! the rows and the positions they account for land together or not at all. That is what
 //! makes redelivery after a crash safe (see ARCHITECTURE.md). Hour and day rows are written
@@ -25,6 +31,8 @@ use crate::version::Features;
 
 /// The main table.
 pub const AGGREGATES_TABLE: &str = "aggregates";
+/// On a cluster, each shard's replicated table behind the `Distributed` [`AGGREGATES_TABLE`].
+pub const LOCAL_AGGREGATES_TABLE: &str = "aggregates_local";
 /// The table recording applied migrations.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
 /// `k` of the `top` column's type: leaderboards with `k` up to this fit.
@@ -91,12 +99,44 @@ pub struct Migration {
 pub struct Schema {
     database: String,
     features: Features,
+    cluster: Option<String>,
 }
 
 impl Schema {
     /// The schema for `database` using `features`.
     pub fn new(database: &str, features: Features) -> Self {
-        Self { database: database.to_owned(), features }
+        Self { database: database.to_owned(), features, cluster: None }
+    }
+
+    /// The same schema spread over the servers of `cluster` (replicated local tables and
+    /// `Distributed` ones under the usual names).
+    pub fn on_cluster(mut self, cluster: &str) -> Self {
+        self.cluster = Some(cluster.to_owned());
+        self
+    }
+
+    /// The cluster, where the schema is spread over one.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// The table inserts go to: [`AGGREGATES_TABLE`] on one server, a shard's
+    /// [`LOCAL_AGGREGATES_TABLE`] on a cluster. Reads at start use it too (they read the
+    /// shard a partition is written to).
+    pub fn write_table(&self) -> String {
+        self.table(if self.cluster.is_some() { LOCAL_AGGREGATES_TABLE } else { AGGREGATES_TABLE })
+    }
+
+    /// ` ON CLUSTER <name>` on a cluster, else nothing.
+    fn on(&self) -> String {
+        self.cluster.as_ref().map_or_else(String::new, |c| format!(" ON CLUSTER `{c}`"))
+    }
+
+    /// The ZooKeeper path of a replicated table `table`, one per shard where `per_shard`.
+    fn zookeeper_path(&self, table: &str, per_shard: bool) -> String {
+        let cluster = self.cluster.as_deref().unwrap_or_default();
+        let shard = if per_shard { "{shard}" } else { "all" };
+        format!("/clickhouse/gallop/{cluster}/{}/{shard}/{table}", self.database)
     }
 
     /// The database name.
@@ -116,12 +156,20 @@ impl Schema {
 
     /// Statements creating the database and the migrations table (run before anything).
     pub fn bootstrap(&self) -> Vec<String> {
+        // On a cluster one copy on every server (each server its own replica), so the
+        // version reads the same wherever it is asked.
+        let engine = if self.cluster.is_some() {
+            format!("ReplicatedMergeTree('{}', '{{shard}}_{{replica}}')", self.zookeeper_path(MIGRATIONS_TABLE, false))
+        } else {
+            "MergeTree()".to_owned()
+        };
         vec![
-            format!("CREATE DATABASE IF NOT EXISTS `{}`", self.database),
+            format!("CREATE DATABASE IF NOT EXISTS `{}`{}", self.database, self.on()),
             format!(
-                "CREATE TABLE IF NOT EXISTS {} (version UInt32, description String, applied_at DateTime('UTC')) \
-                 ENGINE = MergeTree() ORDER BY version",
-                self.table(MIGRATIONS_TABLE)
+                "CREATE TABLE IF NOT EXISTS {}{} (version UInt32, description String, applied_at DateTime('UTC')) \
+                 ENGINE = {engine} ORDER BY version",
+                self.table(MIGRATIONS_TABLE),
+                self.on()
             ),
         ]
     }
@@ -140,7 +188,7 @@ impl Schema {
             Migration {
                 version: 1,
                 description: "aggregates table: rollups, leaderboards and positions at minute, hour and day",
-                statements: vec![self.create_aggregates()],
+                statements: self.create_aggregates(),
             },
             Migration {
                 version: 2,
@@ -154,9 +202,10 @@ impl Schema {
                             "site, bucket, dimension, value AS flush, `top`"
                         };
                         format!(
-                            "CREATE VIEW IF NOT EXISTS {} AS SELECT {columns} FROM {} \
+                            "CREATE VIEW IF NOT EXISTS {}{} AS SELECT {columns} FROM {} \
                              WHERE kind = '{kind}' AND granularity = '{granularity}'",
                             self.table(name),
+                            self.on(),
                             self.table(AGGREGATES_TABLE)
                         )
                     })
@@ -220,17 +269,40 @@ impl Schema {
         ]
     }
 
-    fn create_aggregates(&self) -> String {
+    /// The aggregates table; on a cluster, each shard's replicated local table and the
+    /// `Distributed` table over them.
+    fn create_aggregates(&self) -> Vec<String> {
         let columns =
             self.aggregates_columns().iter().map(|(name, ty)| format!("{name} {ty}")).collect::<Vec<_>>().join(", ");
         let ttl = if self.features.ttl { " TTL expires" } else { "" };
-        let dedup = if self.features.dedup_token { ", non_replicated_deduplication_window = 1000" } else { "" };
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} ({columns}) ENGINE = AggregatingMergeTree() PARTITION BY tuple() \
-             ORDER BY (site, kind, granularity, dimension, bucket, value){ttl} \
-             SETTINGS index_granularity = 8192{dedup}",
-            self.table(AGGREGATES_TABLE)
-        )
+        let order = "PARTITION BY tuple() ORDER BY (site, kind, granularity, dimension, bucket, value)";
+        let Some(cluster) = &self.cluster else {
+            let dedup = if self.features.dedup_token { ", non_replicated_deduplication_window = 1000" } else { "" };
+            return vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} ({columns}) ENGINE = AggregatingMergeTree() {order}{ttl} \
+                 SETTINGS index_granularity = 8192{dedup}",
+                self.table(AGGREGATES_TABLE)
+            )];
+        };
+        // A retried insert of the same block on any replica of the shard is dropped by the
+        // replicated block deduplication (hashes kept in ZooKeeper): the window is the
+        // number of recent blocks remembered per shard (100 by default).
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}{} ({columns}) \
+                 ENGINE = ReplicatedAggregatingMergeTree('{}', '{{replica}}') {order}{ttl} \
+                 SETTINGS index_granularity = 8192, replicated_deduplication_window = 1000",
+                self.table(LOCAL_AGGREGATES_TABLE),
+                self.on(),
+                self.zookeeper_path(AGGREGATES_TABLE, true)
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}{} ({columns}) ENGINE = Distributed(`{cluster}`, `{}`, `{LOCAL_AGGREGATES_TABLE}`)",
+                self.table(AGGREGATES_TABLE),
+                self.on(),
+                self.database
+            ),
+        ]
     }
 }
 
@@ -241,6 +313,7 @@ mod tests {
     #[test]
     fn ddl_uses_features_only_where_present() {
         let old = Schema::new("g", Features::default());
+        assert_eq!(old.migrations()[0].statements.len(), 1, "one table on one server");
         let sql = old.migrations()[0].statements[0].clone();
         assert!(sql.contains("site String") && !sql.contains("LowCardinality"), "{sql}");
         assert!(!sql.contains("TTL") && !sql.contains("deduplication"), "{sql}");
@@ -255,6 +328,31 @@ mod tests {
         assert!(sql.contains(" TTL expires ") && sql.contains("non_replicated_deduplication_window"), "{sql}");
         assert!(sql.contains("top AggregateFunction(topK(100), String)"), "{sql}");
         assert!(sql.contains("expires SimpleAggregateFunction(max, DateTime('UTC'))"), "{sql}");
+    }
+
+    #[test]
+    fn on_a_cluster_every_statement_runs_on_every_server_and_the_table_is_distributed() {
+        let schema = Schema::new("g", Features::default()).on_cluster("c1");
+        let all: Vec<String> =
+            schema.bootstrap().into_iter().chain(schema.migrations().into_iter().flat_map(|m| m.statements)).collect();
+        for statement in &all {
+            assert!(statement.contains(" ON CLUSTER `c1`"), "{statement}");
+        }
+        let tables = &schema.migrations()[0].statements;
+        assert!(tables[0].starts_with("CREATE TABLE IF NOT EXISTS `g`.`aggregates_local` ON CLUSTER"), "{}", tables[0]);
+        assert!(
+            tables[0]
+                .contains("ReplicatedAggregatingMergeTree('/clickhouse/gallop/c1/g/{shard}/aggregates', '{replica}')"),
+            "{}",
+            tables[0]
+        );
+        assert!(tables[1].contains("ENGINE = Distributed(`c1`, `g`, `aggregates_local`)"), "{}", tables[1]);
+        assert!(schema.bootstrap()[1]
+            .contains("ReplicatedMergeTree('/clickhouse/gallop/c1/g/all/schema_migrations', '{shard}_{replica}')"));
+        assert_eq!(schema.write_table(), "`g`.`aggregates_local`");
+        assert_eq!(Schema::new("g", Features::default()).write_table(), "`g`.`aggregates`");
+        // Views read through the Distributed table, like every reader.
+        assert!(schema.migrations()[1].statements[0].contains("FROM `g`.`aggregates` WHERE"));
     }
 
     #[test]

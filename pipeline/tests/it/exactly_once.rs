@@ -61,7 +61,10 @@ async fn crash_at(harness: &mut Harness, step: Step) {
 }
 
 async fn every_step(broker: MemoryBroker, dedup_window: Option<Duration>, seed: u64) {
-    let mut harness = Harness::new(broker, seed);
+    every_step_of(Harness::new(broker, seed), dedup_window).await;
+}
+
+async fn every_step_of(mut harness: Harness, dedup_window: Option<Duration>) {
     harness.dedup_window = dedup_window;
     for round in 0..2 {
         for step in STEPS {
@@ -89,6 +92,15 @@ async fn a_crash_at_every_step_loses_nothing_and_counts_nothing_twice_with_a_str
 #[tokio::test]
 async fn a_crash_at_every_step_loses_nothing_and_counts_nothing_twice_with_a_dedup_window() {
     every_step(MemoryBroker::new(3).without_dedup(), Some(Duration::from_secs(120)), 3).await;
+}
+
+/// A store that keeps partitions apart (a ClickHouse cluster's shards): each flush is one
+/// write per group, holding that group's partitions only, and crashes still lose nothing.
+#[tokio::test]
+async fn a_crash_at_every_step_loses_nothing_where_the_store_keeps_groups_of_partitions_apart() {
+    let mut harness = Harness::new(MemoryBroker::new(3), 5);
+    harness.store = std::sync::Arc::new(gallop_pipeline::MemoryStore::with_groups(2));
+    every_step_of(harness, None).await;
 }
 
 #[tokio::test]

@@ -193,6 +193,7 @@ impl Harness {
             claims: BTreeMap::new(),
             fence: None,
             now: now / 1000,
+            group: 0,
         };
         Arc::clone(&truth).write(flush).await.expect("memory store");
         truth.cells()
@@ -217,6 +218,7 @@ impl Harness {
             }
         }
         differences.extend(stored.keys().filter(|k| !truth.contains_key(*k)).map(|k| format!("{k:?}: unexpected")));
+        assert_eq!(self.store.misplaced(), [], "(group, partition) written to another group than the partition's");
         let total: u64 = truth.values().filter(|c| c.events > 0).map(|c| c.events).sum();
         assert!(total > 0, "the truth is not empty");
         assert!(
