@@ -79,7 +79,11 @@ where
     S: Source,
     Open: FnMut(Vec<u32>) -> BoxFuture<'static, anyhow::Result<S>>,
 {
-    let store = Arc::new(ClickHouseStore::new(Writer::new(clickhouse, stream, &config.clickhouse), stream));
+    let store = Arc::new(if config.clickhouse.cluster.is_some() {
+        ClickHouseStore::cluster(&clickhouse, &config.clickhouse, stream).await?
+    } else {
+        ClickHouseStore::new(Writer::new(clickhouse, stream, &config.clickhouse), stream)
+    });
     let metrics = ProcessMetrics::new();
     metrics.partitions_total.set(i64::from(config.broker.partitions));
     let health = Arc::new(Health::default());

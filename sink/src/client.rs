@@ -16,7 +16,7 @@ use crate::{
         parse_marker, parse_session_value, parse_watermark_value, session_dimension, watermark_dimension, EncodedFlush,
     },
     error::{classify, server_code, SinkError},
-    schema::{Schema, AGGREGATES_TABLE, MIGRATIONS_TABLE},
+    schema::{Schema, AGGREGATES_TABLE, LOCAL_AGGREGATES_TABLE, MIGRATIONS_TABLE},
     version::ServerVersion,
 };
 
@@ -58,7 +58,9 @@ struct VersionRow {
 }
 
 impl ClickHouse {
-    /// Connects and asks the server for its version; the schema follows its features.
+    /// Connects and asks the server for its version; the schema follows its features. With
+    /// `clickhouse.cluster`, the server must know that cluster, with as many shards as
+    /// `clickhouse.shards` lists, and the schema is the cluster's.
     pub async fn connect(config: &ClickHouseConfig) -> Result<Self, SinkError> {
         let mut client = Client::default()
             .with_url(config.url.as_str())
@@ -80,7 +82,66 @@ impl ClickHouse {
         let text = rows.into_iter().next().map(|r| r.version).unwrap_or_default();
         this.version = ServerVersion::parse(&text)?;
         this.schema = Schema::new(&config.database, this.version.features());
+        if let Some(cluster) = &config.cluster {
+            this.check_cluster(cluster, config.shards.len()).await?;
+            this.schema = this.schema.on_cluster(cluster);
+        }
         Ok(this)
+    }
+
+    /// The same connection to another server at `url` (a replica of the cluster), taken to
+    /// run the same version; nothing is sent until it is used.
+    pub fn at(&self, url: &str) -> Self {
+        Self { client: self.client.clone().with_url(url), url: url.to_owned(), ..self.clone() }
+    }
+
+    /// Fails unless this server knows `cluster` with `shards` shards.
+    async fn check_cluster(&self, cluster: &str, shards: usize) -> Result<(), SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            cluster: String,
+            shards: u64,
+        }
+        let known: Vec<Row> = self
+            .fetch(
+                "SELECT cluster, uniqExact(shard_num) AS shards FROM system.clusters GROUP BY cluster ORDER BY cluster",
+            )
+            .await?;
+        let problem = match known.iter().find(|row| row.cluster == cluster) {
+            None => format!(
+                "the server at {} knows no such cluster (its remote_servers: [{}]); set clickhouse.cluster to one of them",
+                self.url,
+                known.iter().map(|row| row.cluster.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Some(row) if usize::try_from(row.shards).ok() != Some(shards) => format!(
+                "the server at {} gives it {} shards, clickhouse.shards lists {shards}",
+                self.url, row.shards
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(SinkError::Cluster { cluster: cluster.to_owned(), problem })
+    }
+
+    /// This server's `shard` macro (the ZooKeeper path its replicated tables share with the
+    /// other replicas of its shard).
+    pub async fn shard_macro(&self) -> Result<String, SinkError> {
+        #[derive(Deserialize)]
+        struct Row {
+            substitution: String,
+        }
+        let rows: Vec<Row> = self.fetch("SELECT substitution FROM system.macros WHERE macro = 'shard'").await?;
+        rows.into_iter().next().map(|row| row.substitution).ok_or_else(|| SinkError::Cluster {
+            cluster: self.schema.cluster().unwrap_or_default().to_owned(),
+            problem: format!("the server at {} has no `shard` macro (<macros> in its config)", self.url),
+        })
+    }
+
+    /// Waits until this replica has fetched every part its shard's replication log holds
+    /// (`SYSTEM SYNC REPLICA`), so that what is read from it next includes every insert
+    /// that landed on any replica of the shard. Fails (transient) while a part it needs is
+    /// only on a replica that is down, or while ZooKeeper is away.
+    pub async fn sync_replica(&self) -> Result<(), SinkError> {
+        self.execute(&format!("SYSTEM SYNC REPLICA {}", self.schema.table(LOCAL_AGGREGATES_TABLE))).await
     }
 
     /// The server's version.
@@ -156,6 +217,12 @@ impl ClickHouse {
     /// Creates or upgrades the database and tables. Safe to run again and from two
     /// processes at once: every statement is `IF NOT EXISTS`, and a race on creation
     /// counts as success.
+    ///
+    /// On a cluster every statement runs `ON CLUSTER` and waits (up to
+    /// `clickhouse.request_timeout`) until every server ran it; a server that is down fails
+    /// the migration, which is not recorded. The statements stay queued for that server,
+    /// and running `gallop migrate` again once it is back completes it: every statement is
+    /// idempotent, so nothing is applied twice.
     pub async fn migrate(&self) -> Result<MigrationReport, SinkError> {
         for statement in self.schema.bootstrap() {
             self.execute_idempotent(&statement).await?;
@@ -183,7 +250,14 @@ impl ClickHouse {
     }
 
     async fn execute_idempotent(&self, sql: &str) -> Result<(), SinkError> {
-        match self.execute(sql).await {
+        let result = if self.schema.cluster().is_some() {
+            let wait = self.timeout.as_secs().max(1).to_string();
+            let query = self.client.query(sql).with_setting("distributed_ddl_task_timeout", wait).execute();
+            self.deadline(sql, query).await
+        } else {
+            self.execute(sql).await
+        };
+        match result {
             Err(SinkError::Rejected { reason, .. })
                 if server_code(&reason).is_some_and(|code| ALREADY_EXISTS_CODES.contains(&code)) =>
             {
@@ -273,7 +347,7 @@ impl ClickHouse {
         let sql = format!(
             "SELECT max(value) AS marker FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
              AND dimension = '{}' GROUP BY substring(value, 1, 10)",
-            self.schema.table(AGGREGATES_TABLE),
+            self.schema.write_table(),
             escape(stream)
         );
         let mut positions = std::collections::BTreeMap::new();
@@ -306,7 +380,7 @@ impl ClickHouse {
         struct Newest {
             newest: String,
         }
-        let table = self.schema.table(AGGREGATES_TABLE);
+        let table = self.schema.write_table();
         // ClickHouse 18.16 cannot alias an aggregate of `value` as `value`.
         let sql = format!(
             "SELECT max(value) AS newest FROM {table} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
@@ -352,7 +426,7 @@ impl ClickHouse {
         let sql = format!(
             "SELECT count() AS n FROM {} WHERE site = '' AND kind = 'position' AND granularity = 'minute' \
              AND dimension = '{}' AND value = '{}'",
-            self.schema.table(AGGREGATES_TABLE),
+            self.schema.write_table(),
             escape(stream),
             escape(marker)
         );
@@ -385,7 +459,7 @@ impl ClickHouse {
             "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'gallop-') \
              AND NOT startsWith(query_id, '{}') AND position(query, '{}') > 0",
             escape(&format!("gallop-{instance}-")),
-            escape(&format!("INSERT INTO {}", self.schema.table(AGGREGATES_TABLE)))
+            escape(&format!("INSERT INTO {}", self.schema.write_table()))
         );
         Ok(self.fetch::<Row>(&sql).await?.into_iter().map(|r| r.query_id).collect())
     }
@@ -403,7 +477,7 @@ impl ClickHouse {
         flush_id: &str,
         query_id: &str,
     ) -> Result<(), SinkError> {
-        let sql = format!("INSERT INTO {} FORMAT RowBinary", self.schema.table(AGGREGATES_TABLE));
+        let sql = format!("INSERT INTO {} FORMAT RowBinary", self.schema.write_table());
         let mut insert = self
             .client
             .insert_formatted_with(sql)

@@ -27,7 +27,9 @@ pub use encode::{
 };
 pub use error::SinkError;
 pub use reader::{Breakdown, BreakdownRow, DimensionRow, ExportRow, Headline, Leader, Reader, TimeRange};
-pub use schema::{Granularity, Kind, Migration, Schema, AGGREGATES_TABLE, MAX_LEADERBOARD_K, MIGRATIONS_TABLE};
+pub use schema::{
+    Granularity, Kind, Migration, Schema, AGGREGATES_TABLE, LOCAL_AGGREGATES_TABLE, MAX_LEADERBOARD_K, MIGRATIONS_TABLE,
+};
 pub use store::ClickHouseStore;
 pub use version::{Features, ServerVersion};
 pub use writer::{WriteReport, Writer, WriterStatus};

@@ -2,11 +2,17 @@
 //! until it lands. Before each retry it settles whether the previous attempt landed after
 //! all: it waits until the server no longer runs that attempt's query id, then looks for the
 //! attempt's position markers. An insert whose answer was lost is therefore not repeated.
+//!
+//! A writer of a cluster's shard ([`Writer::for_shard`]) inserts into the shard's
+//! replicated table on one replica and, when that one fails, sends the same bytes to the
+//! next. There nothing needs settling: the shard's replicated block deduplication (block
+//! hashes in ZooKeeper, checked by whichever replica commits) drops a block that landed
+//! already, on any replica, even one that is down now.
 
 use std::{
     collections::BTreeMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -58,7 +64,12 @@ pub struct WriteReport {
 /// Writes deltas of one stream's partitions to ClickHouse.
 #[derive(Debug)]
 pub struct Writer {
-    clickhouse: ClickHouse,
+    /// The servers it can insert into: one, or the replicas of a shard.
+    replicas: Vec<ClickHouse>,
+    /// The replica inserts go to now (the next one after a failure).
+    current: AtomicUsize,
+    /// Inserts go to a replicated table (retries rely on its deduplication).
+    replicated: bool,
     stream: String,
     retention: Retention,
     backoff: Backoff,
@@ -72,10 +83,23 @@ pub struct Writer {
 impl Writer {
     /// A writer for positions of `stream`, with retry and retention from `config`.
     pub fn new(clickhouse: ClickHouse, stream: &str, config: &ClickHouseConfig) -> Self {
+        Self::over(vec![clickhouse], false, stream, config)
+    }
+
+    /// A writer to one shard of a cluster, over its `replicas` (at least one), in order of
+    /// preference: each insert goes to the replica that took the last one, the next one
+    /// after a failure.
+    pub fn for_shard(replicas: Vec<ClickHouse>, stream: &str, config: &ClickHouseConfig) -> Self {
+        Self::over(replicas, true, stream, config)
+    }
+
+    fn over(replicas: Vec<ClickHouse>, replicated: bool, stream: &str, config: &ClickHouseConfig) -> Self {
         let seconds = |d: Duration| (!d.is_zero()).then(|| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let status = WriterStatus { healthy: AtomicBool::new(true), ..Default::default() };
         Self {
-            clickhouse,
+            replicas,
+            current: AtomicUsize::new(0),
+            replicated,
             stream: stream.to_owned(),
             retention: Retention {
                 minute: seconds(config.retention_minute),
@@ -92,10 +116,10 @@ impl Writer {
 
     /// Whether the attempt `query_id` landed: `None` while the server still runs it.
     async fn settle(&self, query_id: &str, encoded: &crate::encode::EncodedFlush) -> Result<Option<bool>, SinkError> {
-        if self.clickhouse.is_running(query_id).await? {
+        if self.clickhouse().is_running(query_id).await? {
             return Ok(None);
         }
-        self.clickhouse.landed(&self.stream, encoded).await.map(Some)
+        self.clickhouse().landed(&self.stream, encoded).await.map(Some)
     }
 
     /// Waits (up to twice `clickhouse.request_timeout`) until no insert of another writer
@@ -107,7 +131,19 @@ impl Writer {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut waited_for: Option<Vec<String>> = None;
         loop {
-            let running = self.clickhouse.inserts_running(&self.instance).await?;
+            let mut running = Vec::new();
+            for replica in &self.replicas {
+                match replica.inserts_running(&self.instance).await {
+                    Ok(queries) => running.extend(queries),
+                    // A replica that does not answer runs no insert that can land on it
+                    // unseen by the others: its inserts commit through ZooKeeper, and reads
+                    // at start wait until a replica holds every committed part.
+                    Err(e) if e.is_transient() && self.replicated => {
+                        warn!(error = %e, "a replica does not answer; not waiting for inserts on it");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let pending: Vec<String> = match &waited_for {
                 None => running,
                 Some(before) => running.into_iter().filter(|q| before.contains(q)).collect(),
@@ -115,7 +151,7 @@ impl Writer {
             if pending.is_empty() {
                 return Ok(());
             }
-            if started.elapsed() > self.clickhouse.timeout() * 2 {
+            if started.elapsed() > self.clickhouse().timeout() * 2 {
                 warn!(inserts = ?pending, "other processors' inserts still run after twice clickhouse.request_timeout; \
                     going on");
                 return Ok(());
@@ -130,9 +166,25 @@ impl Writer {
         Arc::clone(&self.status)
     }
 
-    /// The connection.
+    /// The connection inserts go to now.
     pub fn clickhouse(&self) -> &ClickHouse {
-        &self.clickhouse
+        // `current` only ever holds an index below the (non-empty, fixed) list's length.
+        &self.replicas[self.current.load(Ordering::Relaxed) % self.replicas.len()]
+    }
+
+    /// Every replica, starting with the one inserts go to now.
+    pub fn replicas(&self) -> impl Iterator<Item = &ClickHouse> {
+        let from = self.current.load(Ordering::Relaxed);
+        (0..self.replicas.len()).map(move |i| &self.replicas[(from + i) % self.replicas.len()])
+    }
+
+    /// Moves inserts to the next replica (after `failed` failed).
+    fn next_replica(&self, failed: &ClickHouse) {
+        if self.replicas.len() > 1 {
+            let next = (self.current.load(Ordering::Relaxed) + 1) % self.replicas.len();
+            self.current.store(next, Ordering::Relaxed);
+            info!(failed = failed.url(), next = self.clickhouse().url(), "inserts go to the next replica");
+        }
     }
 
     /// Writes `delta` (rows, leaderboards) and `marks` (the positions it accounts for) as
@@ -162,7 +214,7 @@ impl Writer {
             flush_id: &flush_id,
             now,
             retention: self.retention,
-            top_as_string: !self.clickhouse.schema().features().topk_states,
+            top_as_string: !self.clickhouse().schema().features().topk_states,
         };
         // Two writes at once (the runtime never does that) would each find a buffer or none.
         let spare = self.spare.lock().map(|mut spare| std::mem::take(&mut *spare)).unwrap_or_default();
@@ -177,7 +229,8 @@ impl Writer {
                 return Err(SinkError::Fenced(fenced.to_string()));
             }
             let query_id = format!("gallop-{flush_id}-{attempts}");
-            match self.clickhouse.insert(&encoded, data.clone(), &flush_id, &query_id).await {
+            let replica = self.clickhouse();
+            match replica.insert(&encoded, data.clone(), &flush_id, &query_id).await {
                 Ok(()) => break,
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
@@ -185,6 +238,13 @@ impl Writer {
                     self.status.retries.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, attempt = attempts, rows = encoded.rows, "insert failed; retrying");
                 }
+            }
+            if self.replicated {
+                // The same bytes again, on the next replica: if the failed attempt landed
+                // after all (or still lands), the shard's block deduplication drops one.
+                self.next_replica(replica);
+                backoff.wait().await;
+                continue 'attempts;
             }
             // Before sending again, settle whether the failed attempt landed after all (its
             // answer may have been lost): wait until the server no longer runs it, then look

@@ -8,10 +8,19 @@ use std::{
 use gallop_config::{ClickHouseConfig, ProcessorConfig, TimeConfig};
 use gallop_event::{encode_into, EventRecord};
 use gallop_processor::Processor;
-use gallop_sink::ClickHouse;
+use gallop_sink::{ClickHouse, ClickHouseStore, Writer};
 
 pub(crate) fn clickhouse_url() -> String {
     std::env::var("TEST_GALLOP_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
+}
+
+/// The loopback cluster of `scripts/cluster.sh` (`scripts/services.sh cluster`): 2 shards ×
+/// 2 replicas of ClickHouse 18.16, server `n` answering HTTP on `1812n`.
+pub(crate) const CLUSTER: &str = "gallop_test";
+
+/// The HTTP URL of cluster server `n` (1–4; 1 and 2 are shard 1, 3 and 4 shard 2).
+pub(crate) fn cluster_server(n: u32) -> String {
+    format!("http://127.0.0.1:1812{n}")
 }
 
 /// A database name of its own for one test; dropped (best effort) when the test ends.
@@ -20,6 +29,64 @@ pub(crate) struct TestDb {
 }
 
 impl TestDb {
+    /// The same on the loopback cluster ([`CLUSTER`]), read and migrated through server 1;
+    /// fails loudly when the cluster is not up.
+    pub(crate) fn on_cluster(test: &str) -> Self {
+        let mut db = Self::new(test);
+        for n in 1..=4 {
+            let url = cluster_server(n);
+            if let Err(e) = ureq::get(&format!("{url}/ping")).call() {
+                panic!("the ClickHouse cluster must run for this test (scripts/services.sh cluster): {url}: {e}");
+            }
+        }
+        db.config.url = cluster_server(1);
+        db.config.cluster = Some(CLUSTER.to_owned());
+        db.config.shards = vec![vec![cluster_server(1), cluster_server(2)], vec![cluster_server(3), cluster_server(4)]];
+        db
+    }
+
+    /// Runs `sql` on this database's server (the cluster's first server), returning the body.
+    pub(crate) fn query(&self, sql: &str) -> String {
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}\n→ {e}"))
+    }
+
+    /// Runs `sql` on this database's server: the body, or the server's error.
+    pub(crate) fn try_query(&self, sql: &str) -> Result<String, String> {
+        post(&self.config.url, sql)
+    }
+
+    /// Folds `messages` — (partition, NDJSON payload, arrival ms), positions counting up per
+    /// partition — and writes them as the runtime would: one processor and one write per
+    /// place the store keeps partitions apart (a cluster's shard), each with its marks.
+    pub(crate) async fn write(&self, ch: &ClickHouse, messages: &[(u32, Vec<u8>, i64)], now: i64) {
+        use gallop_pipeline::{Flush, Store};
+        let store = std::sync::Arc::new(if self.config.cluster.is_some() {
+            ClickHouseStore::cluster(ch, &self.config, "EVENTS").await.expect("the cluster's store")
+        } else {
+            ClickHouseStore::new(Writer::new(ch.clone(), "EVENTS", &self.config), "EVENTS")
+        });
+        for group in 0..store.groups() {
+            let mut processor = processor();
+            let mut positions = std::collections::BTreeMap::<u32, u64>::new();
+            for (partition, payload, arrival) in messages {
+                let position = positions.entry(*partition).or_default();
+                *position += 1;
+                if store.group_of(*partition) == group {
+                    processor.process_message(*partition, *position, payload, *arrival).expect("not full");
+                }
+            }
+            let delta = processor.flush(0);
+            let flush = Flush { marks: marks(&delta), delta, claims: Default::default(), fence: None, now, group };
+            std::sync::Arc::clone(&store).write(flush).await.expect("write");
+        }
+        // Readers of the Distributed table read any replica: wait until every one has it.
+        for writer in store.writers().iter().filter(|_| self.config.cluster.is_some()) {
+            for replica in writer.replicas() {
+                replica.sync_replica().await.expect("every replica catches up");
+            }
+        }
+    }
+
     pub(crate) fn new(test: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -57,8 +124,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ =
-            ureq::post(&self.config.url).send_string(&format!("DROP DATABASE IF EXISTS `{}`", self.config.database));
+        let on = self.config.cluster.as_ref().map_or_else(String::new, |c| format!(" ON CLUSTER `{c}`"));
+        let _ = ureq::post(&self.config.url)
+            .send_string(&format!("DROP DATABASE IF EXISTS `{}`{on}", self.config.database));
     }
 }
 
@@ -70,7 +138,13 @@ pub(crate) fn query(sql: &str) -> String {
 /// Runs `sql` on the test server: the body, or the server's error (a server that cannot be
 /// reached is a panic, not an error).
 pub(crate) fn try_query(sql: &str) -> Result<String, String> {
-    match ureq::post(&clickhouse_url()).send_string(sql) {
+    post(&clickhouse_url(), sql)
+}
+
+/// Runs `sql` on the server at `url`: the body, or the server's error (a server that cannot
+/// be reached is a panic, not an error).
+pub(crate) fn post(url: &str, sql: &str) -> Result<String, String> {
+    match ureq::post(url).send_string(sql) {
         Ok(resp) => Ok(resp.into_string().expect("utf-8 body")),
         Err(ureq::Error::Status(code, resp)) => Err(format!("HTTP {code}: {}", resp.into_string().unwrap_or_default())),
         Err(e) => panic!("{sql}\n→ {e}"),

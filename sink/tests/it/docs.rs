@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gallop_event::EventRecord;
-use gallop_sink::Writer;
 use serde_json::Value;
 
-use crate::common::{event, marks, message, number, processor, query, TestDb};
+use crate::common::{event, message, number, TestDb};
 
 /// 2026-11-23 10:00:00 UTC, in seconds.
 const HOUR0: i64 = 1_795_428_000;
@@ -103,8 +102,8 @@ fn runnable(sql: &str, database: &str) -> String {
         .replace("$__timeFilter(bucket)", &filter)
 }
 
-fn rows(sql: &str) -> Vec<Value> {
-    query(&format!("{sql} FORMAT JSONEachRow"))
+fn rows(db: &TestDb, sql: &str) -> Vec<Value> {
+    db.query(&format!("{sql} FORMAT JSONEachRow"))
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
@@ -112,15 +111,31 @@ fn rows(sql: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn every_documented_query_answers_with_the_truth() {
-    let db = TestDb::new("docs");
+    documented_queries_answer_with_the_truth(TestDb::new("docs")).await;
+}
+
+/// The same SQL on the cluster (through its `Distributed` table) gives the same answers:
+/// the truth, with the visitors split over two partitions, one per shard.
+#[tokio::test]
+async fn every_documented_query_answers_with_the_truth_on_a_cluster() {
+    documented_queries_answer_with_the_truth(TestDb::on_cluster("docs")).await;
+}
+
+async fn documented_queries_answer_with_the_truth(db: TestDb) {
     let ch = db.migrated().await;
     let events = events();
     let engaged = engagements(&events);
-    let mut processor = processor();
-    processor.process_message(0, 1, &message(&events), (HOUR0 + 7200) * 1000).expect("not full");
-    processor.process_message(0, 2, &message(&engaged), (HOUR0 + 7200) * 1000).expect("not full");
-    let delta = processor.flush(0);
-    Writer::new(ch.clone(), "EVENTS", &db.config).write(&delta, &marks(&delta), HOUR0).await.expect("write");
+    // Visitors split over two partitions (a visit stays in one), so on a cluster each
+    // shard holds some of them.
+    let arrival = (HOUR0 + 7200) * 1000;
+    let half = |of: &[EventRecord], odd: u64| -> Vec<u8> {
+        message(&of.iter().filter(|e| e.visitor % 2 == odd).cloned().collect::<Vec<_>>())
+    };
+    let messages: Vec<(u32, Vec<u8>, i64)> = [(0, &events, 0), (1, &events, 1), (0, &engaged, 0), (1, &engaged, 1)]
+        .into_iter()
+        .map(|(partition, of, odd)| (partition, half(of, odd), arrival))
+        .collect();
+    db.write(&ch, &messages, HOUR0).await;
 
     // The truth.
     let visitors = |of: &mut dyn Iterator<Item = &EventRecord>| of.map(|e| e.visitor).collect::<BTreeSet<_>>().len();
@@ -172,15 +187,15 @@ async fn every_documented_query_answers_with_the_truth() {
         let sql = runnable(sql, &db.config.database);
         match heading.as_str() {
             "Visitors, events, value for a range" => {
-                let r = &rows(&sql)[0];
+                let r = &rows(&db, &sql)[0];
                 assert_eq!(number(&r["visitors"]) as usize, visitors(&mut events.iter()), "{sql}");
                 assert_eq!(number(&r["events"]) as usize, events.len(), "{sql}");
                 assert!((number(&r["value"]) - value).abs() < 1e-9, "{sql}: {r}");
                 assert_eq!(number(&r["value_events"]) as usize, priced, "{sql}");
             }
-            "Pageviews" => assert_eq!(number(&rows(&sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
+            "Pageviews" => assert_eq!(number(&rows(&db, &sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
             "Time series (visitors and pageviews per hour)" => {
-                let series: Vec<(String, usize, usize)> = rows(&sql)
+                let series: Vec<(String, usize, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         (
@@ -199,7 +214,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(series, want, "{sql}");
             }
             "Breakdown (top pages, sources, countries, browsers, UTM, props)" => {
-                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
+                let got: BTreeMap<String, (usize, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let page = r["page"].as_str().unwrap_or_default().to_owned();
@@ -213,7 +228,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, want, "{sql}");
             }
             "Top pages (pageviews and visitors of pageviews)" => {
-                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
+                let got: BTreeMap<String, (usize, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let page = r["page"].as_str().unwrap_or_default().to_owned();
@@ -228,16 +243,16 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, want, "{sql}");
             }
             "Visits, bounce rate and visit duration" => {
-                let r = &rows(&sql)[0];
+                let r = &rows(&db, &sql)[0];
                 assert_eq!(number(&r["visits"]) as usize, visit_count, "{sql}");
                 assert!((number(&r["bounce_rate"]) - 100.0 * bounces as f64 / visit_count as f64).abs() < 1e-9, "{r}");
                 let want = duration_ms as f64 / visit_count as f64 / 1000.0;
                 assert!((number(&r["visit_duration"]) - want).abs() < 1e-9, "{sql}: {r} want {want}");
                 assert!(bounces == 3 && visit_count == 16, "the sample has bounces: {bounces} of {visit_count}");
             }
-            "Views per visit" => assert_eq!(number(&rows(&sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
+            "Views per visit" => assert_eq!(number(&rows(&db, &sql)[0]["pageviews"]) as usize, pageviews, "{sql}"),
             "Entry pages" => {
-                let got: BTreeMap<String, (usize, usize)> = rows(&sql)
+                let got: BTreeMap<String, (usize, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let visits = number(&r["visits"]) as usize;
@@ -248,14 +263,14 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, entries, "{sql}");
             }
             "Exit pages" => {
-                let got: BTreeMap<String, usize> = rows(&sql)
+                let got: BTreeMap<String, usize> = rows(&db, &sql)
                     .iter()
                     .map(|r| (r["page"].as_str().unwrap_or_default().to_owned(), number(&r["exits"]) as usize))
                     .collect();
                 assert_eq!(got, exits, "{sql}");
             }
             "Scroll depth and time on page" => {
-                let got: Vec<(String, f64, f64)> = rows(&sql)
+                let got: Vec<(String, f64, f64)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let page = r["page"].as_str().unwrap_or_default().to_owned();
@@ -277,7 +292,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, want, "{sql}");
             }
             "Revenue per currency" => {
-                let got: BTreeMap<String, (f64, usize)> = rows(&sql)
+                let got: BTreeMap<String, (f64, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let currency = r["currency"].as_str().unwrap_or_default().to_owned();
@@ -293,7 +308,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 assert_eq!(got, want, "{sql}");
             }
             "Revenue by event" => {
-                let got: BTreeMap<String, (f64, usize)> = rows(&sql)
+                let got: BTreeMap<String, (f64, usize)> = rows(&db, &sql)
                     .iter()
                     .map(|r| {
                         let name = r["event"].as_str().unwrap_or_default().to_owned();
@@ -308,7 +323,7 @@ async fn every_documented_query_answers_with_the_truth() {
                 // The document says this query is for servers with topK state columns;
                 // older ones are answered by `gallop query --top` (covered in write.rs).
                 if ch.schema().features().topk_states {
-                    let top = &rows(&sql)[0]["top_referrers"];
+                    let top = &rows(&db, &sql)[0]["top_referrers"];
                     let mut want: Vec<(&str, usize)> = per_referrer.iter().map(|(r, n)| (*r, *n)).collect();
                     want.sort_by_key(|&(r, n)| (std::cmp::Reverse(n), r));
                     let want: Vec<Value> = want.iter().map(|(r, _)| Value::from(*r)).collect();

@@ -13,10 +13,9 @@ use std::{
 };
 
 use gallop_event::{EventRecord, ENGAGEMENT};
-use gallop_sink::Writer;
 use serde_json::Value;
 
-use crate::common::{event, marks, message, number, processor, query, try_query, TestDb};
+use crate::common::{event, message, number, processor, TestDb};
 
 const SITE: &str = "it's.test";
 const OTHER_SITE: &str = "other.test";
@@ -576,17 +575,38 @@ fn dashboards_name_provisioned_datasources_and_unique_panels() {
 
 #[tokio::test]
 async fn every_site_analytics_panel_answers_with_the_truth() {
-    let db = TestDb::new("grafana");
+    site_analytics_panels_answer_with_the_truth(TestDb::new("grafana")).await;
+}
+
+/// The same panels on the cluster (through its `Distributed` table): the same answers,
+/// the visitors split over two partitions, one per shard.
+#[tokio::test]
+async fn every_site_analytics_panel_answers_with_the_truth_on_a_cluster() {
+    site_analytics_panels_answer_with_the_truth(TestDb::on_cluster("grafana")).await;
+}
+
+async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
     let ch = db.migrated().await;
     let batches = batches();
+    // Every event counted (none late or in the future): the processor's own check.
     let mut processor = processor();
     for (position, batch) in batches.iter().enumerate() {
         let arrival = batch.iter().map(|e| e.ts).max().unwrap_or_default() + 60_000;
         let report = processor.process_message(0, position as u64 + 1, &message(batch), arrival).expect("not full");
         assert_eq!(report.counted, batch.len(), "every event counted (none late or in the future)");
     }
-    let delta = processor.flush(0);
-    Writer::new(ch.clone(), "EVENTS", &db.config).write(&delta, &marks(&delta), day0()).await.expect("write");
+    // Visitors split over two partitions (a visit stays in one): on a cluster, two shards.
+    let mut messages = Vec::new();
+    for batch in &batches {
+        let arrival = batch.iter().map(|e| e.ts).max().unwrap_or_default() + 60_000;
+        for odd in [0, 1] {
+            let half: Vec<EventRecord> = batch.iter().filter(|e| e.visitor % 2 == odd).cloned().collect();
+            if !half.is_empty() {
+                messages.push((odd as u32, message(&half), arrival));
+            }
+        }
+    }
+    db.write(&ch, &messages, day0()).await;
     let all: Vec<&EventRecord> = batches.iter().flatten().collect();
     let topk_states = ch.schema().features().topk_states;
 
@@ -600,7 +620,7 @@ async fn every_site_analytics_panel_answers_with_the_truth() {
     let site = variables.iter().find(|v| v["name"] == "site").expect("site variable");
     let sql = expand(site["query"].as_str().expect("site query"), Range { from: 0, to: 0 }, &db.config.database, "");
     let sites: Vec<String> =
-        answer(&query(&format!("{sql} FORMAT JSON")), &sql).rows.iter().map(|r| text(&r["site"])).collect();
+        answer(&db.query(&format!("{sql} FORMAT JSON")), &sql).rows.iter().map(|r| text(&r["site"])).collect();
     assert_eq!(sites, [SITE, OTHER_SITE], "{sql}");
 
     let day0 = day0();
@@ -638,11 +658,11 @@ async fn every_site_analytics_panel_answers_with_the_truth() {
                 if title == "Top referrer URLs (leaderboard)" && !topk_states {
                     // Servers before 22.8 keep leaderboards as raw bytes (their topK states are
                     // corrupted when stored); the plugin needs a current server anyway.
-                    let error = try_query(&sql).expect_err("topKMerge over raw bytes fails on this server");
+                    let error = db.try_query(&sql).expect_err("topKMerge over raw bytes fails on this server");
                     assert!(error.contains("topKMerge") || error.contains("String"), "{error}");
                     continue;
                 }
-                let answer = answer(&query(&sql), &sql);
+                let answer = answer(&db.query(&sql), &sql);
                 if panel["type"] == "timeseries" {
                     let (name, kind) = answer.columns.first().cloned().unwrap_or_default();
                     assert!(name == "time" && kind.starts_with("DateTime"), "{title}: first column {name} {kind}");
