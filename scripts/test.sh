@@ -5,7 +5,8 @@
 # processor's uniqHLL12 tests a second time against a current ClickHouse (26.9, chDB behind
 # sink/tests/chdb_server.py), so the same DDL, inserts, documented queries and byte-identical
 # visitor sketches are proven on 18.16 and on a current release. Tests that need a service fail
-# loudly without it.
+# loudly without it. The cluster's tests (2 shards × 2 replicas of 18.16 with ZooKeeper,
+# `scripts/services.sh cluster`) run in the first pass only: chDB is one server.
 #
 # One build serves both passes: the second runs test binaries of the first (with
 # cargo-nextest, which is on the machine, or else straight from `cargo test`'s build), so
@@ -14,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
+scripts/services.sh cluster
 scripts/services.sh chdb
 scripts/services.sh tools
 
@@ -21,7 +23,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked "$@"
   again() {
     cargo nextest run --workspace --locked \
-      -E 'binary(it) & (package(gallop-sink) | (package(gallop-processor) & test(/^hll::/)))'
+      -E 'binary(it) & ((package(gallop-sink) & !test(/cluster/)) | (package(gallop-processor) & test(/^hll::/)))'
   }
 else
   cargo test --workspace --locked "$@"
@@ -41,7 +43,7 @@ for line in sys.stdin:
   }
   sink_it="$(it_binary sink "$@")" processor_it="$(it_binary processor "$@")"
   [ -x "$sink_it" ] && [ -x "$processor_it" ] || { echo "FATAL: the test binaries were not found" >&2; exit 1; }
-  again() { (cd sink && "$sink_it") && (cd processor && "$processor_it" hll::); }
+  again() { (cd sink && "$sink_it" --skip cluster) && (cd processor && "$processor_it" hll::); }
 fi
 
 echo "== the sink's integration tests and the processor's uniqHLL12 tests against a current ClickHouse (chDB)"

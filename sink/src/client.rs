@@ -62,8 +62,33 @@ impl ClickHouse {
     /// `clickhouse.cluster`, the server must know that cluster, with as many shards as
     /// `clickhouse.shards` lists, and the schema is the cluster's.
     pub async fn connect(config: &ClickHouseConfig) -> Result<Self, SinkError> {
+        if config.cluster.is_none() {
+            return Self::connect_to(config, &config.url).await;
+        }
+        // On a cluster any server will do: `url` first, then the replicas in order.
+        let mut candidates = vec![&config.url];
+        candidates.extend(config.shards.iter().flatten().filter(|url| **url != config.url));
+        let mut last = None;
+        for url in candidates {
+            match Self::connect_to(config, url).await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "a server of the cluster does not answer; trying the next");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| SinkError::Unavailable {
+            url: config.url.clone(),
+            operation: "connecting".to_owned(),
+            reason: "no server to connect to".to_owned(),
+        }))
+    }
+
+    /// [`connect`](Self::connect) to the server at `url`.
+    async fn connect_to(config: &ClickHouseConfig, url: &str) -> Result<Self, SinkError> {
         let mut client = Client::default()
-            .with_url(config.url.as_str())
+            .with_url(url)
             .with_user(config.user.as_str())
             .with_validation(false)
             .with_compression(if config.compression { Compression::Lz4 } else { Compression::None })
@@ -73,7 +98,7 @@ impl ClickHouse {
         }
         let mut this = Self {
             client,
-            url: config.url.clone(),
+            url: url.to_owned(),
             timeout: config.request_timeout,
             version: ServerVersion { major: 0, minor: 0, patch: 0 },
             schema: Schema::new(&config.database, Default::default()),
@@ -218,12 +243,19 @@ impl ClickHouse {
     /// processes at once: every statement is `IF NOT EXISTS`, and a race on creation
     /// counts as success.
     ///
-    /// On a cluster every statement runs `ON CLUSTER` and waits (up to
+    /// On a cluster every statement runs `ON CLUSTER` and waits (up to ¾ of
     /// `clickhouse.request_timeout`) until every server ran it; a server that is down fails
     /// the migration, which is not recorded. The statements stay queued for that server,
     /// and running `gallop migrate` again once it is back completes it: every statement is
     /// idempotent, so nothing is applied twice.
     pub async fn migrate(&self) -> Result<MigrationReport, SinkError> {
+        // Up to date: no DDL at all (on a cluster, DDL waits for every server, and a replica
+        // that is down must not keep processors from starting).
+        let latest = self.schema.latest_version();
+        let found = self.schema_version().await?;
+        if found >= latest {
+            return Ok(MigrationReport { server: self.version, from: found, to: found, applied: Vec::new() });
+        }
         for statement in self.schema.bootstrap() {
             self.execute_idempotent(&statement).await?;
         }
@@ -251,7 +283,8 @@ impl ClickHouse {
 
     async fn execute_idempotent(&self, sql: &str) -> Result<(), SinkError> {
         let result = if self.schema.cluster().is_some() {
-            let wait = self.timeout.as_secs().max(1).to_string();
+            // The server's own answer (which hosts did not finish) before the request's deadline.
+            let wait = (self.timeout.as_secs() * 3 / 4).max(1).to_string();
             let query = self.client.query(sql).with_setting("distributed_ddl_task_timeout", wait).execute();
             self.deadline(sql, query).await
         } else {

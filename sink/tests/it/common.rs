@@ -26,13 +26,54 @@ pub(crate) fn cluster_server(n: u32) -> String {
 /// A database name of its own for one test; dropped (best effort) when the test ends.
 pub(crate) struct TestDb {
     pub(crate) config: ClickHouseConfig,
+    /// On the cluster: the lock of tests using it (see [`ClusterLock`]).
+    _lock: Option<ClusterLock>,
+}
+
+/// The lock every test using the loopback cluster holds: shared while it only uses the
+/// cluster, exclusive while it stops a server or ZooKeeper (which the others would see).
+/// The whole-pipeline tests (`tests/it/cluster.rs`) take the same lock. Held by a `flock(1)`
+/// child (the crate forbids `unsafe`, and `File::lock` is newer than its MSRV) until dropped.
+pub(crate) struct ClusterLock(std::process::Child);
+
+impl ClusterLock {
+    pub(crate) fn take(exclusive: bool) -> Self {
+        use std::io::BufRead;
+        let dir = std::env::var("TEST_GALLOP_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/gallop-cluster".to_owned());
+        let path = format!("{dir}/tests.lock");
+        let mut child = std::process::Command::new("flock")
+            .args([if exclusive { "--exclusive" } else { "--shared" }, &path, "-c", "echo locked; exec cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("flock(1) for the cluster's test lock {path}: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("flock answers");
+        assert_eq!(line.trim(), "locked", "the cluster's test lock {path} (scripts/services.sh cluster makes {dir})");
+        Self(child)
+    }
+}
+
+impl Drop for ClusterLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl TestDb {
     /// The same on the loopback cluster ([`CLUSTER`]), read and migrated through server 1;
     /// fails loudly when the cluster is not up.
     pub(crate) fn on_cluster(test: &str) -> Self {
+        Self::on_cluster_locked(test, false)
+    }
+
+    /// [`on_cluster`](Self::on_cluster), holding the cluster's lock exclusively where the
+    /// test stops a server.
+    pub(crate) fn on_cluster_locked(test: &str, exclusive: bool) -> Self {
         let mut db = Self::new(test);
+        db._lock = Some(ClusterLock::take(exclusive));
         for n in 1..=4 {
             let url = cluster_server(n);
             if let Err(e) = ureq::get(&format!("{url}/ping")).call() {
@@ -103,7 +144,7 @@ impl TestDb {
             retry_max_backoff: std::time::Duration::from_millis(400),
             ..ClickHouseConfig::default()
         };
-        Self { config }
+        Self { config, _lock: None }
     }
 
     /// Connects, failing loudly when no server answers.
