@@ -501,8 +501,11 @@ impl Reader {
         dimension: &str,
         k: usize,
     ) -> Result<Vec<Leader>, SinkError> {
+        // Through a Distributed table, ClickHouse 18.16 sends `SELECT top FROM …` to the
+        // shards without the quotes, which they read as `SELECT TOP n`: hence `identity`.
         let sql = format!(
-            "SELECT `top` FROM {} WHERE site = '{}' AND kind = 'leaderboard' AND dimension = '{}' AND {} FORMAT RowBinary",
+            "SELECT identity(`top`) FROM {} WHERE site = '{}' AND kind = 'leaderboard' AND dimension = '{}' AND {} \
+             FORMAT RowBinary",
             self.table(),
             escape(site),
             escape(dimension),

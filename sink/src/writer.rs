@@ -23,7 +23,7 @@ use gallop_config::ClickHouseConfig;
 use gallop_processor::Delta;
 use gallop_support::Backoff;
 use rand::Rng;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use gallop_pipeline::{Claim, Mark, WriteFence};
 
@@ -183,7 +183,7 @@ impl Writer {
         if self.replicas.len() > 1 {
             let next = (self.current.load(Ordering::Relaxed) + 1) % self.replicas.len();
             self.current.store(next, Ordering::Relaxed);
-            info!(failed = failed.url(), next = self.clickhouse().url(), "inserts go to the next replica");
+            debug!(failed = failed.url(), next = self.clickhouse().url(), "inserts go to the next replica");
         }
     }
 

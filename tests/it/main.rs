@@ -2,6 +2,7 @@
 //! servers.
 
 mod brokers;
+mod cluster;
 mod config_cmd;
 mod deploy;
 mod ingest_cmd;

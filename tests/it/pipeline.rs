@@ -276,7 +276,7 @@ impl Drop for PrivateClickHouse {
 pub(crate) struct Pipeline {
     tag: String,
     pub(crate) broker: Broker,
-    database: String,
+    pub(crate) database: String,
     pub(crate) clickhouse_url: String,
     pub(crate) gateway: Option<Child>,
     pub(crate) address: String,
@@ -677,14 +677,21 @@ impl Drop for Pipeline {
         let broker = self.broker.clone();
         let database = self.database.clone();
         let url = self.clickhouse_url.clone();
+        // A database on a cluster goes from every server.
+        let on = self
+            .env
+            .iter()
+            .find(|(key, _)| *key == "GALLOP_CLICKHOUSE__CLUSTER")
+            .map_or_else(String::new, |(_, cluster)| format!(" ON CLUSTER `{cluster}`"));
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
                 broker.clean_up().await;
                 if std::env::var("TEST_GALLOP_KEEP_DB").is_err() {
+                    // On a cluster, a server that does not take it within 10 s takes it later.
                     let _ = reqwest::Client::new()
-                        .post(&url)
-                        .body(format!("DROP DATABASE IF EXISTS `{database}`"))
+                        .post(format!("{url}/?distributed_ddl_task_timeout=10"))
+                        .body(format!("DROP DATABASE IF EXISTS `{database}`{on}"))
                         .send()
                         .await;
                 }
