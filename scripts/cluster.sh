@@ -21,6 +21,8 @@ ZK_PORT=12181
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
 zk_ready() { (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf srvr >&3 && cat <&3) 2>/dev/null | grep -q '^Mode: standalone'; }
+# Whether the pid in chN's pid file is (still) a live process.
+exiting_pid() { local f="$BASE/ch$1/clickhouse.pid"; [ -s "$f" ] && kill -0 "$(tr -d '[:space:]' <"$f")" 2>/dev/null; }
 ch_ready() { curl -sf "http://127.0.0.1:1812$1/ping" >/dev/null 2>&1; }
 
 configure() {
@@ -144,7 +146,11 @@ up() {
   log "ZooKeeper serving on 127.0.0.1:$ZK_PORT"
   local i
   for i in 1 2 3 4; do
-    ch_ready "$i" || clickhouse-server --config-file="$BASE/ch$i/config.xml" --pid-file="$BASE/ch$i/clickhouse.pid" --daemon
+    ch_ready "$i" && continue
+    # A server just SIGKILLed takes a second or two to exit; started meanwhile, the new one
+    # finds its pid alive, exits at once and removes the pid file.
+    exiting_pid "$i" && for _ in $(seq 1 100); do exiting_pid "$i" || break; sleep 0.1; done
+    clickhouse-server --config-file="$BASE/ch$i/config.xml" --pid-file="$BASE/ch$i/clickhouse.pid" --daemon
   done
   for i in 1 2 3 4; do
     for _ in $(seq 1 300); do ch_ready "$i" && break; sleep 0.1; done

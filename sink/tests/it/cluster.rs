@@ -139,14 +139,14 @@ impl Server {
         std::env::var("TEST_GALLOP_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/gallop-cluster".to_owned())
     }
 
-    /// SIGKILL, then waits until it no longer answers.
+    /// SIGKILL, then waits until the process is gone (it takes a second or two to exit).
     fn kill(&self) {
         let pid_file = format!("{}/ch{}/clickhouse.pid", Self::dir(), self.0);
         let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{pid_file}: {e}"));
-        let killed = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status().expect("kill runs");
+        let pid = pid.trim();
+        let killed = std::process::Command::new("kill").args(["-KILL", pid]).status().expect("kill runs");
         assert!(killed.success(), "kill -KILL {pid}");
-        let url = format!("{}/ping", cluster_server(self.0));
-        while ureq::get(&url).call().is_ok() {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
