@@ -11,6 +11,11 @@
 //! gateway published and the broker stores per million events, and the rows and bytes
 //! ClickHouse holds per million events.
 //!
+//! With `clickhouse.cluster` it also prints, over the same window, the CPU of each server of
+//! `clickhouse.shards` (µs per event) and the rows each shard took per second
+//! (`system.events` `InsertedRows` of its replicas); storage is read from every shard's
+//! `aggregates_local`, and the database is dropped `ON CLUSTER`.
+//!
 //! The brokers are reached through their adapters (`gallop-nats`, `gallop-kafka`): the
 //! topic load through an [`InputPublisher`], the stream's size and the clean-up through
 //! the adapters' own calls.
@@ -30,7 +35,7 @@ use gallop_config::{BrokerKind, Config};
 use gallop_event::EventRecord;
 use gallop_kafka::{KafkaInputPublisher, KafkaSetupError};
 use gallop_nats::{NatsBroker, NatsError, NatsInputPublisher};
-use gallop_sink::{ClickHouse, SinkError, AGGREGATES_TABLE};
+use gallop_sink::{ClickHouse, SinkError, AGGREGATES_TABLE, LOCAL_AGGREGATES_TABLE};
 use gallop_support::Backoff;
 use serde::Deserialize;
 use tokio::{
@@ -265,8 +270,22 @@ async fn run(options: &PipelineBench, config: &Config, config_path: Option<PathB
         BrokerKind::Nats => format!("NATS {}", config.nats.url),
         BrokerKind::Kafka => format!("Kafka {}", config.kafka.bootstrap_servers),
     };
+    let cluster = match &config.clickhouse.cluster {
+        Some(cluster) => {
+            let shards: Vec<String> = config
+                .clickhouse
+                .shards
+                .iter()
+                .map(|replicas| {
+                    format!("[{}]", replicas.iter().map(|url| host_port(url)).collect::<Vec<_>>().join(", "))
+                })
+                .collect();
+            format!(" (cluster {cluster}, shards {})", shards.join(", "))
+        }
+        None => String::new(),
+    };
     println!(
-        "processor: flush every {:?} or {} keys; ClickHouse {}; broker {broker}",
+        "processor: flush every {:?} or {} keys; ClickHouse {}{cluster}; broker {broker}",
         config.processor.flush_interval, config.processor.flush_keys, config.clickhouse.url
     );
 
@@ -431,6 +450,7 @@ impl Bench {
             "SELECT sumMerge(events) AS n FROM {table} WHERE kind = 'rollup' AND granularity = 'minute' AND dimension = 'total'"
         );
 
+        let servers = self.servers();
         let pids = Pids {
             gateway: gateway.id().ok_or_else(|| exited("ingest"))?,
             processors: processors
@@ -442,9 +462,13 @@ impl Bench {
                 // Tansu's binary is named after its version; /proc shows 15 bytes of it.
                 BrokerKind::Kafka => find_process("tansu").or_else(|| find_process("java")),
             },
-            clickhouse: find_process("clickhouse-serv"),
+            // One server: the oldest clickhouse-server of this machine. A cluster: each server
+            // of `clickhouse.shards` by its HTTP port (see `Server`); `clickhouse` stays unset.
+            clickhouse: if servers.is_empty() { find_process("clickhouse-serv") } else { None },
+            servers: servers.iter().map(|s| s.pid).collect(),
             this: std::process::id(),
         };
+        let inserted_before = insert_counters(&clickhouse, &servers).await;
         let cpu_before = pids.cpu(ticks);
         let started = Instant::now();
         let total = requests.len();
@@ -517,6 +541,7 @@ impl Bench {
         let sent_at = sent_at.unwrap_or_default();
         let (done_at, landed_total) = *samples.last().unwrap_or(&(0.0, 0));
         let cpu_after = pids.cpu(ticks);
+        let inserted_after = insert_counters(&clickhouse, &servers).await;
         if landed_total != options.events as u64 {
             return Err(PipelineError::Miscounted { landed: landed_total, sent: options.events });
         }
@@ -586,6 +611,28 @@ impl Bench {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
+        // Each server of the cluster, and all of them together (a process counted once where
+        // two URLs lead to it).
+        let server_cpu: Vec<Option<f64>> =
+            cpu_before.servers.iter().zip(&cpu_after.servers).map(|(a, b)| Some((*b)? - (*a)?)).collect();
+        let (clickhouse_label, clickhouse_cpu) = if servers.is_empty() {
+            ("ClickHouse (clickhouse-server)".to_owned(), used(|c| c.clickhouse))
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            let found: Vec<f64> = servers
+                .iter()
+                .zip(&server_cpu)
+                .filter_map(|(server, cpu)| Some((server.pid?, (*cpu)?)))
+                .filter(|(pid, _)| seen.insert(*pid))
+                .map(|(_, cpu)| cpu)
+                .collect();
+            let label = if found.len() == servers.len() {
+                format!("ClickHouse ({} servers)", servers.len())
+            } else {
+                format!("ClickHouse ({} of {} servers)", found.len(), servers.len())
+            };
+            (label, (!found.is_empty()).then(|| found.iter().sum()))
+        };
         let parts: [(&str, Option<f64>); 5] = [
             ("gateway (gallop ingest)", used(|c| c.gateway)),
             (
@@ -596,7 +643,7 @@ impl Bench {
                 used(|c| c.broker),
             ),
             ("processors (gallop process)", used(|c| c.processors).map(|s| s + killed_cpu)),
-            ("ClickHouse (clickhouse-server)", used(|c| c.clickhouse)),
+            (&clickhouse_label, clickhouse_cpu),
             ("load generator (this process)", used(|c| c.this)),
         ];
         let busy: f64 = parts.iter().filter_map(|p| p.1).sum();
@@ -612,6 +659,10 @@ impl Bench {
                 }
                 None => println!("  {name:<32} (process not found on this machine)"),
             }
+        }
+        if !servers.is_empty() {
+            let run = Window { events: n, seconds: done_at, busy };
+            self.cluster_report(&servers, &server_cpu, &inserted_before, &inserted_after, run);
         }
         let published = scrape(&gateway_address, "gallop_published_bytes_total").await;
         self.storage(&clickhouse, n, published).await?;
@@ -637,19 +688,14 @@ impl Bench {
 
     /// Bytes on the broker, rows and bytes in ClickHouse, per million events.
     async fn storage(&self, clickhouse: &ClickHouse, events: f64, published: Option<f64>) -> Result<(), PipelineError> {
-        #[derive(Deserialize)]
-        struct Parts {
-            rows: u64,
-            parts: u64,
-            compressed: u64,
-            uncompressed: u64,
-        }
-        let parts_sql = format!(
-            "SELECT sum(rows) AS rows, count() AS parts, sum(data_compressed_bytes) AS compressed, \
-             sum(data_uncompressed_bytes) AS uncompressed FROM system.parts \
-             WHERE database = '{}' AND table = '{AGGREGATES_TABLE}' AND active",
-            self.database
-        );
+        let parts_sql = |table: &str| {
+            format!(
+                "SELECT sum(rows) AS rows, count() AS parts, sum(data_compressed_bytes) AS compressed, \
+                 sum(data_uncompressed_bytes) AS uncompressed FROM system.parts \
+                 WHERE database = '{}' AND table = '{table}' AND active",
+                self.database
+            )
+        };
         let per_million = events / 1_000_000.0;
         if let Some(bytes) = published {
             println!(
@@ -670,15 +716,46 @@ impl Bench {
                 HITKEEP_BYTES_PER_MILLION / (p.compressed as f64 / per_million).max(1.0)
             )
         };
-        println!("ClickHouse storage (table aggregates, rollups at minute + hour + day, leaderboards, markers):");
-        let written = clickhouse.fetch::<Parts>(&parts_sql).await?;
-        if let Some(p) = written.first() {
-            show("as written:", p);
-        }
-        clickhouse.execute(&format!("OPTIMIZE TABLE {} FINAL", clickhouse.schema().table(AGGREGATES_TABLE))).await?;
-        let merged = clickhouse.fetch::<Parts>(&parts_sql).await?;
-        if let Some(p) = merged.first() {
-            show("after OPTIMIZE FINAL:", p);
+        if let Some(cluster) = &self.clickhouse.cluster {
+            // The Distributed `aggregates` has no parts: each shard's are those of
+            // `aggregates_local` on its replicas.
+            println!(
+                "ClickHouse storage (table {LOCAL_AGGREGATES_TABLE} of cluster {cluster}: all shards, one replica each, then \
+                 each shard; rollups at minute + hour + day, leaderboards, markers):"
+            );
+            let sql = parts_sql(LOCAL_AGGREGATES_TABLE);
+            let written = self.replica_parts(clickhouse, &sql).await;
+            self.show_shards("as written", &written, per_million, &show);
+            for (shard, replicas) in self.clickhouse.shards.iter().enumerate() {
+                let table = clickhouse.schema().table(LOCAL_AGGREGATES_TABLE);
+                let mut result = Err("no replica".to_owned());
+                for url in replicas {
+                    let optimize = clickhouse.at(url).execute(&format!("OPTIMIZE TABLE {table} FINAL")).await;
+                    result = optimize.map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                if let Err(e) = result {
+                    println!("  shard {}: OPTIMIZE FINAL failed: {e}", shard + 1);
+                }
+            }
+            let merged = self.replica_parts(clickhouse, &sql).await;
+            self.show_shards("after OPTIMIZE FINAL", &merged, per_million, &show);
+        } else {
+            println!("ClickHouse storage (table aggregates, rollups at minute + hour + day, leaderboards, markers):");
+            let sql = parts_sql(AGGREGATES_TABLE);
+            let written = clickhouse.fetch::<Parts>(&sql).await?;
+            if let Some(p) = written.first() {
+                show("as written:", p);
+            }
+            clickhouse
+                .execute(&format!("OPTIMIZE TABLE {} FINAL", clickhouse.schema().table(AGGREGATES_TABLE)))
+                .await?;
+            let merged = clickhouse.fetch::<Parts>(&sql).await?;
+            if let Some(p) = merged.first() {
+                show("after OPTIMIZE FINAL:", p);
+            }
         }
         if self.kind == BrokerKind::Kafka {
             println!(
@@ -696,6 +773,208 @@ impl Bench {
             }
         }
         Ok(())
+    }
+
+    /// The servers of the cluster (`clickhouse.shards`), each with its process where it runs
+    /// on this machine; none on one server.
+    fn servers(&self) -> Vec<Server> {
+        if self.clickhouse.cluster.is_none() {
+            return Vec::new();
+        }
+        let shards = self.clickhouse.shards.iter().enumerate();
+        shards
+            .flat_map(|(shard, replicas)| {
+                replicas.iter().map(move |url| Server { shard, url: url.clone(), pid: server_pid(url) })
+            })
+            .collect()
+    }
+
+    /// The cluster's part of the report: CPU of each server, rows inserted per shard.
+    fn cluster_report(
+        &self,
+        servers: &[Server],
+        cpu: &[Option<f64>],
+        before: &[Option<InsertCounters>],
+        after: &[Option<InsertCounters>],
+        run: Window,
+    ) {
+        let cluster = self.clickhouse.cluster.as_deref().unwrap_or_default();
+        println!(
+            "ClickHouse servers of cluster {cluster} over the {:.1} s run (each the clickhouse process listening on its \
+             HTTP port):",
+            run.seconds
+        );
+        for (server, cpu) in servers.iter().zip(cpu) {
+            let name = format!("shard {} {}", server.shard + 1, host_port(&server.url));
+            match (server.pid, cpu) {
+                (Some(pid), Some(s)) => println!(
+                    "  {name:<32} {s:>7.2} s  {:>5.1} %  {:>8.2} µs/event  (pid {pid})",
+                    100.0 * s / run.busy,
+                    s * 1e6 / run.events
+                ),
+                (Some(pid), None) => println!("  {name:<32} (pid {pid} exited during the run)"),
+                (None, _) => println!("  {name:<32} (process not found on this machine)"),
+            }
+        }
+        println!(
+            "rows inserted per shard over the {:.1} s run (system.events InsertedRows of its replicas: the rows of the \
+             inserts each took; parts fetched from another replica do not count):",
+            run.seconds
+        );
+        let (mut all_rows, mut all_duplicates, mut all_cpu, mut complete) = (0u64, 0u64, 0.0, true);
+        for shard in 0..self.clickhouse.shards.len() {
+            let (mut rows, mut shard_cpu, mut each) = (0u64, 0.0, Vec::new());
+            for (i, server) in servers.iter().enumerate().filter(|(_, s)| s.shard == shard) {
+                shard_cpu += cpu.get(i).copied().flatten().unwrap_or(0.0);
+                match (before.get(i).copied().flatten(), after.get(i).copied().flatten()) {
+                    (Some(b), Some(a)) => {
+                        let took = a.rows.saturating_sub(b.rows);
+                        rows += took;
+                        all_duplicates += a.duplicates.saturating_sub(b.duplicates);
+                        each.push(format!("{} {took}", host_port(&server.url)));
+                    }
+                    _ => {
+                        complete = false;
+                        each.push(format!("{} unreadable", host_port(&server.url)));
+                    }
+                }
+            }
+            all_rows += rows;
+            all_cpu += shard_cpu;
+            println!(
+                "  {:<32} {rows:>9} rows  {:>8.0} rows/s  {:>6.3} rows/event  {:>8.2} µs/event of its servers' CPU  ({})",
+                format!("shard {}", shard + 1),
+                rows as f64 / run.seconds,
+                rows as f64 / run.events,
+                shard_cpu * 1e6 / run.events,
+                each.join(", ")
+            );
+        }
+        println!(
+            "  {:<32} {all_rows:>9} rows  {:>8.0} rows/s  {:>6.3} rows/event  {:>8.2} µs/event of all servers' CPU{}",
+            "all shards",
+            all_rows as f64 / run.seconds,
+            all_rows as f64 / run.events,
+            all_cpu * 1e6 / run.events,
+            if complete { "" } else { " (a replica's counter could not be read)" }
+        );
+        if all_duplicates > 0 {
+            println!(
+                "  {all_duplicates} inserted blocks were retries dropped by the replicated deduplication; InsertedRows \
+                 counts their rows all the same"
+            );
+        }
+    }
+
+    /// The parts of `sql` (on `aggregates_local`) of every replica of every shard, each
+    /// replica first synced with its shard's replication log (`SYSTEM SYNC REPLICA`: it holds
+    /// every insert any replica took); `None` where the replica did not answer.
+    async fn replica_parts(&self, clickhouse: &ClickHouse, sql: &str) -> Vec<Vec<(String, Option<Parts>)>> {
+        let mut shards = Vec::new();
+        for replicas in &self.clickhouse.shards {
+            let mut each = Vec::new();
+            for url in replicas {
+                let server = clickhouse.at(url);
+                let parts = async {
+                    server.sync_replica().await?;
+                    server.fetch::<Parts>(sql).await
+                };
+                each.push((host_port(url), parts.await.ok().and_then(|rows| rows.into_iter().next())));
+            }
+            shards.push(each);
+        }
+        shards
+    }
+
+    /// The shards' parts together (`show`; each shard's first replica that answered), then
+    /// each shard's, and what all replicas hold together.
+    fn show_shards(
+        &self,
+        phase: &str,
+        shards: &[Vec<(String, Option<Parts>)>],
+        per_million: f64,
+        show: &dyn Fn(&str, &Parts),
+    ) {
+        let (mut total, mut copies, mut servers) = (Parts::default(), Parts::default(), 0);
+        let mut lines = Vec::new();
+        for (shard, replicas) in shards.iter().enumerate() {
+            let label = format!("shard {}", shard + 1);
+            match replicas.iter().find_map(|(_, p)| *p) {
+                Some(p) => {
+                    lines.push(format!(
+                        "    {label:<22} {:>9.0} rows/M events, {:>7.2} MB/M compressed ({:.2} MB/M uncompressed), {} \
+                         parts",
+                        p.rows as f64 / per_million,
+                        p.compressed as f64 / per_million / 1e6,
+                        p.uncompressed as f64 / per_million / 1e6,
+                        p.parts
+                    ));
+                    total.add(&p);
+                }
+                None => lines.push(format!("    {label:<22} no replica answered")),
+            }
+            for p in replicas.iter().filter_map(|(_, p)| p.as_ref()) {
+                copies.add(p);
+                servers += 1;
+            }
+            let mut rows: Vec<Option<u64>> = replicas.iter().map(|(_, p)| p.map(|p| p.rows)).collect();
+            rows.dedup();
+            if rows.len() > 1 {
+                let each: Vec<String> = replicas
+                    .iter()
+                    .map(|(address, p)| match p {
+                        Some(p) => format!("{address} {} rows in {} parts", p.rows, p.parts),
+                        None => format!("{address} did not answer"),
+                    })
+                    .collect();
+                lines.push(format!("    {:<22} the replicas differ: {}", "", each.join(", ")));
+            }
+        }
+        show(&format!("{phase}:"), &total);
+        for line in lines {
+            println!("{line}");
+        }
+        println!(
+            "    {:<22} {:>9} {:>7.2} MB/M compressed (each replica holds its shard's copy)",
+            format!("all {servers} replicas"),
+            "",
+            copies.compressed as f64 / per_million / 1e6
+        );
+    }
+
+    /// `DROP DATABASE … ON CLUSTER`, sent to `clickhouse.url` or, where that does not answer,
+    /// the first replica that does. A server that does not run it within 10 s
+    /// (`distributed_ddl_task_timeout`) runs it later from the DDL queue.
+    async fn drop_on_cluster(&self, cluster: &str) -> Result<(), String> {
+        let sql = format!("DROP DATABASE IF EXISTS `{}` ON CLUSTER `{cluster}`", self.database);
+        let client = reqwest::Client::new();
+        let mut urls = vec![&self.clickhouse.url];
+        urls.extend(self.clickhouse.shards.iter().flatten().filter(|url| **url != self.clickhouse.url));
+        let mut last = "no server".to_owned();
+        for url in urls {
+            let mut request = client
+                .post(format!("{}/?distributed_ddl_task_timeout=10", url.trim_end_matches('/')))
+                .header("X-ClickHouse-User", &self.clickhouse.user)
+                .timeout(Duration::from_secs(60))
+                .body(sql.clone());
+            if let Some(password) = &self.clickhouse.password {
+                request = request.header("X-ClickHouse-Key", password.expose());
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                // The server took the statement into the DDL queue: another one would not do better.
+                Ok(response) => {
+                    let status = response.status();
+                    return Err(format!(
+                        "{}: {status} {}",
+                        host_port(url),
+                        response.text().await.unwrap_or_default().trim()
+                    ));
+                }
+                Err(e) => last = format!("{}: {e}", host_port(url)),
+            }
+        }
+        Err(last)
     }
 
     /// A connection to this run's NATS stream.
@@ -770,7 +1049,9 @@ impl Bench {
                 Err(e) => report("the bench's streams", Err(e.to_string())),
             },
         }
-        if let Ok(clickhouse) = ClickHouse::connect(&self.clickhouse).await {
+        if let Some(cluster) = &self.clickhouse.cluster {
+            report(&format!("database {} on cluster {cluster}", self.database), self.drop_on_cluster(cluster).await);
+        } else if let Ok(clickhouse) = ClickHouse::connect(&self.clickhouse).await {
             let _ = clickhouse.execute(&format!("DROP DATABASE IF EXISTS `{}`", self.database)).await;
         }
     }
@@ -935,12 +1216,160 @@ fn accepted_at(accepted: &[(f64, u64)], events: u64) -> f64 {
     accepted.get(i).or(accepted.last()).map_or(0.0, |a| a.0)
 }
 
+/// Rows, parts and bytes of a table's active parts (`system.parts`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct Parts {
+    rows: u64,
+    parts: u64,
+    compressed: u64,
+    uncompressed: u64,
+}
+
+impl Parts {
+    fn add(&mut self, other: &Parts) {
+        self.rows += other.rows;
+        self.parts += other.parts;
+        self.compressed += other.compressed;
+        self.uncompressed += other.uncompressed;
+    }
+}
+
+/// The measured window: events, seconds, CPU-seconds of every measured process.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    events: f64,
+    seconds: f64,
+    busy: f64,
+}
+
+/// A ClickHouse server of the cluster (`clickhouse.shards`).
+struct Server {
+    /// Index in `clickhouse.shards` (partition `p` is written to shard `p % shards`).
+    shard: usize,
+    url: String,
+    /// Its process, where it runs on this machine ([`server_pid`]).
+    pid: Option<u32>,
+}
+
+/// A server's insert counters (`system.events`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct InsertCounters {
+    /// `InsertedRows`: rows of the INSERTs this server took. Parts a replica fetches from
+    /// another are not counted (checked on 18.16: 12 345 rows inserted on one replica raise
+    /// its InsertedRows by 12 345 and leave the other replica's at 0, whose
+    /// ReplicatedPartFetches goes up by 1), so the sum over a shard's replicas is the rows
+    /// written to the shard once.
+    rows: u64,
+    /// `DuplicatedInsertedBlocks`: retried blocks the replicated deduplication dropped, whose
+    /// rows InsertedRows counts all the same.
+    duplicates: u64,
+}
+
+/// Each server's insert counters; `None` where it does not answer.
+async fn insert_counters(clickhouse: &ClickHouse, servers: &[Server]) -> Vec<Option<InsertCounters>> {
+    // system.events lists only the counters above 0 (18.16): a sum of nothing is 0.
+    let sql = "SELECT sumIf(value, event = 'InsertedRows') AS rows, \
+               sumIf(value, event = 'DuplicatedInsertedBlocks') AS duplicates FROM system.events";
+    let mut counters = Vec::new();
+    for server in servers {
+        let rows = clickhouse.at(&server.url).fetch::<InsertCounters>(sql).await;
+        counters.push(rows.ok().and_then(|rows| rows.into_iter().next()));
+    }
+    counters
+}
+
+/// `host:port` of `url` (no scheme, no credentials), for the output.
+fn host_port(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}:{}", u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or_default()),
+        Err(_) => url.rsplit('@').next().unwrap_or(url).to_owned(),
+    }
+}
+
+/// The process of the ClickHouse server at `url`, where it runs on this machine: the
+/// process whose command name starts with `clickhouse` that holds the socket listening on
+/// the URL's port at its address (or at the wildcard address).
+///
+/// The URL is all the bench knows of a server, whatever started it (scripts/cluster.sh,
+/// systemd, by hand), so the process is found from it rather than from pid files (the
+/// loopback cluster's `$TEST_GALLOP_CLUSTER_DIR/chN/clickhouse.pid`) or command lines
+/// (`--config-file=…`), which only one way of starting servers writes. `None` (printed as
+/// "process not found on this machine", its CPU left out) where the server runs on another
+/// host, behind a proxy or in a container's network namespace (docker-proxy holds the
+/// port), or where this user may not read the server's /proc/<pid>/fd.
+fn server_pid(url: &str) -> Option<u32> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let url = reqwest::Url::parse(url).ok()?;
+    let port = url.port_or_known_default()?;
+    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => (host, port).to_socket_addrs().ok()?.map(|a| a.ip()).collect(),
+    };
+    // Only an address of this machine (one a socket can be bound to) can be a server here.
+    let local: Vec<IpAddr> = addresses
+        .into_iter()
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| ip.is_loopback() || std::net::UdpSocket::bind((*ip, 0)).is_ok())
+        .collect();
+    if local.is_empty() {
+        return None;
+    }
+    let mut sockets = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let Some((ip, listening_port)) = address.split_once(':') else { continue };
+            // 0A: LISTEN.
+            if *state != "0A" || u16::from_str_radix(listening_port, 16).ok() != Some(port) {
+                continue;
+            }
+            if proc_net_ip(ip).is_some_and(|ip| ip.is_unspecified() || local.contains(&ip)) {
+                sockets.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if sockets.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc").ok()?.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(
+        |pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("clickhouse"))
+                && std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                    fds.filter_map(Result::ok).any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|link| link.to_str().is_some_and(|link| sockets.contains(link)))
+                    })
+                })
+        },
+    )
+}
+
+/// An address as /proc/net/tcp{,6} writes it: the bytes of the address as 32-bit words in
+/// the machine's byte order, each in hex.
+fn proc_net_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let words: Vec<u32> =
+        (0..hex.len() / 8).map(|i| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()).collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match bytes.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_canonical()),
+        _ => None,
+    }
+}
+
 /// Processes whose CPU time is measured.
 struct Pids {
     gateway: u32,
     processors: Vec<u32>,
     broker: Option<u32>,
     clickhouse: Option<u32>,
+    /// Each server of the cluster (none on one server), where found on this machine.
+    servers: Vec<Option<u32>>,
     this: u32,
 }
 
@@ -953,6 +1382,8 @@ struct Cpu {
     each: Vec<Option<f64>>,
     broker: Option<f64>,
     clickhouse: Option<f64>,
+    /// Each server of the cluster.
+    servers: Vec<Option<f64>>,
     this: Option<f64>,
 }
 
@@ -968,6 +1399,7 @@ impl Pids {
             each: self.processors.iter().map(|&p| cpu_seconds(p, ticks)).collect(),
             broker: of(self.broker),
             clickhouse: of(self.clickhouse),
+            servers: self.servers.iter().map(|&p| of(p)).collect(),
             this: of(Some(self.this)),
         }
     }
@@ -1071,4 +1503,38 @@ async fn terminate(child: &mut Child) -> Result<(), PipelineError> {
 /// A child that has already exited (no pid).
 fn exited(command: &str) -> PipelineError {
     PipelineError::Child { command: command.to_owned(), reason: "exited at once".to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn proc_net_addresses_are_read_in_the_machines_byte_order() {
+        assert_eq!(proc_net_ip("0100007F"), Some("127.0.0.1".parse().expect("an address")));
+        assert_eq!(proc_net_ip("00000000"), Some("0.0.0.0".parse().expect("an address")));
+        assert_eq!(proc_net_ip("00000000000000000000000001000000"), Some("::1".parse().expect("an address")));
+        // An IPv4-mapped IPv6 address is the IPv4 one.
+        assert_eq!(proc_net_ip("0000000000000000FFFF00000100007F"), Some("127.0.0.1".parse().expect("an address")));
+        assert_eq!(proc_net_ip("0100007"), None);
+        assert_eq!(proc_net_ip("zz00007F"), None);
+    }
+
+    #[test]
+    fn addresses_are_shown_without_scheme_or_credentials() {
+        assert_eq!(host_port("http://127.0.0.1:18121"), "127.0.0.1:18121");
+        assert_eq!(host_port("https://user:secret@ch.example.com/"), "ch.example.com:443");
+        assert_eq!(host_port("http://[::1]:8123"), "[::1]:8123");
+    }
+
+    #[test]
+    fn a_server_elsewhere_or_not_listening_has_no_process_here() {
+        // TEST-NET-1: no address of this machine.
+        assert_eq!(server_pid("http://192.0.2.1:8123"), None);
+        // A port this test holds: listening, but not a clickhouse process.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        assert_eq!(server_pid(&format!("http://127.0.0.1:{port}")), None);
+    }
 }
