@@ -135,9 +135,10 @@ impl Writer {
             for replica in &self.replicas {
                 match replica.inserts_running(&self.instance).await {
                     Ok(queries) => running.extend(queries),
-                    // A replica that does not answer runs no insert that can land on it
-                    // unseen by the others: its inserts commit through ZooKeeper, and reads
-                    // at start wait until a replica holds every committed part.
+                    // A replica that does not answer is taken to be down: what it committed
+                    // is in the shard's log, which reads at start wait for. One cut off from
+                    // this processor only could still finish an insert begun before; the
+                    // writers' fence bounds that (ARCHITECTURE.md, "Sharing partitions").
                     Err(e) if e.is_transient() && self.replicated => {
                         warn!(error = %e, "a replica does not answer; not waiting for inserts on it");
                     }
