@@ -43,7 +43,15 @@ pub(crate) fn normalize(
 
     let site = required(raw.site, "site", limits.max_site_bytes, "max_site_bytes", &mut error);
     if let Some(site) = &site {
-        if !rules.sites.is_empty() && !rules.sites.iter().any(|s| s == site) {
+        if let Some(bad) = site.chars().find(|&c| !is_site_char(c)) {
+            error(
+                "site",
+                format!(
+                    "{bad:?} is not allowed in a site name: a host name such as example.com, of letters, digits, \
+                     '.', '-', '_' and ':' only"
+                ),
+            );
+        } else if !rules.sites.is_empty() && !rules.sites.iter().any(|s| s == site) {
             error("site", format!("{site:?} is not an allowed site (ingest.sites)"));
         }
     }
@@ -278,6 +286,13 @@ fn engagement_number(
     Some(value as u64)
 }
 
+/// Whether `c` may be part of a site name: sites are host names (`example.com`,
+/// `shop.example.co.uk:8080`, `bücher.de`), and nothing that quotes, escapes or separates —
+/// a site name ends up in SQL literals and URLs of every reader.
+fn is_site_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')
+}
+
 fn required(
     value: Option<String>,
     field: &str,
@@ -444,6 +459,37 @@ mod tests {
              value: must be a finite number from -1e12 to 1e12 (ingest.limits.max_abs_value), got NaN; \
              timestamp: older than the allowed lateness of 1h (time.allowed_lateness)",
         );
+    }
+
+    #[test]
+    fn site_names_are_host_names_and_hostile_ones_are_refused_naming_the_character() {
+        let ua = UaInfo::default();
+        let sender = Sender { ua: &ua, country: "", now_ms: 1_795_428_000_000 };
+        let limits = LimitsConfig::default();
+        let time = TimeConfig::default();
+        let rules = Rules { limits: &limits, time: &time, sites: &[], url_required: true };
+        let with_site = |site: &str| {
+            let mut event = raw("https://example.com/", None);
+            event.site = Some(site.to_owned());
+            normalize(event, 0, &sender, &rules)
+        };
+        for site in ["example.com", "shop.example.co.uk:8080", "bücher.de", "my_site-1"] {
+            assert!(with_site(site).is_ok(), "{site} is a host name");
+        }
+        for (site, bad) in [
+            ("x\\' OR 1=1 -- ", "'\\\\'"),
+            ("back\\slash.example", "'\\\\'"),
+            ("it's.test", "'\\''"),
+            ("a b.example", "' '"),
+            ("\"quoted\".example", "'\"'"),
+            ("tab\t.example", "'\\t'"),
+            ("example.com/blog", "'/'"),
+        ] {
+            let errors = with_site(site).expect_err(site);
+            let reason = &errors[0].reason;
+            assert_eq!(errors[0].field, "site", "{site}: {errors:?}");
+            assert!(reason.contains(bad) && reason.contains("not allowed in a site name"), "{site}: {reason}");
+        }
     }
 
     #[test]

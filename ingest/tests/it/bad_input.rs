@@ -198,6 +198,14 @@ fn catalogue() -> Vec<Case> {
             &["\"field\":\"scroll_depth\"", "only `engagement` events carry scroll_depth"],
         ),
         case(
+            "a site that would break out of a SQL literal",
+            V1,
+            JSON,
+            r#"{"site":"x\\' OR 1=1 -- ","name":"pageview","url":"https://example.com/"}"#,
+            400,
+            &["\"field\":\"site\"", "not allowed in a site name", "letters, digits"],
+        ),
+        case(
             "relative url",
             V1,
             JSON,
