@@ -19,6 +19,9 @@ use crate::common::{event, message, number, processor, TestDb};
 
 const SITE: &str = "it's.test";
 const OTHER_SITE: &str = "other.test";
+/// Site names that broke out of `${site:sqlstring}` (a backslash escapes its quote): each gets
+/// a copy of `SITE`'s events, and its panels must show exactly those.
+const HOSTILE_SITES: [&str; 2] = ["x\\' OR 1=1 -- ", "back\\slash.example"];
 const CLICKHOUSE_UID: &str = "gallop-clickhouse";
 const PROMETHEUS_UID: &str = "gallop-prometheus";
 
@@ -80,7 +83,7 @@ struct Range {
     to: i64,
 }
 
-/// `sql` as the plugin sends it: Grafana's variables (`${database}`, `${site:sqlstring}`)
+/// `sql` as the plugin sends it: Grafana's variables (`${database}`, `${site:percentencode}`)
 /// replaced by the template service, then the plugin's macros. Macros that ClickHouse 18.16
 /// cannot run, or whose value this test cannot know, are refused.
 fn expand(sql: &str, range: Range, database: &str, site: &str) -> String {
@@ -91,8 +94,7 @@ fn expand(sql: &str, range: Range, database: &str, site: &str) -> String {
              DateTime64 do not exist there) or its value depends on the panel's width:\n{sql}"
         );
     }
-    let quoted = format!("'{}'", site.replace('\'', "''"));
-    let mut out = sql.replace("${database}", database).replace("${site:sqlstring}", &quoted);
+    let mut out = sql.replace("${database}", database).replace("${site:percentencode}", &percent_encode(site));
     // $__timeFilter(column) → column >= toDateTime(from) AND column <= toDateTime(to)
     while let Some(start) = out.find("$__timeFilter(") {
         let args = start + "$__timeFilter(".len();
@@ -107,6 +109,17 @@ fn expand(sql: &str, range: Range, database: &str, site: &str) -> String {
     assert!(!out.contains("$__"), "a macro this test does not expand (add it here, as the plugin expands it):\n{sql}");
     assert!(!out.contains('$'), "a Grafana variable this test does not know:\n{sql}");
     out
+}
+
+/// `text` as Grafana's `percentencode` format writes it (`encodeURIComponentStrict`): every
+/// UTF-8 byte other than letters, digits and `-_.~` as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The granularity the dashboards read for a range: minutes up to 6 hours, hours up to 14
@@ -554,7 +567,10 @@ fn dashboards_name_provisioned_datasources_and_unique_panels() {
                     let (format, query_type) = if time_series { (0, "timeSeries") } else { (1, "table") };
                     assert_eq!(target["format"], format, "{file}: {title}: format");
                     assert_eq!(target["queryType"], query_type, "{file}: {title}: queryType");
-                    assert!(sql.contains("${site:sqlstring}"), "{file}: {title}: every query filters on the site");
+                    assert!(
+                        sql.contains("site = decodeURLComponent('${site:percentencode}')"),
+                        "{file}: {title}: every query filters on the site, in a form no site name breaks out of"
+                    );
                 } else {
                     let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{file}: {title}: no expr"));
                     assert!(expr.contains("gallop_") || expr.contains("process_"), "{file}: {title}: {expr}");
@@ -595,6 +611,24 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
         let report = processor.process_message(0, position as u64 + 1, &message(batch), arrival).expect("not full");
         assert_eq!(report.counted, batch.len(), "every event counted (none late or in the future)");
     }
+    // Hostile site names, each with a copy of SITE's events right after the original (in
+    // event-time order: appended at the end they would be older than the allowed lateness).
+    let batches: Vec<Vec<EventRecord>> = batches
+        .into_iter()
+        .map(|batch| {
+            batch
+                .into_iter()
+                .flat_map(|e| {
+                    let copies: Vec<EventRecord> = if e.site == SITE {
+                        HOSTILE_SITES.iter().map(|h| EventRecord { site: (*h).to_owned(), ..e.clone() }).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    std::iter::once(e).chain(copies)
+                })
+                .collect()
+        })
+        .collect();
     // Visitors split over two partitions (a visit stays in one): on a cluster, two shards.
     let mut messages = Vec::new();
     for batch in &batches {
@@ -621,7 +655,12 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
     let sql = expand(site["query"].as_str().expect("site query"), Range { from: 0, to: 0 }, &db.config.database, "");
     let sites: Vec<String> =
         answer(&db.query(&format!("{sql} FORMAT JSON")), &sql).rows.iter().map(|r| text(&r["site"])).collect();
-    assert_eq!(sites, [SITE, OTHER_SITE], "{sql}");
+    let mut want = vec![SITE, OTHER_SITE];
+    want.extend(HOSTILE_SITES);
+    want.sort_unstable();
+    let mut sites = sites;
+    sites.sort_unstable();
+    assert_eq!(sites, want, "{sql}");
 
     let day0 = day0();
     let hour0 = day0 + 10 * 3600;
@@ -633,18 +672,20 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
         ("thirty days: day rows", Range { from: day0 - 20 * 86_400, to: day0 + 10 * 86_400 }),
     ];
     let mut checked = BTreeSet::new();
-    for (what, range) in ranges {
+    for (site, (what, range)) in
+        [SITE].into_iter().chain(HOSTILE_SITES).flat_map(|site| ranges.iter().map(move |r| (site, *r)))
+    {
         let bucket = granularity(range);
         let in_range = |e: &EventRecord| (range.from..=range.to).contains(&(e.ts / 1000 / bucket * bucket));
         let site_events: Vec<&EventRecord> =
-            all.iter().copied().filter(|e| e.site == SITE && e.name != ENGAGEMENT).collect();
+            all.iter().copied().filter(|e| e.site == site && e.name != ENGAGEMENT).collect();
         let truth = Truth {
             events: site_events.iter().copied().filter(|e| in_range(e)).collect(),
             visits: visits(&site_events).into_iter().filter(|v| in_range(v[0])).collect(),
             engagements: all
                 .iter()
                 .copied()
-                .filter(|e| e.site == SITE && e.name == ENGAGEMENT && in_range(e))
+                .filter(|e| e.site == site && e.name == ENGAGEMENT && in_range(e))
                 .collect(),
             bucket,
         };
@@ -653,7 +694,7 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
             let title = panel["title"].as_str().unwrap_or_default();
             for target in panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 let ref_id = target["refId"].as_str().unwrap_or_default();
-                let sql = expand(target["rawSql"].as_str().unwrap_or_default(), range, &db.config.database, SITE);
+                let sql = expand(target["rawSql"].as_str().unwrap_or_default(), range, &db.config.database, site);
                 let sql = format!("{sql}\nFORMAT JSON");
                 if title == "Top referrer URLs (leaderboard)" && !topk_states {
                     // Servers before 22.8 keep leaderboards as raw bytes (their topK states are
@@ -667,7 +708,7 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
                     let (name, kind) = answer.columns.first().cloned().unwrap_or_default();
                     assert!(name == "time" && kind.starts_with("DateTime"), "{title}: first column {name} {kind}");
                 }
-                check(title, ref_id, &answer, &truth, topk_states, &format!("{what}:\n{sql}"));
+                check(title, ref_id, &answer, &truth, topk_states, &format!("site {site:?}, {what}:\n{sql}"));
                 checked.insert(format!("{title}/{ref_id}"));
             }
         }
