@@ -76,7 +76,8 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
     out
 }
 
-/// Grafana's time range as the plugin sees it, in Unix seconds (both ends included).
+/// Grafana's time range as the plugin sees it, in Unix seconds: a bucket counts when it starts
+/// at or after `from` and before `to` (one starting exactly at `to` is outside).
 #[derive(Debug, Clone, Copy)]
 struct Range {
     from: i64,
@@ -94,15 +95,10 @@ fn expand(sql: &str, range: Range, database: &str, site: &str) -> String {
              DateTime64 do not exist there) or its value depends on the panel's width:\n{sql}"
         );
     }
+    // `$__timeFilter(bucket)` ends with `bucket <= to`: it counts the bucket that starts
+    // exactly at the range's end (an absolute range ending on the hour, one hour too many).
+    assert!(!sql.contains("$__timeFilter("), "use (bucket >= $__fromTime AND bucket < $__toTime):\n{sql}");
     let mut out = sql.replace("${database}", database).replace("${site:percentencode}", &percent_encode(site));
-    // $__timeFilter(column) → column >= toDateTime(from) AND column <= toDateTime(to)
-    while let Some(start) = out.find("$__timeFilter(") {
-        let args = start + "$__timeFilter(".len();
-        let end = args + out[args..].find(')').unwrap_or_else(|| panic!("unclosed $__timeFilter in\n{sql}"));
-        let column = out[args..end].trim().to_owned();
-        let filter = format!("{column} >= toDateTime({}) AND {column} <= toDateTime({})", range.from, range.to);
-        out.replace_range(start..=end, &filter);
-    }
     out = out
         .replace("$__fromTime", &format!("toDateTime({})", range.from))
         .replace("$__toTime", &format!("toDateTime({})", range.to));
@@ -667,6 +663,9 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
     let ranges = [
         ("two hours: minute rows", Range { from: hour0, to: hour0 + 7200 }),
         ("half an hour inside them", Range { from: hour0 + 1800, to: hour0 + 3600 }),
+        // An event starts the minute (and hour) at 11:00: an absolute range ending there
+        // must not count it.
+        ("an hour ending on the hour", Range { from: hour0, to: hour0 + 3600 }),
         ("two days: hour rows", Range { from: day0, to: day0 + 2 * 86_400 }),
         ("a week from mid-hour: hour rows", Range { from: day0 - 5 * 86_400 + 1800, to: day0 + 2 * 86_400 }),
         ("thirty days: day rows", Range { from: day0 - 20 * 86_400, to: day0 + 10 * 86_400 }),
@@ -676,7 +675,7 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
         [SITE].into_iter().chain(HOSTILE_SITES).flat_map(|site| ranges.iter().map(move |r| (site, *r)))
     {
         let bucket = granularity(range);
-        let in_range = |e: &EventRecord| (range.from..=range.to).contains(&(e.ts / 1000 / bucket * bucket));
+        let in_range = |e: &EventRecord| (range.from..range.to).contains(&(e.ts / 1000 / bucket * bucket));
         let site_events: Vec<&EventRecord> =
             all.iter().copied().filter(|e| e.site == site && e.name != ENGAGEMENT).collect();
         let truth = Truth {
