@@ -295,6 +295,12 @@ fn check(title: &str, ref_id: &str, answer: &Answer, truth: &Truth<'_>, topk_sta
         assert_eq!(answer.rows.len(), 1, "{title}: one row expected\n{sql}");
         number(&answer.rows[0][column])
     };
+    // A rate over visits or engaged pages: no data (null) when there are none, not 0.
+    let rate = |column: &str| {
+        assert_eq!(answer.rows.len(), 1, "{title}: one row expected\n{sql}");
+        let value = &answer.rows[0][column];
+        (!value.is_null()).then(|| number(value))
+    };
     let events = &truth.events;
     match (title, ref_id) {
         ("Unique visitors", _) => assert_eq!(single("visitors"), Truth::visitors(events.iter()), "{title}\n{sql}"),
@@ -331,13 +337,21 @@ fn check(title: &str, ref_id: &str, answer: &Answer, truth: &Truth<'_>, topk_sta
         ("Visits", _) => assert_eq!(single("visits"), truth.visits.len() as f64, "{title}\n{sql}"),
         ("Bounce rate", _) => {
             let bounces = truth.visits.iter().filter(|v| v.len() == 1).count() as f64;
-            let want = 100.0 * bounces / (truth.visits.len().max(1)) as f64;
-            assert!((single("bounce_rate") - want).abs() < 1e-9, "{title}: want {want}\n{sql}");
+            let want = (!truth.visits.is_empty()).then(|| 100.0 * bounces / truth.visits.len() as f64);
+            let got = rate("bounce_rate");
+            assert!(
+                got.zip(want).map_or(got == want, |(g, w)| (g - w).abs() < 1e-9),
+                "{title}: {got:?}, want {want:?}\n{sql}"
+            );
         }
         ("Visit duration", _) => {
             let ms: i64 = truth.visits.iter().map(|v| v[v.len() - 1].ts - v[0].ts).sum();
-            let want = ms as f64 / 1000.0 / (truth.visits.len().max(1)) as f64;
-            assert!((single("visit_duration") - want).abs() < 1e-9, "{title}: want {want}\n{sql}");
+            let want = (!truth.visits.is_empty()).then(|| ms as f64 / 1000.0 / truth.visits.len() as f64);
+            let got = rate("visit_duration");
+            assert!(
+                got.zip(want).map_or(got == want, |(g, w)| (g - w).abs() < 1e-9),
+                "{title}: {got:?}, want {want:?}\n{sql}"
+            );
         }
         ("Entry pages", _) => {
             let mut per_page: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -381,7 +395,7 @@ fn check(title: &str, ref_id: &str, answer: &Answer, truth: &Truth<'_>, topk_sta
             }
             if title == "Scroll depth" {
                 let (n, depth) = per_page.values().fold((0.0, 0.0), |(n, d), v| (n + v.0, d + v.1));
-                assert_eq!(single("scroll_depth"), if n == 0.0 { 0.0 } else { depth / n }, "{title}\n{sql}");
+                assert_eq!(rate("scroll_depth"), (n > 0.0).then(|| depth / n), "{title}\n{sql}");
             } else {
                 let mut want: Vec<(String, f64, f64, f64)> =
                     per_page.into_iter().map(|(p, (n, d, ms))| (p, n, d / n, ms / n / 1000.0)).collect();
@@ -713,4 +727,29 @@ async fn site_analytics_panels_answer_with_the_truth(db: TestDb) {
         }
     }
     assert!(checked.len() >= 24, "panels checked: {checked:?}");
+
+    // A site without visits or engagement: the rates show no data, not 0.
+    let range = Range { from: hour0, to: hour0 + 7200 };
+    for panel in panels(&dashboard) {
+        let (title, column) = match panel["title"].as_str().unwrap_or_default() {
+            "Bounce rate" => ("Bounce rate", "bounce_rate"),
+            "Visit duration" => ("Visit duration", "visit_duration"),
+            "Scroll depth" => ("Scroll depth", "scroll_depth"),
+            _ => continue,
+        };
+        let sql = expand(
+            panel["targets"][0]["rawSql"].as_str().unwrap_or_default(),
+            range,
+            &db.config.database,
+            "nobody.test",
+        );
+        let answer = answer(&db.query(&format!("{sql}\nFORMAT JSON")), &sql);
+        assert!(
+            answer.rows.len() == 1 && answer.rows[0][column].is_null(),
+            "{title}: no data, not {:?}\n{sql}",
+            answer.rows
+        );
+        checked.insert(format!("{title}/no data"));
+    }
+    assert_eq!(checked.iter().filter(|c| c.ends_with("/no data")).count(), 3, "{checked:?}");
 }
